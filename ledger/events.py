@@ -1,0 +1,251 @@
+"""The event catalogue: everything that can happen in a search, as frozen structs.
+
+One schema per event, used by the writer (the store's mapper), the reader
+(projections, verification) and the SQL views. Evolve only by adding fields
+with defaults; the module path and class names are part of the stored schema
+(eventsourcing records ``ledger.events:ClassName`` as each event's topic).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+#: Bumped when the stored layout changes incompatibly; a ledger written with a
+#: higher number is refused by this version of arl.
+SCHEMA_VERSION = 1
+
+
+class Label(enum.StrEnum):
+    """The outcome class of a trial (see DESIGN.md, "Labels")."""
+
+    BASELINE = "baseline"
+    KEEP = "keep"
+    DISCARD = "discard"
+    CRASH = "crash"
+    OOM = "oom"
+    DIVERGED = "diverged"
+    TRAIN_BUDGET_OVERRUN = "train_budget_overrun"
+    EVAL_BUDGET_OVERRUN = "eval_budget_overrun"
+    SIZE_VIOLATION = "size_violation"
+    GATE_MISS = "gate_miss"
+    INVALID_EDIT = "invalid_edit"
+    OUT_OF_SURFACE = "out_of_surface"
+    ILLEGAL_EDIT = "illegal_edit"
+    DUPLICATE = "duplicate"
+    INFRA_ERROR = "infra_error"
+
+    @property
+    def charged(self) -> bool:
+        """Whether a trial with this label uses up the search's trial budget."""
+        return self not in _FREE_LABELS
+
+    @property
+    def legal(self) -> bool:
+        """Whether the trial ran and passed every legality check."""
+        return self in (Label.BASELINE, Label.KEEP, Label.DISCARD)
+
+
+_FREE_LABELS = frozenset({Label.BASELINE, Label.DUPLICATE, Label.INFRA_ERROR})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every ledger event: which stream, where in it, and when."""
+
+    originator_id: uuid.UUID
+    originator_version: int
+    at: datetime = msgspec.field(default_factory=now)
+
+    def blob_refs(self) -> tuple[str, ...]:
+        """Digests of blobs this event names; each must exist in the blob store."""
+        return ()
+
+
+# --- value types carried inside events --------------------------------------
+
+
+class Budget(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits a runner enforces from outside the recipe (None: no limit)."""
+
+    train_s: float | None = None
+    eval_s: float | None = None
+    wallclock_s: float | None = None
+    memory_mb: int | None = None
+    threads: int = 1
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True):
+    """One legality check of an evaluation: what was measured against what limit."""
+
+    name: str
+    passed: bool
+    value: float | None = None
+    limit: float | None = None
+    detail: str = ""
+
+
+# --- the search stream -------------------------------------------------------
+
+
+class SearchStarted(Event, frozen=True, kw_only=True):
+    name: str
+    task: str
+    task_digest: str
+    direction: Literal["min", "max"]
+    noise_floor: float = 0.0
+    config: dict[str, Any] = {}
+    arl_version: str = ""
+    host: str = ""
+    #: "search" for an ordinary one; "replay", "fork" or "import" otherwise.
+    kind: str = "search"
+    origin_search: uuid.UUID | None = None
+    origin_trial: uuid.UUID | None = None
+
+
+class SearchStopped(Event, frozen=True, kw_only=True):
+    reason: str
+    summary: dict[str, Any] = {}
+
+
+# --- the trial stream ----------------------------------------------------------
+
+
+class TrialProposed(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    seq: int
+    agent: str
+    surface: str
+    parents: tuple[uuid.UUID, ...] = ()
+    hypothesis: str = ""
+    expected_delta: float | None = None
+    backend: str = ""
+    edit_digest: str | None = None
+    agent_call_digest: str | None = None
+    #: For imported trials: the original id, status and raw row.
+    source: dict[str, Any] | None = None
+
+    def blob_refs(self) -> tuple[str, ...]:
+        return tuple(d for d in (self.edit_digest, self.agent_call_digest) if d)
+
+
+class EditRejected(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    check: str
+    reason: str
+
+
+class TrialSubmitted(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    program_digest: str
+    budget: Budget = Budget()
+    seeds: tuple[int, ...] = ()
+
+    def blob_refs(self) -> tuple[str, ...]:
+        return (self.program_digest,)
+
+
+class TrialClaimed(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    runner: str
+    host: str = ""
+    lease_s: float = 60.0
+    attempt: int = 1
+
+
+class RunFinished(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    runner: str
+    exit_code: int | None = None
+    signal: int | None = None
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    timed_out: str | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    artifacts: dict[str, str] = {}
+    log_digest: str | None = None
+    sandbox: str = "none"
+
+    def blob_refs(self) -> tuple[str, ...]:
+        refs = tuple(self.artifacts.values())
+        return refs + (self.log_digest,) if self.log_digest else refs
+
+
+class TrialEvaluated(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    evaluator: str
+    evaluator_version: str = ""
+    score: float | None = None
+    metrics: dict[str, float] = {}
+    checks: tuple[Check, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+
+class TrialLabeled(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    label: Label
+    score: float | None = None
+    improvement: bool = False
+    delta_vs_parent: float | None = None
+    delta_vs_best: float | None = None
+    reason: str = ""
+
+
+class LeaseExpired(Event, frozen=True, kw_only=True):
+    search_id: uuid.UUID
+    runner: str
+    attempt: int = 1
+    reason: str = ""
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    SearchStarted,
+    SearchStopped,
+    TrialProposed,
+    EditRejected,
+    TrialSubmitted,
+    TrialClaimed,
+    RunFinished,
+    TrialEvaluated,
+    TrialLabeled,
+    LeaseExpired,
+)
+
+AnyEvent = (
+    SearchStarted
+    | SearchStopped
+    | TrialProposed
+    | EditRejected
+    | TrialSubmitted
+    | TrialClaimed
+    | RunFinished
+    | TrialEvaluated
+    | TrialLabeled
+    | LeaseExpired
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    """Decode one stored event; the tag inside the payload picks the class."""
+    return _decoder.decode(data)
+
+
+def trial_id(search_id: uuid.UUID, seq: int) -> uuid.UUID:
+    """The id of a search's seq-th trial: derived, so a replay gets the same ids."""
+    return uuid.uuid5(search_id, f"trial/{seq}")

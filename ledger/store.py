@@ -1,0 +1,823 @@
+"""The ledger store: events and blobs in one SQLite file or one PostgreSQL database.
+
+Built on the ``eventsourcing`` library's datastores and recorders. Two things
+are added, both inside the same transactions the library already uses:
+
+* every inserted event also gets a row in ``arl_chain`` holding a running
+  sha256 over the log in notification order (see ``ledger.verify``);
+* a content-addressed blob table with its own running chain.
+
+Events, blobs, chain and meta rows are append-only: triggers refuse UPDATE,
+DELETE (and TRUNCATE on PostgreSQL). Projection checkpoints are the only
+mutable rows; they are derived state and can be rebuilt from the log.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import socket
+import sqlite3
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+from eventsourcing.persistence import (
+    EventStore,
+    InfrastructureFactory,
+    IntegrityError,
+    JSONTranscoder,
+    Mapper,
+    PersistenceError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import Environment, get_topic, resolve_topic
+
+from ledger import events as ev
+from ledger.errors import BlobError, ConflictError, StoreError
+
+DEFAULT_PATH = Path(".arl") / "ledger.db"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_GENESIS = b"\x00" * 32
+
+
+def default_store_url() -> str:
+    """``ARL_STORE`` if set, else the embedded SQLite file under the working directory."""
+    return os.environ.get("ARL_STORE") or f"sqlite:///{(Path.cwd() / DEFAULT_PATH)}"
+
+
+# --- hashing shared by writer and verifier ------------------------------------
+
+
+def record_digest(
+    prev: bytes, notification_id: int, originator_id: Any, version: int, topic: str, state: bytes
+) -> bytes:
+    """Next link of the event chain: sha256 over the previous link and one stored event."""
+    oid = originator_id.hex if isinstance(originator_id, uuid.UUID) else str(originator_id)
+    if len(oid) == 36:  # a UUID in canonical text form (PostgreSQL text ids)
+        oid = oid.replace("-", "")
+    h = hashlib.sha256(prev)
+    h.update(struct.pack(">qq", notification_id, version))
+    h.update(oid.encode())
+    h.update(b"\x00")
+    h.update(topic.encode())
+    h.update(b"\x00")
+    h.update(state)
+    return h.digest()
+
+
+def blob_link(prev: bytes, digest: str) -> bytes:
+    """Next link of the blob chain."""
+    return hashlib.sha256(prev + bytes.fromhex(digest)).digest()
+
+
+# --- the mapper: msgspec structs straight to bytes -----------------------------
+
+
+class StructMapper(Mapper):
+    """Stores msgspec event structs as their JSON encoding, and decodes by topic.
+
+    eventsourcing's default mapper goes through ``vars(event)``, which msgspec
+    structs do not have; this one encodes the struct itself, so nothing is lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(transcoder=JSONTranscoder())
+        self._decoders: dict[str, msgspec.json.Decoder] = {}
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        return StoredEvent(
+            originator_id=domain_event.originator_id,
+            originator_version=domain_event.originator_version,
+            topic=get_topic(type(domain_event)),
+            state=ev.encode(domain_event),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> Any:
+        decoder = self._decoders.get(stored_event.topic)
+        if decoder is None:
+            try:
+                cls = resolve_topic(stored_event.topic)
+            except Exception as e:
+                raise StoreError(
+                    f"the ledger holds an event of unknown type {stored_event.topic!r}; "
+                    "it was written by a newer arl: upgrade arl to read it"
+                ) from e
+            decoder = self._decoders[stored_event.topic] = msgspec.json.Decoder(cls)
+        return decoder.decode(stored_event.state)
+
+
+# --- recorders: eventsourcing's, plus the chain row in the same transaction -----
+
+
+class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
+    """SQLite application recorder that extends the hash chain as it inserts."""
+
+    def _insert_events(self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if ids:
+            c.execute("SELECT digest FROM arl_chain ORDER BY notification_id DESC LIMIT 1")
+            row = c.fetchone()
+            prev = bytes(row[0]) if row else _GENESIS
+            links = []
+            for nid, s in zip(ids, stored_events, strict=True):
+                prev = record_digest(
+                    prev, nid, s.originator_id, s.originator_version, s.topic, s.state
+                )
+                links.append((nid, prev))
+            c.executemany("INSERT INTO arl_chain (notification_id, digest) VALUES (?, ?)", links)
+        return ids
+
+
+class ChainedPostgresRecorder(PostgresApplicationRecorder):
+    """PostgreSQL application recorder that extends the hash chain as it inserts.
+
+    The library holds an EXCLUSIVE lock on the events table while inserting, so
+    reading the last link and writing the next ones cannot interleave.
+    """
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Any:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        if ids:
+            curs.execute("SELECT digest FROM arl_chain ORDER BY notification_id DESC LIMIT 1")
+            row = curs.fetchone()
+            prev = bytes(row["digest"]) if row else _GENESIS
+            links = []
+            for nid, s in zip(ids, stored_events, strict=True):
+                prev = record_digest(
+                    prev, nid, s.originator_id, s.originator_version, s.topic, s.state
+                )
+                links.append((nid, prev))
+            curs.executemany(
+                "INSERT INTO arl_chain (notification_id, digest) VALUES (%s, %s)", links
+            )
+        return ids
+
+
+# --- schema ------------------------------------------------------------------------
+
+_APPEND_ONLY = ("events", "arl_chain", "arl_blobs", "arl_meta")
+
+_SQLITE_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS arl_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_chain "
+    "(notification_id INTEGER PRIMARY KEY, digest BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_blobs (seq INTEGER PRIMARY KEY, "
+    "digest TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, data BLOB NOT NULL, "
+    "chain BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_projections (name TEXT PRIMARY KEY, "
+    "position INTEGER NOT NULL, digest TEXT NOT NULL, state BLOB NOT NULL)",
+]
+
+_PG_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS arl_meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_chain "
+    "(notification_id bigint PRIMARY KEY, digest bytea NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_blobs (seq bigserial PRIMARY KEY, "
+    "digest text NOT NULL UNIQUE, size bigint NOT NULL, data bytea NOT NULL, "
+    "chain bytea NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_projections (name text PRIMARY KEY, "
+    "position bigint NOT NULL, digest text NOT NULL, state bytea NOT NULL)",
+    "CREATE OR REPLACE FUNCTION arl_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'arl: % on % refused: the ledger is append-only', "
+    "TG_OP, TG_TABLE_NAME; END $$",
+]
+
+
+class _Backend:
+    """What differs between SQLite and PostgreSQL, kept to SQL text and locking."""
+
+    kind: str
+    events_table: str
+
+    def __init__(self, datastore: Any) -> None:
+        self.datastore = datastore
+
+    def sql(self, statement: str) -> str:
+        return statement
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        with self.datastore.transaction(commit=False) as c:
+            yield c
+
+
+class _SQLiteBackend(_Backend):
+    kind = "sqlite"
+    events_table = "stored_events"
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        # BEGIN IMMEDIATE takes the write lock up front, so a read-then-write
+        # transaction cannot fail half-way when another process commits first.
+        with self.datastore.get_connection(commit=True) as conn:
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def schema(self) -> list[str]:
+        out = list(_SQLITE_SCHEMA)
+        for table in _APPEND_ONLY:
+            name = self.events_table if table == "events" else table
+            for op in ("UPDATE", "DELETE"):
+                out.append(
+                    f"CREATE TRIGGER IF NOT EXISTS {name}_no_{op.lower()} BEFORE {op} ON {name} "
+                    f"BEGIN SELECT RAISE(ABORT, 'arl: {op} on {name} refused: "
+                    "the ledger is append-only'); END"
+                )
+        return out
+
+
+class _PostgresBackend(_Backend):
+    kind = "postgresql"
+    events_table = "arl_events"
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    @contextmanager
+    def write(self) -> Iterator[Any]:
+        with self.datastore.transaction(commit=True) as c:
+            yield c
+
+    def schema(self) -> list[str]:
+        out = list(_PG_SCHEMA)
+        for table in _APPEND_ONLY:
+            name = self.events_table if table == "events" else table
+            out.append(
+                f"CREATE OR REPLACE TRIGGER {name}_append_only BEFORE UPDATE OR DELETE "
+                f"ON {name} FOR EACH ROW EXECUTE FUNCTION arl_refuse_change()"
+            )
+            out.append(
+                f"CREATE OR REPLACE TRIGGER {name}_no_truncate BEFORE TRUNCATE "
+                f"ON {name} FOR EACH STATEMENT EXECUTE FUNCTION arl_refuse_change()"
+            )
+        return out
+
+
+# --- URL handling ----------------------------------------------------------------------
+
+
+class StoreURL(msgspec.Struct, frozen=True):
+    kind: str  # "sqlite" | "postgresql"
+    path: str = ""  # SQLite file
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> StoreURL:
+        """``sqlite:///abs/path.db``, ``sqlite:rel/path.db``, a bare path, or ``postgresql://…``."""
+        if "://" not in url and not url.startswith("sqlite:"):
+            if ":" in url.split("/")[0] and not Path(url).exists():
+                raise StoreError(
+                    f"store URL {url!r} has an unknown scheme; "
+                    "use sqlite:///path/to/ledger.db or postgresql://user@host:port/dbname"
+                )
+            return cls(kind="sqlite", path=str(Path(url).expanduser().resolve()))
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "sqlite":
+            raw = unquote(url[len("sqlite:") :])
+            if raw.startswith("//"):
+                raw = raw[2:]
+            if not raw:
+                raise StoreError(
+                    f"store URL {url!r} names no file; use sqlite:///path/to/ledger.db"
+                )
+            return cls(kind="sqlite", path=str(Path(raw).expanduser().resolve()))
+        if scheme in ("postgresql", "postgres"):
+            dbname = parts.path.lstrip("/")
+            if not dbname:
+                raise StoreError(
+                    f"store URL {_redact(url)!r} names no database; "
+                    "use postgresql://user@host:port/dbname"
+                )
+            try:
+                port = parts.port or 5432
+            except ValueError:
+                raise StoreError(
+                    f"store URL {_redact(url)!r} has a bad port; use a number, e.g. :5432"
+                ) from None
+            return cls(
+                kind="postgresql",
+                host=parts.hostname or "127.0.0.1",
+                port=port,
+                user=unquote(parts.username or "") or getpass.getuser(),
+                password=unquote(parts.password or ""),
+                dbname=unquote(dbname),
+            )
+        raise StoreError(
+            f"store URL {_redact(url)!r} has an unknown scheme {scheme!r}; "
+            "use sqlite:///path/to/ledger.db or postgresql://user@host:port/dbname"
+        )
+
+    def display(self) -> str:
+        """The URL without its password, for messages and logs."""
+        if self.kind == "sqlite":
+            return f"sqlite://{self.path}"
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+# --- the ledger ----------------------------------------------------------------------
+
+
+class Ledger:
+    """The append-only record of every search: events, blobs and projection checkpoints.
+
+    Open with :meth:`open`; use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, url: StoreURL, factory: InfrastructureFactory, backend: _Backend) -> None:
+        self.url = url
+        self._factory = factory
+        self._backend = backend
+        self.kind = backend.kind
+        self.events_table = backend.events_table
+        if backend.kind == "sqlite":
+            self._recorder: Any = ChainedSQLiteRecorder(factory.datastore)
+        else:
+            self._recorder = ChainedPostgresRecorder(
+                factory.datastore, events_table_name=backend.events_table
+            )
+        self._store = EventStore(mapper=StructMapper(), recorder=self._recorder)
+        self._changed = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | None = None, *, create: bool = True) -> Ledger:
+        """Open the ledger at ``url`` (default: ``ARL_STORE`` or ``.arl/ledger.db``).
+
+        With ``create=False`` a missing ledger is an error instead of a new one.
+        Nothing is written unless the store is, or can become, an arl ledger.
+        """
+        parsed = StoreURL.parse(url or default_store_url())
+        if parsed.kind == "sqlite":
+            factory, backend = _open_sqlite(parsed, create=create)
+        else:
+            factory, backend = _open_postgres(parsed)
+        ledger = cls(parsed, factory, backend)
+        try:
+            ledger._prepare(create=create)
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    def _prepare(self, *, create: bool) -> None:
+        tables = self._table_names()
+        has_meta = "arl_meta" in tables
+        if not has_meta:
+            if self.events_table in tables:
+                raise StoreError(
+                    f"{self.url.display()} holds an event store that is not an arl ledger "
+                    "(no arl_meta table); point --store at a new file or database"
+                )
+            if self.kind == "sqlite" and tables:
+                raise StoreError(
+                    f"{self.url.path} is an SQLite database but not an arl ledger "
+                    f"(it has tables {', '.join(sorted(tables)[:5])}); "
+                    "point --store at a new file"
+                )
+            if not create:
+                raise StoreError(
+                    f"no arl ledger at {self.url.display()}; "
+                    "check --store / ARL_STORE, or run a search to create one"
+                )
+            self._create_schema()
+            return
+        with self._backend.read() as c:
+            c.execute(self._backend.sql("SELECT value FROM arl_meta WHERE key = ?"), ("schema",))
+            row = c.fetchone()
+        version = int(_col(row, "value")) if row else 0
+        if version > ev.SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.url.display()} was written by a newer arl (ledger schema {version}, "
+                f"this arl reads up to {ev.SCHEMA_VERSION}); upgrade arl to open it"
+            )
+        # Bring triggers and tables of this version in (idempotent).
+        self._create_schema()
+
+    def _table_names(self) -> set[str]:
+        with self._backend.read() as c:
+            if self.kind == "sqlite":
+                c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                return {r[0] for r in c.fetchall() if not r[0].startswith("sqlite_")}
+            c.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()"
+            )
+            return {r["table_name"] for r in c.fetchall()}
+
+    def _create_schema(self) -> None:
+        self._recorder.create_table()
+        with self._backend.write() as c:
+            for statement in self._backend.schema():
+                c.execute(statement)
+            for key, value in (
+                ("schema", str(ev.SCHEMA_VERSION)),
+                ("created_at", ev.now().isoformat()),
+                ("ledger_id", uuid.uuid4().hex),
+            ):
+                c.execute(
+                    self._backend.sql(
+                        "INSERT INTO arl_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+                    ),
+                    (key, value),
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2)
+        self._factory.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- events ------------------------------------------------------------------------
+
+    def append(self, *events: ev.Event) -> list[int]:
+        """Write events in one transaction; returns their notification ids.
+
+        Raises :class:`ConflictError` if any stream position is already taken,
+        in which case nothing of the batch is written.
+        """
+        try:
+            recordings = self._store.put(list(events))
+        except IntegrityError as e:
+            first = events[0]
+            raise ConflictError(
+                f"stream {first.originator_id} already has an event at version "
+                f"{first.originator_version} (another writer got there first); "
+                "re-read the stream and decide again"
+            ) from e
+        except PersistenceError as e:
+            raise StoreError(
+                f"could not write to {self.url.display()}: {_one_line(e)}"
+            ) from e
+        return [r.notification.id for r in recordings]
+
+    def stream(self, originator_id: uuid.UUID, after: int = 0) -> list[ev.Event]:
+        """Every event of one stream, in version order (versions > ``after``)."""
+        return list(self._store.get(originator_id, gt=after or None))
+
+    def version(self, originator_id: uuid.UUID) -> int:
+        """The last version of a stream, 0 if it has none."""
+        last = self._recorder.select_events(originator_id, desc=True, limit=1)
+        return last[0].originator_version if last else 0
+
+    def head(self) -> int:
+        """The highest notification id, 0 for an empty ledger."""
+        return self._recorder.max_notification_id() or 0
+
+    def read_raw(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, Any, int, str, bytes]]:
+        """Rows ``(notification_id, originator_id, version, topic, state)`` after a position."""
+        table = self.events_table
+        with self._backend.read() as c:
+            if self.kind == "sqlite":
+                c.execute(
+                    f"SELECT rowid, originator_id, originator_version, topic, state FROM {table} "
+                    "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (after, limit),
+                )
+                return [tuple(r) for r in c.fetchall()]
+            c.execute(
+                f"SELECT notification_id, originator_id, originator_version, topic, state "
+                f"FROM {table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+                (after, limit),
+            )
+            return [
+                (
+                    r["notification_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                )
+                for r in c.fetchall()
+            ]
+
+    def read(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, ev.Event]]:
+        """Decoded events after a position, in notification order."""
+        rows = self.read_raw(after, limit)
+        if not rows:
+            return []
+        decoded = decode_states([r[4] for r in rows])
+        return [(r[0], e) for r, e in zip(rows, decoded, strict=True)]
+
+    def iter_events(self, after: int = 0, page: int = 20_000) -> Iterator[tuple[int, ev.Event]]:
+        """Every event after a position, paging through the log."""
+        while batch := self.read(after, page):
+            yield from batch
+            after = batch[-1][0]
+
+    # -- blobs ----------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> str:
+        """Store bytes once; returns their sha256 hex digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        if self.has_blob(digest):
+            return digest
+        b = self._backend
+        try:
+            with b.write() as c:
+                if b.kind == "postgresql":
+                    c.execute("LOCK TABLE arl_blobs IN EXCLUSIVE MODE")
+                c.execute(b.sql("SELECT 1 FROM arl_blobs WHERE digest = ?"), (digest,))
+                if c.fetchone() is None:
+                    c.execute("SELECT chain FROM arl_blobs ORDER BY seq DESC LIMIT 1")
+                    row = c.fetchone()
+                    prev = bytes(_col(row, "chain")) if row else _GENESIS
+                    c.execute(
+                        b.sql("INSERT INTO arl_blobs (digest, size, data, chain) VALUES (?, ?, ?, ?)"),
+                        (digest, len(data), data, blob_link(prev, digest)),
+                    )
+        except (PersistenceError, sqlite3.Error) as e:
+            raise StoreError(f"could not write a blob to {self.url.display()}: {_one_line(e)}") from e
+        return digest
+
+    def has_blob(self, digest: str) -> bool:
+        with self._backend.read() as c:
+            c.execute(self._backend.sql("SELECT 1 FROM arl_blobs WHERE digest = ?"), (digest,))
+            return c.fetchone() is not None
+
+    def get_blob(self, digest: str) -> bytes:
+        """The bytes stored under ``digest``, checked against it on the way out."""
+        with self._backend.read() as c:
+            c.execute(self._backend.sql("SELECT data FROM arl_blobs WHERE digest = ?"), (digest,))
+            row = c.fetchone()
+        if row is None:
+            raise BlobError(f"blob {digest[:16]}… is not in {self.url.display()}; run `arl verify`")
+        data = bytes(_col(row, "data"))
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobError(
+                f"blob {digest[:16]}… was altered in {self.url.display()}; run `arl verify`"
+            )
+        return data
+
+    # -- raw access for verification --------------------------------------------------------
+
+    def read_chain(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, bytes]]:
+        with self._backend.read() as c:
+            c.execute(
+                self._backend.sql(
+                    "SELECT notification_id, digest FROM arl_chain "
+                    "WHERE notification_id > ? ORDER BY notification_id LIMIT ?"
+                ),
+                (after, limit),
+            )
+            return [(_col(r, "notification_id"), bytes(_col(r, "digest"))) for r in c.fetchall()]
+
+    def read_blob_rows(self, after: int = 0, limit: int = 1_000) -> list[tuple[int, str, bytes, bytes]]:
+        """Rows ``(seq, digest, data, chain)`` of the blob table after a position."""
+        with self._backend.read() as c:
+            c.execute(
+                self._backend.sql(
+                    "SELECT seq, digest, data, chain FROM arl_blobs WHERE seq > ? ORDER BY seq LIMIT ?"
+                ),
+                (after, limit),
+            )
+            return [
+                (_col(r, "seq"), _col(r, "digest"), bytes(_col(r, "data")), bytes(_col(r, "chain")))
+                for r in c.fetchall()
+            ]
+
+    # -- projection checkpoints (derived, mutable) -----------------------------------------
+
+    def save_checkpoint(self, name: str, position: int, digest: str, state: bytes) -> None:
+        """Store a projection's state at a log position, unless a later one is stored."""
+        with self._backend.write() as c:
+            c.execute(
+                self._backend.sql(
+                    "INSERT INTO arl_projections (name, position, digest, state) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "position = excluded.position, digest = excluded.digest, "
+                    "state = excluded.state WHERE arl_projections.position < excluded.position"
+                ),
+                (name, position, digest, state),
+            )
+
+    def load_checkpoint(self, name: str) -> tuple[int, str, bytes] | None:
+        with self._backend.read() as c:
+            c.execute(
+                self._backend.sql(
+                    "SELECT position, digest, state FROM arl_projections WHERE name = ?"
+                ),
+                (name,),
+            )
+            row = c.fetchone()
+        if row is None:
+            return None
+        return (_col(row, "position"), _col(row, "digest"), bytes(_col(row, "state")))
+
+    # -- following the log ----------------------------------------------------------------
+
+    def wait(self, after: int, timeout: float, *, poll: float = 0.5) -> bool:
+        """Block until the log grows past ``after`` or ``timeout`` passes.
+
+        SQLite: woken by changes to the database files (watchfiles), polling
+        every ``poll`` seconds as a fallback. PostgreSQL: woken by LISTEN/NOTIFY.
+        """
+        deadline = time.monotonic() + timeout
+        self._ensure_watcher()
+        while True:
+            self._changed.clear()
+            if self.head() > after:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.wait(min(poll, remaining))
+
+    def follow(
+        self, after: int = 0, stop: threading.Event | None = None, *, page: int = 10_000
+    ) -> Iterator[tuple[int, ev.Event]]:
+        """Every event after ``after``, then each new one as it is recorded, until ``stop``."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            batch = self.read(after, page)
+            if batch:
+                yield from batch
+                after = batch[-1][0]
+                continue
+            self.wait(after, timeout=0.5)
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is not None:
+            return
+        target = self._watch_sqlite if self.kind == "sqlite" else self._listen_postgres
+        self._watcher = threading.Thread(target=target, name="arl-ledger-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch_sqlite(self) -> None:
+        try:
+            import watchfiles
+        except ImportError:  # polling alone still works
+            return
+        folder = Path(self.url.path).parent
+        names = {Path(self.url.path).name + suffix for suffix in ("", "-wal", "-shm")}
+        try:
+            for changes in watchfiles.watch(
+                folder,
+                watch_filter=lambda _change, path: Path(path).name in names,
+                debounce=5,
+                step=5,
+                stop_event=self._stop,
+                rust_timeout=500,
+                yield_on_timeout=True,
+                recursive=False,
+            ):
+                if changes:
+                    self._changed.set()
+        except Exception:  # the watcher is an accelerator; polling remains
+            return
+
+    def _listen_postgres(self) -> None:
+        import psycopg
+
+        u = self.url
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    host=u.host, port=u.port, user=u.user, password=u.password,
+                    dbname=u.dbname, autocommit=True, connect_timeout=5,
+                ) as conn:
+                    conn.execute(f"LISTEN {self._recorder.channel_name}")
+                    self._changed.set()  # anything missed while (re)connecting
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.25, stop_after=1):
+                            self._changed.set()
+            except Exception:
+                if self._stop.wait(1.0):
+                    return
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def decode_states(states: Sequence[bytes]) -> list[ev.Event]:
+    """Decode many stored states at once (one msgspec call over a JSON array)."""
+    return _list_decoder.decode(b"[" + b",".join(states) + b"]")
+
+
+_list_decoder = msgspec.json.Decoder(list[ev.AnyEvent])
+
+
+def _col(row: Any, name: str) -> Any:
+    """A column from a sqlite3.Row or a psycopg dict row."""
+    return row[name]
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory, _Backend]:
+    path = Path(url.path)
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; give the ledger file, e.g. {path / 'ledger.db'}")
+    if path.exists():
+        with path.open("rb") as f:
+            head = f.read(16)
+        if head and head != _SQLITE_MAGIC:
+            raise StoreError(
+                f"{path} is not an arl ledger (not an SQLite database); "
+                "point --store at a ledger file or a new path"
+            )
+    elif not create:
+        raise StoreError(
+            f"no arl ledger at {path}; check --store / ARL_STORE, or run a search to create one"
+        )
+    else:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create {path.parent}: {e.strerror}; choose a writable path") from e
+    env = Environment(
+        "arl",
+        {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "false",
+        },
+    )
+    try:
+        factory = InfrastructureFactory.construct(env)
+    except Exception as e:
+        raise StoreError(f"cannot open {path}: {_one_line(e)}") from e
+    return factory, _SQLiteBackend(factory.datastore)
+
+
+def _open_postgres(url: StoreURL) -> tuple[InfrastructureFactory, _Backend]:
+    import psycopg
+
+    try:
+        psycopg.connect(
+            host=url.host, port=url.port, user=url.user, password=url.password,
+            dbname=url.dbname, connect_timeout=5,
+        ).close()
+    except psycopg.Error as e:
+        raise StoreError(
+            f"cannot reach PostgreSQL at {url.display()}: {_one_line(e)}; "
+            "check that the server runs and the URL in --store / ARL_STORE is right"
+        ) from e
+    env = Environment(
+        "arl",
+        {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": url.dbname,
+            "POSTGRES_HOST": url.host,
+            "POSTGRES_PORT": str(url.port),
+            "POSTGRES_USER": url.user,
+            "POSTGRES_PASSWORD": url.password,
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_POOL_SIZE": "2",
+            "POSTGRES_MAX_OVERFLOW": "8",
+            "CREATE_TABLE": "false",
+        },
+    )
+    factory = InfrastructureFactory.construct(env)
+    return factory, _PostgresBackend(factory.datastore)
+
+
+def hostname() -> str:
+    return socket.gethostname()
