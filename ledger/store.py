@@ -49,6 +49,7 @@ from ledger.errors import BlobError, ConflictError, StoreError
 DEFAULT_PATH = Path(".arl") / "ledger.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _GENESIS = b"\x00" * 32
+_SCHEMA_LOCK_KEY = 0x61726C  # "arl"
 
 
 def default_store_url() -> str:
@@ -217,6 +218,10 @@ class _Backend:
         with self.datastore.transaction(commit=False) as c:
             yield c
 
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        yield
+
 
 class _SQLiteBackend(_Backend):
     kind = "sqlite"
@@ -260,6 +265,17 @@ class _PostgresBackend(_Backend):
     def write(self) -> Iterator[Any]:
         with self.datastore.transaction(commit=True) as c:
             yield c
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        # Concurrent CREATE OR REPLACE of one function fails ("tuple concurrently
+        # updated"): processes opening the store at once take turns.
+        with self.datastore.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_KEY,))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_KEY,))
 
     def schema(self) -> list[str]:
         out = list(_PG_SCHEMA)
@@ -443,6 +459,10 @@ class Ledger:
             return {r["table_name"] for r in c.fetchall()}
 
     def _create_schema(self) -> None:
+        with self._backend.schema_lock():
+            self._create_schema_locked()
+
+    def _create_schema_locked(self) -> None:
         self._recorder.create_table()
         with self._backend.write() as c:
             for statement in self._backend.schema():
@@ -517,7 +537,7 @@ class Ledger:
                     "WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     (after, limit),
                 )
-                return [tuple(r) for r in c.fetchall()]
+                return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
             c.execute(
                 f"SELECT notification_id, originator_id, originator_version, topic, state "
                 f"FROM {table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
@@ -740,6 +760,13 @@ def decode_states(states: Sequence[bytes]) -> list[ev.Event]:
 _list_decoder = msgspec.json.Decoder(list[ev.AnyEvent])
 
 
+def _as_bytes(value: Any) -> bytes:
+    """Stored state as bytes, even if a hand edit turned the BLOB into TEXT."""
+    if isinstance(value, bytes):
+        return value
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 def _col(row: Any, name: str) -> Any:
     """A column from a sqlite3.Row or a psycopg dict row."""
     return row[name]
@@ -748,6 +775,39 @@ def _col(row: Any, name: str) -> Any:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _probe_sqlite(path: Path) -> None:
+    """Refuse a foreign or too-new database before anything opens it for writing.
+
+    (Opening it through eventsourcing switches it to WAL mode, which is a write.)
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {
+                r[0]
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not r[0].startswith("sqlite_")
+            }
+            row = None
+            if "arl_meta" in tables:
+                row = conn.execute("SELECT value FROM arl_meta WHERE key = 'schema'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise StoreError(f"{path} cannot be read as an SQLite database ({e}); is it a ledger?") from e
+    if tables and "arl_meta" not in tables:
+        raise StoreError(
+            f"{path} is an SQLite database but not an arl ledger "
+            f"(it has tables {', '.join(sorted(tables)[:5])}); point --store at a new file"
+        )
+    version = int(row[0]) if row else 0
+    if version > ev.SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer arl (ledger schema {version}, "
+            f"this arl reads up to {ev.SCHEMA_VERSION}); upgrade arl to open it"
+        )
 
 
 def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory, _Backend]:
@@ -762,6 +822,8 @@ def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory,
                 f"{path} is not an arl ledger (not an SQLite database); "
                 "point --store at a ledger file or a new path"
             )
+        if head:
+            _probe_sqlite(path)
     elif not create:
         raise StoreError(
             f"no arl ledger at {path}; check --store / ARL_STORE, or run a search to create one"

@@ -1,0 +1,345 @@
+"""Projections: the state consumers need, folded from the notification log.
+
+One :class:`State` holds every view (trial table, lineage DAG, best-so-far per
+search, counts by agent and surface, queue of unclaimed submissions). It is
+folded event by event (:meth:`State.apply`), so it can be built from zero or
+advanced from any position. A :class:`Projector` keeps it up to date against a
+ledger and checkpoints it together with its log position in one write, so a
+process killed at any point resumes from its last checkpoint and reaches the
+same state as a rebuild from zero (compare :meth:`State.digests`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from datetime import datetime
+
+import msgspec
+
+from ledger import events as ev
+from ledger.events import Label
+from ledger.store import Ledger, decode_states
+
+#: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
+PROJECTION_VERSION = 1
+
+
+class TrialRow(msgspec.Struct, kw_only=True):
+    trial_id: uuid.UUID
+    search_id: uuid.UUID
+    seq: int
+    agent: str
+    surface: str
+    parents: tuple[uuid.UUID, ...] = ()
+    hypothesis: str = ""
+    expected_delta: float | None = None
+    backend: str = ""
+    #: proposed → rejected | submitted → claimed → finished → evaluated → labeled
+    status: str = "proposed"
+    program_digest: str | None = None
+    runner: str | None = None
+    attempts: int = 0
+    label: Label | None = None
+    score: float | None = None
+    reason: str = ""
+    delta_vs_best: float | None = None
+    proposed_at: datetime | None = None
+    labeled_at: datetime | None = None
+    version: int = 0  # last stream version seen
+
+
+class SearchRow(msgspec.Struct, kw_only=True):
+    search_id: uuid.UUID
+    name: str
+    task: str
+    direction: str
+    noise_floor: float = 0.0
+    kind: str = "search"
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    stop_reason: str | None = None
+    baseline_trial: uuid.UUID | None = None
+    baseline_score: float | None = None
+    best_trial: uuid.UUID | None = None
+    best_score: float | None = None
+    proposed: int = 0
+    labeled: int = 0
+    charged: int = 0
+
+
+class State(msgspec.Struct, kw_only=True):
+    position: int = 0
+    searches: dict[uuid.UUID, SearchRow] = {}
+    trials: dict[uuid.UUID, TrialRow] = {}
+    children: dict[uuid.UUID, list[uuid.UUID]] = {}
+    #: "<search id>/<agent>" → label → count (and the same keyed by surface)
+    by_agent: dict[str, dict[str, int]] = {}
+    by_surface: dict[str, dict[str, int]] = {}
+    #: submitted, not yet claimed (or re-queued after a lost lease) → notification id
+    queue: dict[uuid.UUID, int] = {}
+
+    # -- folding -------------------------------------------------------------------
+
+    def apply(self, notification_id: int, event: ev.Event) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event, notification_id)
+        row = self.trials.get(event.originator_id)
+        if row is not None:
+            row.version = event.originator_version
+        self.position = notification_id
+
+    def apply_all(self, batch: list[tuple[int, ev.Event]]) -> None:
+        for nid, event in batch:
+            self.apply(nid, event)
+
+    # -- questions consumers ask ----------------------------------------------------
+
+    def lineage(self, trial: uuid.UUID) -> list[uuid.UUID]:
+        """Root → trial chain, following first parents."""
+        chain = []
+        seen = set()
+        current: uuid.UUID | None = trial
+        while current is not None and current not in seen and current in self.trials:
+            seen.add(current)
+            chain.append(current)
+            parents = self.trials[current].parents
+            current = parents[0] if parents else None
+        return chain[::-1]
+
+    def trials_of(self, search: uuid.UUID) -> list[TrialRow]:
+        return sorted(
+            (t for t in self.trials.values() if t.search_id == search), key=lambda t: t.seq
+        )
+
+    def next_in_queue(self) -> uuid.UUID | None:
+        return next(iter(self.queue), None)
+
+    # -- comparison ---------------------------------------------------------------------
+
+    def digests(self) -> dict[str, str]:
+        """A sha256 per view; equal digests mean equal state."""
+        parts = {
+            "trials": self.trials,
+            "lineage": self.children,
+            "searches": self.searches,
+            "counts": [self.by_agent, self.by_surface],
+            "queue": self.queue,
+        }
+        return {
+            name: hashlib.sha256(_encoder.encode(value)).hexdigest()
+            for name, value in parts.items()
+        }
+
+    def digest(self) -> str:
+        return hashlib.sha256("".join(self.digests().values()).encode()).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        return _encoder.encode(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> State:
+        return _state_decoder.decode(data)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(State)
+
+
+def _better(direction: str, score: float, than: float | None) -> bool:
+    if than is None:
+        return True
+    return score < than if direction == "min" else score > than
+
+
+def _on_search_started(s: State, e: ev.SearchStarted, _nid: int) -> None:
+    s.searches[e.originator_id] = SearchRow(
+        search_id=e.originator_id,
+        name=e.name,
+        task=e.task,
+        direction=e.direction,
+        noise_floor=e.noise_floor,
+        kind=e.kind,
+        started_at=e.at,
+    )
+
+
+def _on_search_stopped(s: State, e: ev.SearchStopped, _nid: int) -> None:
+    row = s.searches.get(e.originator_id)
+    if row is not None:
+        row.stopped_at = e.at
+        row.stop_reason = e.reason
+
+
+def _on_proposed(s: State, e: ev.TrialProposed, _nid: int) -> None:
+    s.trials[e.originator_id] = TrialRow(
+        trial_id=e.originator_id,
+        search_id=e.search_id,
+        seq=e.seq,
+        agent=e.agent,
+        surface=e.surface,
+        parents=e.parents,
+        hypothesis=e.hypothesis,
+        expected_delta=e.expected_delta,
+        backend=e.backend,
+        proposed_at=e.at,
+    )
+    for parent in e.parents:
+        s.children.setdefault(parent, []).append(e.originator_id)
+    search = s.searches.get(e.search_id)
+    if search is not None:
+        search.proposed += 1
+
+
+def _on_rejected(s: State, e: ev.EditRejected, _nid: int) -> None:
+    row = s.trials[e.originator_id]
+    row.status = "rejected"
+    row.reason = e.reason
+
+
+def _on_submitted(s: State, e: ev.TrialSubmitted, nid: int) -> None:
+    row = s.trials[e.originator_id]
+    row.status = "submitted"
+    row.program_digest = e.program_digest
+    s.queue[e.originator_id] = nid
+
+
+def _on_claimed(s: State, e: ev.TrialClaimed, _nid: int) -> None:
+    row = s.trials[e.originator_id]
+    row.status = "claimed"
+    row.runner = e.runner
+    row.attempts = e.attempt
+    s.queue.pop(e.originator_id, None)
+
+
+def _on_lease_expired(s: State, e: ev.LeaseExpired, nid: int) -> None:
+    row = s.trials[e.originator_id]
+    row.status = "submitted"
+    row.runner = None
+    s.queue[e.originator_id] = nid
+
+
+def _on_finished(s: State, e: ev.RunFinished, _nid: int) -> None:
+    s.trials[e.originator_id].status = "finished"
+
+
+def _on_evaluated(s: State, e: ev.TrialEvaluated, _nid: int) -> None:
+    row = s.trials[e.originator_id]
+    row.status = "evaluated"
+    row.score = e.score
+
+
+def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
+    row = s.trials[e.originator_id]
+    row.status = "labeled"
+    row.label = e.label
+    row.score = e.score
+    row.reason = e.reason
+    row.delta_vs_best = e.delta_vs_best
+    row.labeled_at = e.at
+    s.queue.pop(e.originator_id, None)
+    label = e.label.value
+    for table, key in ((s.by_agent, row.agent), (s.by_surface, row.surface)):
+        counts = table.setdefault(f"{row.search_id}/{key}", {})
+        counts[label] = counts.get(label, 0) + 1
+    search = s.searches.get(row.search_id)
+    if search is None:
+        return
+    search.labeled += 1
+    if e.label.charged:
+        search.charged += 1
+    if e.score is None:
+        return
+    if e.label is Label.BASELINE and search.baseline_trial is None:
+        search.baseline_trial = row.trial_id
+        search.baseline_score = e.score
+    if e.label in (Label.BASELINE, Label.KEEP) and _better(
+        search.direction, e.score, search.best_score
+    ):
+        search.best_trial = row.trial_id
+        search.best_score = e.score
+
+
+_HANDLERS = {
+    ev.SearchStarted: _on_search_started,
+    ev.SearchStopped: _on_search_stopped,
+    ev.TrialProposed: _on_proposed,
+    ev.EditRejected: _on_rejected,
+    ev.TrialSubmitted: _on_submitted,
+    ev.TrialClaimed: _on_claimed,
+    ev.LeaseExpired: _on_lease_expired,
+    ev.RunFinished: _on_finished,
+    ev.TrialEvaluated: _on_evaluated,
+    ev.TrialLabeled: _on_labeled,
+}
+
+
+def rebuild(ledger: Ledger, *, page: int = 50_000) -> State:
+    """Fold the whole log from the first event."""
+    state = State()
+    _advance(ledger, state, page)
+    return state
+
+
+def _advance(ledger: Ledger, state: State, page: int, until: float | None = None) -> int:
+    """Apply every event after ``state.position``; returns how many were applied."""
+    applied = 0
+    while True:
+        rows = ledger.read_raw(state.position, page)
+        if not rows:
+            return applied
+        events = decode_states([r[4] for r in rows])
+        apply = state.apply
+        for row, event in zip(rows, events, strict=True):
+            apply(row[0], event)
+        applied += len(rows)
+        if until is not None and time.monotonic() >= until:
+            return applied
+
+
+class Projector:
+    """Keeps a :class:`State` current against a ledger, with durable checkpoints.
+
+    The checkpoint (state + position, one row, one transaction) is written at
+    most every ``checkpoint_s`` seconds while catching up and whenever a catch-up
+    ends, so a restart re-applies at most that much of the log.
+    """
+
+    def __init__(self, ledger: Ledger, *, name: str = "state", checkpoint_s: float = 2.0) -> None:
+        self.ledger = ledger
+        self.name = f"{name}/v{PROJECTION_VERSION}"
+        self.checkpoint_s = checkpoint_s
+        self.state = self._load()
+
+    def _load(self) -> State:
+        stored = self.ledger.load_checkpoint(self.name)
+        if stored is None:
+            return State()
+        position, digest, data = stored
+        try:
+            state = State.from_bytes(data)
+        except msgspec.DecodeError:
+            return State()  # derived data: a bad checkpoint is simply rebuilt
+        if state.position != position or state.digest() != digest:
+            return State()
+        return state
+
+    def catch_up(self, *, page: int = 50_000) -> State:
+        """Apply everything recorded so far, checkpointing as it goes."""
+        while _advance(self.ledger, self.state, page, until=time.monotonic() + self.checkpoint_s):
+            self.checkpoint()
+        return self.state
+
+    def checkpoint(self) -> None:
+        self.ledger.save_checkpoint(
+            self.name, self.state.position, self.state.digest(), self.state.to_bytes()
+        )
+
+    def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
+        """Follow the log until ``stop`` is set."""
+        while not stop.is_set():
+            self.catch_up()
+            self.ledger.wait(self.state.position, timeout)

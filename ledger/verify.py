@@ -1,0 +1,144 @@
+"""Tamper evidence: recompute the event chain and every blob digest.
+
+The writer stores, with each event, a link ``sha256(previous link, event)`` in
+notification order (``arl_chain``), and with each blob a link over the blob
+digests in insertion order. Verification recomputes both from the stored
+bytes and names the first event or blob that was changed, removed or
+inserted behind arl's back. A rewrite of the whole tail is only caught by
+comparing the head link with one recorded elsewhere (``expect_head``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from ledger import events as ev
+from ledger.store import _GENESIS, Ledger, blob_link, decode_states, record_digest
+
+# Only these events name blobs; decoding just them keeps verification fast.
+_REF_TOPICS = {
+    f"ledger.events:{cls.__name__}"
+    for cls in (ev.TrialProposed, ev.TrialSubmitted, ev.RunFinished)
+}
+
+
+class Report(msgspec.Struct, kw_only=True):
+    events: int = 0
+    blobs: int = 0
+    head: str = ""
+    problem: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def verify(
+    ledger: Ledger,
+    *,
+    expect_head: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    page: int = 20_000,
+) -> Report:
+    """Check the whole ledger; the report names the first problem found, if any."""
+    started = time.perf_counter()
+    report = Report()
+    refs: dict[str, int] = {}
+    report.problem = _verify_events(ledger, report, refs, progress, page)
+    blob_digests: set[str] = set()
+    if report.problem is None:
+        report.problem = _verify_blobs(ledger, report, blob_digests)
+    if report.problem is None:
+        missing = sorted((nid, d) for d, nid in refs.items() if d not in blob_digests)
+        if missing:
+            nid, digest = missing[0]
+            report.problem = (
+                f"event #{nid} names blob {digest[:16]}… which is not in the store "
+                f"(removed, or never written); {len(missing)} such reference(s) in all"
+            )
+    if report.problem is None and expect_head and expect_head != report.head:
+        report.problem = (
+            f"the chain head is {report.head[:16]}…, not the expected {expect_head[:16]}…: "
+            "events were removed from or rewritten at the end of the log"
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pages(fetch: Callable[[int, int], list], key: Callable, page: int) -> Iterator:
+    after = 0
+    while rows := fetch(after, page):
+        yield from rows
+        after = key(rows[-1])
+
+
+def _verify_events(
+    ledger: Ledger,
+    report: Report,
+    refs: dict[str, int],
+    progress: Callable[[int], None] | None,
+    page: int,
+) -> str | None:
+    events = _pages(ledger.read_raw, lambda r: r[0], page)
+    chain = _pages(ledger.read_chain, lambda r: r[0], page)
+    prev = _GENESIS
+    e = next(events, None)
+    c = next(chain, None)
+    ref_rows: list[tuple[int, bytes]] = []
+    while e is not None or c is not None:
+        if c is None or (e is not None and e[0] < c[0]):
+            nid, oid, version, topic, _ = e
+            return (
+                f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
+                "was inserted outside arl: it has no link in the chain"
+            )
+        if e is None or c[0] < e[0]:
+            return f"event #{c[0]} was removed: its chain link exists but the event does not"
+        nid, oid, version, topic, state = e
+        prev = record_digest(prev, nid, oid, version, topic, state)
+        if prev != c[1]:
+            return (
+                f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
+                "was changed after it was recorded: its bytes do not match the chain"
+            )
+        if topic in _REF_TOPICS:
+            ref_rows.append((nid, state))
+        report.events += 1
+        if progress and report.events % 100_000 == 0:
+            progress(report.events)
+        e = next(events, None)
+        c = next(chain, None)
+    report.head = prev.hex()
+    if ref_rows:
+        decoded = decode_states([s for _, s in ref_rows])
+        for (nid, _), event in zip(ref_rows, decoded, strict=True):
+            for digest in event.blob_refs():
+                refs.setdefault(digest, nid)
+    return None
+
+
+def _verify_blobs(ledger: Ledger, report: Report, seen: set[str]) -> str | None:
+    prev = _GENESIS
+    rows = _pages(ledger.read_blob_rows, lambda r: r[0], 1_000)
+    for seq, digest, data, chain in rows:
+        if hashlib.sha256(data).hexdigest() != digest:
+            return f"blob {digest[:16]}… (#{seq}) was changed: its bytes no longer match its digest"
+        link = blob_link(prev, digest)
+        if link != chain:
+            return (
+                f"blob {digest[:16]}… (#{seq}) does not link to the blob before it: "
+                "it was inserted outside arl, or a blob before it was removed"
+            )
+        prev = link
+        seen.add(digest)
+        report.blobs += 1
+    return None
+
+
+def _short_topic(topic: str) -> str:
+    return topic.rsplit(":", 1)[-1]

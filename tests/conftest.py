@@ -1,0 +1,64 @@
+"""Shared fixtures: real SQLite files and real PostgreSQL databases made per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_HOST = os.environ.get("ARL_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("ARL_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("ARL_TEST_PG_USER", "postgres")
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres",
+        autocommit=True, connect_timeout=3,
+    )
+
+
+def _pg_available() -> str | None:
+    try:
+        _pg_admin().close()
+    except Exception as e:  # noqa: BLE001 - any failure means "not here"
+        return str(e).splitlines()[0]
+    return None
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    problem = _pg_available()
+    if problem:
+        if os.environ.get("ARL_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is required but unreachable: {problem}")
+        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {problem}")
+    name = f"arl_test_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with _pg_admin() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")

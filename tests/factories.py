@@ -1,0 +1,131 @@
+"""Builders of realistic events for tests and benchmarks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from ledger import events as ev
+from ledger.events import Budget, Check, Label
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def one_of_each(search: uuid.UUID | None = None) -> list[ev.Event]:
+    """Every event type once, every field set away from its default."""
+    search = search or uuid.uuid4()
+    t1 = ev.trial_id(search, 1)
+    t2 = ev.trial_id(search, 2)
+    at = iter(T0 + timedelta(seconds=i) for i in range(100))
+    return [
+        ev.SearchStarted(
+            originator_id=search, originator_version=1, at=next(at), name="golf run",
+            task="golf-mini", task_digest="d" * 64, direction="min", noise_floor=0.05,
+            config={"agents": "tuner", "trials": 30, "lineage": True, "nested": {"a": [1, 2.5]}},
+            arl_version="0.1.0", host="box", kind="fork", origin_search=uuid.uuid4(),
+            origin_trial=uuid.uuid4(),
+        ),
+        ev.TrialProposed(
+            originator_id=t1, originator_version=1, at=next(at), search_id=search, seq=1,
+            agent="opt", surface="opt", parents=(uuid.uuid4(), uuid.uuid4()),
+            hypothesis="raise lr — ünïcode ok", expected_delta=-0.02, backend="tuner",
+            edit_digest="e" * 64, agent_call_digest="a" * 64,
+            source={"id": "exp_042", "status": "size_blocked", "raw": "a\tb\nc"},
+        ),
+        ev.TrialSubmitted(
+            originator_id=t1, originator_version=2, at=next(at), search_id=search,
+            program_digest="p" * 64,
+            budget=Budget(train_s=30.0, eval_s=10.0, wallclock_s=90.0, memory_mb=2048, threads=2),
+            seeds=(1, 2, 3),
+        ),
+        ev.TrialClaimed(
+            originator_id=t1, originator_version=3, at=next(at), search_id=search,
+            runner="w1", host="box", lease_s=30.0, attempt=2,
+        ),
+        ev.LeaseExpired(
+            originator_id=t1, originator_version=4, at=next(at), search_id=search,
+            runner="w1", attempt=2, reason="no heartbeat for 31 s",
+        ),
+        ev.RunFinished(
+            originator_id=t1, originator_version=5, at=next(at), search_id=search, runner="w2",
+            exit_code=-9, signal=9, wall_s=31.5, cpu_s=30.1, peak_rss_mb=812.5,
+            timed_out="train", stdout_tail="step 100\n", stderr_tail="Traceback…",
+            artifacts={"model.bin": "m" * 64}, log_digest="l" * 64, sandbox="bwrap",
+        ),
+        ev.TrialEvaluated(
+            originator_id=t1, originator_version=6, at=next(at), search_id=search,
+            evaluator="golf-mini", evaluator_version="3", score=2.91,
+            metrics={"val_bpb": 2.91, "bytes": 410000.0},
+            checks=(
+                Check(name="artifact_bytes", passed=False, value=600000.0, limit=524288.0,
+                      detail="over by 75712"),
+                Check(name="normalised", passed=True),
+            ),
+            seeds=(1, 2),
+        ),
+        ev.TrialLabeled(
+            originator_id=t1, originator_version=7, at=next(at), search_id=search,
+            label=Label.SIZE_VIOLATION, score=2.91, improvement=True, delta_vs_parent=-0.1,
+            delta_vs_best=-0.05, reason="artifact 600000 B > cap 524288 B",
+        ),
+        ev.TrialProposed(
+            originator_id=t2, originator_version=1, at=next(at), search_id=search, seq=2,
+            agent="arch", surface="arch", parents=(t1,), hypothesis="h",
+        ),
+        ev.EditRejected(
+            originator_id=t2, originator_version=2, at=next(at), search_id=search,
+            check="surface", reason="touches evaluator.py",
+        ),
+        ev.SearchStopped(
+            originator_id=search, originator_version=2, at=next(at), reason="budget spent",
+            summary={"best": 2.91, "labels": {"keep": 3}},
+        ),
+    ]
+
+
+def synthetic_search(
+    trials: int, *, search: uuid.UUID | None = None, agents: int = 5, seed: int = 0
+) -> list[ev.Event]:
+    """A plausible search: baseline, then trials of 6 events each (proposed → labeled)."""
+    import random
+
+    rng = random.Random(seed)
+    search = search or uuid.UUID(int=rng.getrandbits(128))
+    out: list[ev.Event] = [
+        ev.SearchStarted(
+            originator_id=search, originator_version=1, name="synthetic", task="golf-mini",
+            task_digest="0" * 64, direction="min", noise_floor=0.01,
+        )
+    ]
+    labels = [Label.KEEP, Label.DISCARD, Label.DISCARD, Label.CRASH, Label.GATE_MISS,
+              Label.TRAIN_BUDGET_OVERRUN, Label.DISCARD, Label.SIZE_VIOLATION]
+    best = 3.7
+    kept = [ev.trial_id(search, 0)]
+    for seq in range(trials + 1):
+        tid = ev.trial_id(search, seq)
+        agent = "baseline" if seq == 0 else f"agent{seq % agents}"
+        parents = () if seq == 0 else (rng.choice(kept[-5:]),)
+        label = Label.BASELINE if seq == 0 else rng.choice(labels)
+        score = best + rng.uniform(-0.05, 0.2) if label is not Label.CRASH else None
+        if label is Label.KEEP:
+            score = best - rng.uniform(0.001, 0.02)
+            best = score
+            kept.append(tid)
+        common = {"originator_id": tid, "search_id": search}
+        out += [
+            ev.TrialProposed(originator_id=tid, originator_version=1, search_id=search,
+                             seq=seq, agent=agent, surface=agent, parents=parents,
+                             hypothesis=f"try variant {seq}", expected_delta=-0.01),
+            ev.TrialSubmitted(**common, originator_version=2, program_digest=f"{seq:064x}",
+                              budget=Budget(train_s=30, eval_s=10)),
+            ev.TrialClaimed(**common, originator_version=3, runner="w1", host="box"),
+            ev.RunFinished(**common, originator_version=4, runner="w1",
+                           exit_code=1 if score is None else 0, wall_s=31.0, cpu_s=30.0,
+                           stderr_tail="Traceback: boom" if score is None else ""),
+            ev.TrialEvaluated(**common, originator_version=5, evaluator="golf-mini",
+                              score=score, metrics={"val_bpb": score or 0.0},
+                              checks=(Check(name="train_s", passed=True, value=29.0, limit=30.0),)),
+            ev.TrialLabeled(**common, originator_version=6, label=label, score=score,
+                            improvement=label is Label.KEEP, reason=""),
+        ]
+    return out

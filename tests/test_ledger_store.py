@@ -1,0 +1,237 @@
+"""The store: round trips, append-only refusal, optimistic concurrency, bad input."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ledger import ConflictError, Ledger, StoreError, events as ev
+from ledger.events import Label
+from ledger.store import StoreURL
+from ledger.trials import claim
+from tests.factories import one_of_each
+
+
+def test_every_event_type_round_trips(store_url):
+    sent = one_of_each()
+    assert {type(e) for e in sent} == set(ev.EVENT_TYPES)
+    with Ledger.open(store_url) as ledger:
+        ids = ledger.append(*sent)
+        assert ids == sorted(ids) and len(ids) == len(sent)
+    # A fresh process-level open reads exactly what was written, typed.
+    with Ledger.open(store_url, create=False) as ledger:
+        got = [e for _, e in ledger.read()]
+        assert got == sent
+        assert ledger.stream(sent[1].originator_id) == [
+            e for e in sent if e.originator_id == sent[1].originator_id
+        ]
+        assert ledger.version(sent[0].originator_id) == 2
+        assert isinstance(got[7].label, Label) and got[7].label is Label.SIZE_VIOLATION
+
+
+def test_labels_and_budget_charging():
+    assert [l.value for l in Label][:2] == ["baseline", "keep"]
+    assert not Label.BASELINE.charged and not Label.DUPLICATE.charged
+    assert not Label.INFRA_ERROR.charged and Label.CRASH.charged and Label.KEEP.charged
+    assert len(Label) == 15
+
+
+def test_events_and_blobs_are_append_only(store_url):
+    with Ledger.open(store_url) as ledger:
+        ledger.append(*one_of_each())
+        ledger.put_blob(b"diff --git a b")
+    url = StoreURL.parse(store_url)
+    statements = ["UPDATE {ev} SET topic = 'x'", "DELETE FROM {ev}", "DELETE FROM arl_blobs",
+                  "UPDATE arl_blobs SET data = 'x'", "DELETE FROM arl_chain", "DELETE FROM arl_meta"]
+    for statement in statements:
+        if url.kind == "sqlite":
+            conn = sqlite3.connect(url.path)
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                conn.execute(statement.format(ev="stored_events"))
+            conn.close()
+        else:
+            with psycopg.connect(host=url.host, port=url.port, user=url.user,
+                                 dbname=url.dbname) as conn:
+                with pytest.raises(psycopg.Error, match="append-only"):
+                    conn.execute(statement.format(ev="arl_events"))
+    if url.kind == "postgresql":
+        with psycopg.connect(host=url.host, port=url.port, user=url.user, dbname=url.dbname) as conn:
+            with pytest.raises(psycopg.Error, match="append-only"):
+                conn.execute("TRUNCATE arl_events")
+    with Ledger.open(store_url) as ledger:
+        assert len(ledger.read()) == 11
+
+
+def test_blobs_are_content_addressed_and_deduplicated(store_url):
+    with Ledger.open(store_url) as ledger:
+        a = ledger.put_blob(b"hello")
+        assert a == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        assert ledger.put_blob(b"hello") == a
+        big = bytes(range(256)) * 4096
+        b = ledger.put_blob(big)
+        assert ledger.get_blob(a) == b"hello" and ledger.get_blob(b) == big
+        assert len(ledger.read_blob_rows()) == 2
+        with pytest.raises(Exception, match="not in"):
+            ledger.get_blob("0" * 64)
+
+
+def test_stale_version_is_a_clear_conflict_and_writes_nothing(store_url):
+    sent = one_of_each()
+    with Ledger.open(store_url) as ledger:
+        ledger.append(*sent[:3])
+        head = ledger.head()
+        t1 = sent[1].originator_id
+        late = ev.TrialClaimed(originator_id=t1, originator_version=2,
+                               search_id=sent[0].originator_id, runner="w9")
+        fresh = ev.TrialProposed(originator_id=uuid.uuid4(), originator_version=1,
+                                 search_id=sent[0].originator_id, seq=9, agent="a", surface="a")
+        with pytest.raises(ConflictError, match="another writer got there first"):
+            ledger.append(fresh, late)  # one batch: all or nothing
+        assert ledger.head() == head
+        assert ledger.version(fresh.originator_id) == 0
+
+
+CLAIMER = textwrap.dedent(
+    """
+    import sys, time, uuid
+    from pathlib import Path
+    from ledger import Ledger, ConflictError
+    from ledger.trials import claim
+    url, trial, go, name = sys.argv[1:5]
+    with Ledger.open(url) as ledger:
+        while not Path(go).exists():
+            time.sleep(0.001)
+        try:
+            claim(ledger, uuid.UUID(trial), name)
+            print("WON")
+        except ConflictError as e:
+            print("LOST", e)
+    """
+)
+
+
+def test_concurrent_claim_from_processes_has_exactly_one_winner(store_url, tmp_path):
+    sent = one_of_each()
+    with Ledger.open(store_url) as ledger:
+        ledger.append(*sent[:3])  # started, proposed, submitted
+    trial = sent[1].originator_id
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, store_url, str(trial), str(go), f"runner{i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for i in range(4)
+    ]
+    import time
+
+    time.sleep(1.5)  # let every process open the store and spin on the start flag
+    go.touch()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    results = [o[0].strip() for o in outs]
+    assert sum(r == "WON" for r in results) == 1, results
+    losers = [r for r in results if r != "WON"]
+    assert all("claimed by another runner" in r or "cannot be claimed" in r for r in losers)
+    with Ledger.open(store_url) as ledger:
+        claims = [e for e in ledger.stream(trial) if isinstance(e, ev.TrialClaimed)]
+        assert len(claims) == 1
+
+
+def test_claim_refuses_a_trial_that_is_not_waiting(sqlite_url):
+    sent = one_of_each()
+    with Ledger.open(sqlite_url) as ledger:
+        ledger.append(*sent[:4])  # already claimed
+        with pytest.raises(ConflictError, match="cannot be claimed"):
+            claim(ledger, sent[1].originator_id, "w2")
+        with pytest.raises(ConflictError, match="does not exist"):
+            claim(ledger, uuid.uuid4(), "w2")
+
+
+# --- bad input: one clear line, nothing written ---------------------------------
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a ledger\n")
+    with pytest.raises(StoreError, match="not an arl ledger"):
+        Ledger.open(f"sqlite:///{path}")
+    assert path.read_bytes() == b"these are my notes, not a ledger\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
+def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path):
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not an arl ledger"):
+        Ledger.open(f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def test_a_ledger_from_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    with Ledger.open(f"sqlite:///{path}"):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER arl_meta_no_update")
+    conn.execute("UPDATE arl_meta SET value = '99' WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"newer arl \(ledger schema 99"):
+        Ledger.open(f"sqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+def test_missing_ledger_is_not_created_when_only_reading(tmp_path):
+    with pytest.raises(StoreError, match="no arl ledger at"):
+        Ledger.open(f"sqlite:///{tmp_path / 'absent.db'}", create=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("mysql://root@localhost/db", "unknown scheme 'mysql'"),
+        ("postgresql://u:secret@127.0.0.1:1/db", "cannot reach PostgreSQL"),
+        ("postgresql://127.0.0.1:5432", "names no database"),
+        ("sqlite://", "names no file"),
+    ],
+)
+def test_bad_store_urls_say_what_to_fix(url, message):
+    with pytest.raises(StoreError, match=message) as info:
+        Ledger.open(url)
+    assert "secret" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_default_store_is_under_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ARL_STORE", raising=False)
+    with Ledger.open() as ledger:
+        assert ledger.url.path == str(tmp_path / ".arl" / "ledger.db")
+    monkeypatch.setenv("ARL_STORE", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    with Ledger.open() as ledger:
+        assert ledger.url.path == str(tmp_path / "elsewhere.db")
+
+
+def test_store_url_forms(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert StoreURL.parse("sqlite:///abs/l.db").path == "/abs/l.db"
+    assert StoreURL.parse("sqlite:rel/l.db").path == str(tmp_path / "rel" / "l.db")
+    assert StoreURL.parse("plain.db").path == str(tmp_path / "plain.db")
+    pg = StoreURL.parse("postgresql://bob:pw@db.example:6543/arl")
+    assert (pg.user, pg.password, pg.host, pg.port, pg.dbname) == ("bob", "pw", "db.example", 6543, "arl")
+    assert "pw" not in pg.display()
