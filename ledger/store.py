@@ -391,6 +391,11 @@ class Ledger:
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
 
+    @property
+    def recorder(self) -> Any:
+        """The eventsourcing application recorder underneath (for tools and tests)."""
+        return self._recorder
+
     # -- opening ------------------------------------------------------------------
 
     @classmethod

@@ -35,27 +35,45 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+def require_postgres() -> None:
+    """Skip (or, under ARL_REQUIRE_POSTGRES=1 as in CI, fail) when the server is absent."""
     problem = _pg_available()
     if problem:
         if os.environ.get("ARL_REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is required but unreachable: {problem}")
         pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {problem}")
+
+
+def create_pg_database() -> str:
+    require_postgres()
     name = f"arl_test_{uuid.uuid4().hex[:12]}"
     with _pg_admin() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with _pg_admin() as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def pg_url_for(name: str) -> str:
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = create_pg_database()
     try:
-        yield f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+        yield pg_url_for(name)
     finally:
-        with _pg_admin() as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        drop_pg_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
