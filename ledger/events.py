@@ -57,10 +57,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True, gc=False):
     """Base of every ledger event: which stream, where in it, and when."""
 
-    originator_id: uuid.UUID
+    #: Stream id: a UUID in canonical text form (searches: uuid4; trials: see trial_id).
+    originator_id: str
     originator_version: int
     at: datetime = msgspec.field(default_factory=now)
 
@@ -72,7 +73,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
 # --- value types carried inside events --------------------------------------
 
 
-class Budget(msgspec.Struct, frozen=True, kw_only=True):
+class Budget(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Limits a runner enforces from outside the recipe (None: no limit)."""
 
     train_s: float | None = None
@@ -82,7 +83,7 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
     threads: int = 1
 
 
-class Check(msgspec.Struct, frozen=True, kw_only=True):
+class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One legality check of an evaluation: what was measured against what limit."""
 
     name: str
@@ -106,8 +107,8 @@ class SearchStarted(Event, frozen=True, kw_only=True):
     host: str = ""
     #: "search" for an ordinary one; "replay", "fork" or "import" otherwise.
     kind: str = "search"
-    origin_search: uuid.UUID | None = None
-    origin_trial: uuid.UUID | None = None
+    origin_search: str | None = None
+    origin_trial: str | None = None
 
 
 class SearchStopped(Event, frozen=True, kw_only=True):
@@ -119,11 +120,11 @@ class SearchStopped(Event, frozen=True, kw_only=True):
 
 
 class TrialProposed(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     seq: int
     agent: str
     surface: str
-    parents: tuple[uuid.UUID, ...] = ()
+    parents: tuple[str, ...] = ()
     hypothesis: str = ""
     expected_delta: float | None = None
     backend: str = ""
@@ -137,13 +138,13 @@ class TrialProposed(Event, frozen=True, kw_only=True):
 
 
 class EditRejected(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     check: str
     reason: str
 
 
 class TrialSubmitted(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     program_digest: str
     budget: Budget = Budget()
     seeds: tuple[int, ...] = ()
@@ -153,7 +154,7 @@ class TrialSubmitted(Event, frozen=True, kw_only=True):
 
 
 class TrialClaimed(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     runner: str
     host: str = ""
     lease_s: float = 60.0
@@ -161,7 +162,7 @@ class TrialClaimed(Event, frozen=True, kw_only=True):
 
 
 class RunFinished(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     runner: str
     exit_code: int | None = None
     signal: int | None = None
@@ -181,7 +182,7 @@ class RunFinished(Event, frozen=True, kw_only=True):
 
 
 class TrialEvaluated(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     evaluator: str
     evaluator_version: str = ""
     score: float | None = None
@@ -191,7 +192,7 @@ class TrialEvaluated(Event, frozen=True, kw_only=True):
 
 
 class TrialLabeled(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     label: Label
     score: float | None = None
     improvement: bool = False
@@ -201,7 +202,7 @@ class TrialLabeled(Event, frozen=True, kw_only=True):
 
 
 class LeaseExpired(Event, frozen=True, kw_only=True):
-    search_id: uuid.UUID
+    search_id: str
     runner: str
     attempt: int = 1
     reason: str = ""
@@ -246,6 +247,10 @@ def decode(data: bytes) -> Event:
     return _decoder.decode(data)
 
 
-def trial_id(search_id: uuid.UUID, seq: int) -> uuid.UUID:
+def new_search_id() -> str:
+    return str(uuid.uuid4())
+
+
+def trial_id(search_id: str, seq: int) -> str:
     """The id of a search's seq-th trial: derived, so a replay gets the same ids."""
-    return uuid.uuid5(search_id, f"trial/{seq}")
+    return str(uuid.uuid5(uuid.UUID(search_id), f"trial/{seq}"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import uuid
 from datetime import datetime
 
 import msgspec
@@ -27,13 +26,13 @@ from ledger.store import Ledger, decode_states
 PROJECTION_VERSION = 1
 
 
-class TrialRow(msgspec.Struct, kw_only=True):
-    trial_id: uuid.UUID
-    search_id: uuid.UUID
+class TrialRow(msgspec.Struct, kw_only=True, gc=False):
+    trial_id: str
+    search_id: str
     seq: int
     agent: str
     surface: str
-    parents: tuple[uuid.UUID, ...] = ()
+    parents: tuple[str, ...] = ()
     hypothesis: str = ""
     expected_delta: float | None = None
     backend: str = ""
@@ -51,8 +50,8 @@ class TrialRow(msgspec.Struct, kw_only=True):
     version: int = 0  # last stream version seen
 
 
-class SearchRow(msgspec.Struct, kw_only=True):
-    search_id: uuid.UUID
+class SearchRow(msgspec.Struct, kw_only=True, gc=False):
+    search_id: str
     name: str
     task: str
     direction: str
@@ -61,9 +60,9 @@ class SearchRow(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     stop_reason: str | None = None
-    baseline_trial: uuid.UUID | None = None
+    baseline_trial: str | None = None
     baseline_score: float | None = None
-    best_trial: uuid.UUID | None = None
+    best_trial: str | None = None
     best_score: float | None = None
     proposed: int = 0
     labeled: int = 0
@@ -72,14 +71,14 @@ class SearchRow(msgspec.Struct, kw_only=True):
 
 class State(msgspec.Struct, kw_only=True):
     position: int = 0
-    searches: dict[uuid.UUID, SearchRow] = {}
-    trials: dict[uuid.UUID, TrialRow] = {}
-    children: dict[uuid.UUID, list[uuid.UUID]] = {}
+    searches: dict[str, SearchRow] = {}
+    trials: dict[str, TrialRow] = {}
+    children: dict[str, list[str]] = {}
     #: "<search id>/<agent>" → label → count (and the same keyed by surface)
     by_agent: dict[str, dict[str, int]] = {}
     by_surface: dict[str, dict[str, int]] = {}
     #: submitted, not yet claimed (or re-queued after a lost lease) → notification id
-    queue: dict[uuid.UUID, int] = {}
+    queue: dict[str, int] = {}
 
     # -- folding -------------------------------------------------------------------
 
@@ -98,11 +97,11 @@ class State(msgspec.Struct, kw_only=True):
 
     # -- questions consumers ask ----------------------------------------------------
 
-    def lineage(self, trial: uuid.UUID) -> list[uuid.UUID]:
+    def lineage(self, trial: str) -> list[str]:
         """Root → trial chain, following first parents."""
         chain = []
         seen = set()
-        current: uuid.UUID | None = trial
+        current: str | None = trial
         while current is not None and current not in seen and current in self.trials:
             seen.add(current)
             chain.append(current)
@@ -110,12 +109,12 @@ class State(msgspec.Struct, kw_only=True):
             current = parents[0] if parents else None
         return chain[::-1]
 
-    def trials_of(self, search: uuid.UUID) -> list[TrialRow]:
+    def trials_of(self, search: str) -> list[TrialRow]:
         return sorted(
             (t for t in self.trials.values() if t.search_id == search), key=lambda t: t.seq
         )
 
-    def next_in_queue(self) -> uuid.UUID | None:
+    def next_in_queue(self) -> str | None:
         return next(iter(self.queue), None)
 
     # -- comparison ---------------------------------------------------------------------
@@ -288,10 +287,10 @@ def _advance(ledger: Ledger, state: State, page: int, until: float | None = None
     """Apply every event after ``state.position``; returns how many were applied."""
     applied = 0
     while True:
-        rows = ledger.read_raw(state.position, page)
+        rows = ledger.read_states(state.position, page)
         if not rows:
             return applied
-        events = decode_states([r[4] for r in rows])
+        events = decode_states([r[1] for r in rows])
         apply = state.apply
         for row, event in zip(rows, events, strict=True):
             apply(row[0], event)

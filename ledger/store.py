@@ -64,17 +64,17 @@ def record_digest(
     prev: bytes, notification_id: int, originator_id: Any, version: int, topic: str, state: bytes
 ) -> bytes:
     """Next link of the event chain: sha256 over the previous link and one stored event."""
-    oid = originator_id.hex if isinstance(originator_id, uuid.UUID) else str(originator_id)
-    if len(oid) == 36:  # a UUID in canonical text form (PostgreSQL text ids)
-        oid = oid.replace("-", "")
-    h = hashlib.sha256(prev)
-    h.update(struct.pack(">qq", notification_id, version))
-    h.update(oid.encode())
-    h.update(b"\x00")
-    h.update(topic.encode())
-    h.update(b"\x00")
-    h.update(state)
-    return h.digest()
+    # eventsourcing stores a UUID object's id as its hex text; hash what is stored.
+    oid = originator_id.hex if isinstance(originator_id, uuid.UUID) else originator_id
+    return _sha256(
+        b"".join(
+            (prev, _pack(notification_id, version), oid.encode(), b"\x00", topic.encode(), b"\x00", state)
+        )
+    ).digest()
+
+
+_sha256 = hashlib.sha256
+_pack = struct.Struct(">qq").pack
 
 
 def blob_link(prev: bytes, digest: str) -> bytes:
@@ -519,11 +519,11 @@ class Ledger:
             ) from e
         return [r.notification.id for r in recordings]
 
-    def stream(self, originator_id: uuid.UUID, after: int = 0) -> list[ev.Event]:
+    def stream(self, originator_id: str, after: int = 0) -> list[ev.Event]:
         """Every event of one stream, in version order (versions > ``after``)."""
         return list(self._store.get(originator_id, gt=after or None))
 
-    def version(self, originator_id: uuid.UUID) -> int:
+    def version(self, originator_id: str) -> int:
         """The last version of a stream, 0 if it has none."""
         last = self._recorder.select_events(originator_id, desc=True, limit=1)
         return last[0].originator_version if last else 0
@@ -534,37 +534,44 @@ class Ledger:
 
     def read_raw(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, Any, int, str, bytes]]:
         """Rows ``(notification_id, originator_id, version, topic, state)`` after a position."""
+        return self._select_log(
+            "originator_id, originator_version, topic, state", after, limit
+        )
+
+    def read_states(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, bytes]]:
+        """Rows ``(notification_id, state)`` after a position: the fast path for folding."""
+        return self._select_log("state", after, limit)
+
+    def _select_log(self, columns: str, after: int, limit: int) -> list[Any]:
         table = self.events_table
         with self._backend.read() as c:
             if self.kind == "sqlite":
-                c.execute(
-                    f"SELECT rowid, originator_id, originator_version, topic, state FROM {table} "
-                    "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                # Plain tuples, not sqlite3.Row; CAST keeps a hand-edited TEXT state as bytes.
+                cur = c.sqlite_cursor
+                cur.row_factory = None
+                cur.execute(
+                    f"SELECT rowid, {columns.replace('state', 'CAST(state AS BLOB)')} "
+                    f"FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     (after, limit),
                 )
-                return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
+                return cur.fetchall()
+            names = ["notification_id", *(n.strip() for n in columns.split(","))]
             c.execute(
-                f"SELECT notification_id, originator_id, originator_version, topic, state "
-                f"FROM {table} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+                f"SELECT {', '.join(names)} FROM {table} "
+                "WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
                 (after, limit),
             )
             return [
-                (
-                    r["notification_id"],
-                    r["originator_id"],
-                    r["originator_version"],
-                    r["topic"],
-                    bytes(r["state"]),
-                )
+                tuple(bytes(r[n]) if n == "state" else r[n] for n in names)
                 for r in c.fetchall()
             ]
 
     def read(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, ev.Event]]:
         """Decoded events after a position, in notification order."""
-        rows = self.read_raw(after, limit)
+        rows = self.read_states(after, limit)
         if not rows:
             return []
-        decoded = decode_states([r[4] for r in rows])
+        decoded = decode_states([r[1] for r in rows])
         return [(r[0], e) for r, e in zip(rows, decoded, strict=True)]
 
     def iter_events(self, after: int = 0, page: int = 20_000) -> Iterator[tuple[int, ev.Event]]:
@@ -578,25 +585,39 @@ class Ledger:
     def put_blob(self, data: bytes) -> str:
         """Store bytes once; returns their sha256 hex digest."""
         digest = hashlib.sha256(data).hexdigest()
-        if self.has_blob(digest):
-            return digest
+        if not self.has_blob(digest):
+            self.put_blobs([data])
+        return digest
+
+    def put_blobs(self, items: Sequence[bytes]) -> list[str]:
+        """Store many blobs in one transaction; returns their digests in order."""
+        digests = [hashlib.sha256(data).hexdigest() for data in items]
         b = self._backend
         try:
             with b.write() as c:
                 if b.kind == "postgresql":
                     c.execute("LOCK TABLE arl_blobs IN EXCLUSIVE MODE")
-                c.execute(b.sql("SELECT 1 FROM arl_blobs WHERE digest = ?"), (digest,))
-                if c.fetchone() is None:
-                    c.execute("SELECT chain FROM arl_blobs ORDER BY seq DESC LIMIT 1")
-                    row = c.fetchone()
-                    prev = bytes(_col(row, "chain")) if row else _GENESIS
-                    c.execute(
-                        b.sql("INSERT INTO arl_blobs (digest, size, data, chain) VALUES (?, ?, ?, ?)"),
-                        (digest, len(data), data, blob_link(prev, digest)),
-                    )
+                c.execute("SELECT chain FROM arl_blobs ORDER BY seq DESC LIMIT 1")
+                row = c.fetchone()
+                prev = bytes(_col(row, "chain")) if row else _GENESIS
+                new: dict[str, bytes] = {}
+                for digest, data in zip(digests, items, strict=True):
+                    if digest in new:
+                        continue
+                    c.execute(b.sql("SELECT 1 FROM arl_blobs WHERE digest = ?"), (digest,))
+                    if c.fetchone() is None:
+                        new[digest] = data
+                rows = []
+                for digest, data in new.items():
+                    prev = blob_link(prev, digest)
+                    rows.append((digest, len(data), data, prev))
+                c.executemany(
+                    b.sql("INSERT INTO arl_blobs (digest, size, data, chain) VALUES (?, ?, ?, ?)"),
+                    rows,
+                )
         except (PersistenceError, sqlite3.Error) as e:
-            raise StoreError(f"could not write a blob to {self.url.display()}: {_one_line(e)}") from e
-        return digest
+            raise StoreError(f"could not write blobs to {self.url.display()}: {_one_line(e)}") from e
+        return digests
 
     def has_blob(self, digest: str) -> bool:
         with self._backend.read() as c:
@@ -619,16 +640,22 @@ class Ledger:
 
     # -- raw access for verification --------------------------------------------------------
 
-    def read_chain(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, bytes]]:
+    def read_chain(self, after: int = 0, limit: int = 10_000, stop: int | None = None) -> list[tuple[int, bytes]]:
+        """Chain rows ``(notification_id, link)`` after a position (and up to ``stop``)."""
+        where = "notification_id > ?" + ("" if stop is None else " AND notification_id <= ?")
+        params = (after,) if stop is None else (after, stop)
         with self._backend.read() as c:
-            c.execute(
-                self._backend.sql(
-                    "SELECT notification_id, digest FROM arl_chain "
-                    "WHERE notification_id > ? ORDER BY notification_id LIMIT ?"
-                ),
-                (after, limit),
+            statement = self._backend.sql(
+                f"SELECT notification_id, digest FROM arl_chain WHERE {where} "
+                "ORDER BY notification_id LIMIT ?"
             )
-            return [(_col(r, "notification_id"), bytes(_col(r, "digest"))) for r in c.fetchall()]
+            if self.kind == "sqlite":
+                cur = c.sqlite_cursor
+                cur.row_factory = None
+                cur.execute(statement, (*params, limit))
+                return cur.fetchall()
+            c.execute(statement, (*params, limit))
+            return [(r["notification_id"], bytes(r["digest"])) for r in c.fetchall()]
 
     def read_blob_rows(self, after: int = 0, limit: int = 1_000) -> list[tuple[int, str, bytes, bytes]]:
         """Rows ``(seq, digest, data, chain)`` of the blob table after a position."""
@@ -765,13 +792,6 @@ def decode_states(states: Sequence[bytes]) -> list[ev.Event]:
 _list_decoder = msgspec.json.Decoder(list[ev.AnyEvent])
 
 
-def _as_bytes(value: Any) -> bytes:
-    """Stored state as bytes, even if a hand edit turned the BLOB into TEXT."""
-    if isinstance(value, bytes):
-        return value
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
 def _col(row: Any, name: str) -> Any:
     """A column from a sqlite3.Row or a psycopg dict row."""
     return row[name]
@@ -845,6 +865,7 @@ def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory,
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "30",
             "CREATE_TABLE": "false",
+            "ORIGINATOR_ID_TYPE": "text",
         },
     )
     try:
@@ -880,6 +901,7 @@ def _open_postgres(url: StoreURL) -> tuple[InfrastructureFactory, _Backend]:
             "POSTGRES_POOL_SIZE": "2",
             "POSTGRES_MAX_OVERFLOW": "8",
             "CREATE_TABLE": "false",
+            "ORIGINATOR_ID_TYPE": "text",
         },
     )
     factory = InfrastructureFactory.construct(env)

@@ -8,8 +8,6 @@ same version: the store lets exactly one win and the other gets a
 
 from __future__ import annotations
 
-import uuid
-
 from ledger import events as ev
 from ledger.errors import ConflictError
 from ledger.store import Ledger, hostname
@@ -19,7 +17,7 @@ _CLAIMABLE = (ev.TrialSubmitted, ev.LeaseExpired)
 
 
 def claim(
-    ledger: Ledger, trial: uuid.UUID, runner: str, *, lease_s: float = 60.0
+    ledger: Ledger, trial: str, runner: str, *, lease_s: float = 60.0
 ) -> ev.TrialClaimed:
     """Take a submitted trial for ``runner``; raises ConflictError if it is not free."""
     events = ledger.stream(trial)

@@ -84,35 +84,32 @@ def _verify_events(
     progress: Callable[[int], None] | None,
     page: int,
 ) -> str | None:
-    events = _pages(ledger.read_raw, lambda r: r[0], page)
-    chain = _pages(ledger.read_chain, lambda r: r[0], page)
+    """Walk the log page by page beside the chain rows covering the same ids."""
     prev = _GENESIS
-    e = next(events, None)
-    c = next(chain, None)
+    after = 0
     ref_rows: list[tuple[int, bytes]] = []
-    while e is not None or c is not None:
-        if c is None or (e is not None and e[0] < c[0]):
-            nid, oid, version, topic, _ = e
-            return (
-                f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
-                "was inserted outside arl: it has no link in the chain"
-            )
-        if e is None or c[0] < e[0]:
-            return f"event #{c[0]} was removed: its chain link exists but the event does not"
-        nid, oid, version, topic, state = e
-        prev = record_digest(prev, nid, oid, version, topic, state)
-        if prev != c[1]:
-            return (
-                f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
-                "was changed after it was recorded: its bytes do not match the chain"
-            )
-        if topic in _REF_TOPICS:
-            ref_rows.append((nid, state))
-        report.events += 1
-        if progress and report.events % 100_000 == 0:
+    while True:
+        events = ledger.read_raw(after, page)
+        # The chain rows for the same id range; past the last event, any leftover one.
+        chain = ledger.read_chain(after, page + 1, stop=events[-1][0] if events else None)
+        if not events and not chain:
+            break
+        if [e[0] for e in events] != [c[0] for c in chain]:
+            return _first_gap(events, chain)
+        for (nid, oid, version, topic, state), (_, link) in zip(events, chain):
+            prev = record_digest(prev, nid, oid, version, topic, state)
+            if prev != link:
+                return (
+                    f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
+                    "was changed after it was recorded: its bytes do not match the chain"
+                )
+            if topic in _REF_TOPICS:
+                ref_rows.append((nid, state))
+        before = report.events
+        report.events += len(events)
+        if progress and report.events // 100_000 != before // 100_000:
             progress(report.events)
-        e = next(events, None)
-        c = next(chain, None)
+        after = events[-1][0]
     report.head = prev.hex()
     if ref_rows:
         decoded = decode_states([s for _, s in ref_rows])
@@ -120,6 +117,22 @@ def _verify_events(
             for digest in event.blob_refs():
                 refs.setdefault(digest, nid)
     return None
+
+
+def _first_gap(events: list, chain: list) -> str:
+    """Name the first id present in only one of the two (sorted) lists."""
+    event_ids = {e[0]: e for e in events}
+    chain_ids = {c[0] for c in chain}
+    for nid in sorted(event_ids.keys() | chain_ids):
+        if nid not in chain_ids:
+            _, oid, version, topic, _ = event_ids[nid]
+            return (
+                f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
+                "was inserted outside arl: it has no link in the chain"
+            )
+        if nid not in event_ids:
+            return f"event #{nid} was removed: its chain link exists but the event does not"
+    raise AssertionError("lists differ but no id is missing")  # pragma: no cover
 
 
 def _verify_blobs(ledger: Ledger, report: Report, seen: set[str]) -> str | None:

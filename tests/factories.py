@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,9 +12,9 @@ from ledger.events import Budget, Check, Label
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
-def one_of_each(search: uuid.UUID | None = None) -> list[ev.Event]:
+def one_of_each(search: str | None = None) -> list[ev.Event]:
     """Every event type once, every field set away from its default."""
-    search = search or uuid.uuid4()
+    search = search or str(uuid.uuid4())
     t1 = ev.trial_id(search, 1)
     t2 = ev.trial_id(search, 2)
     at = iter(T0 + timedelta(seconds=i) for i in range(100))
@@ -22,12 +23,12 @@ def one_of_each(search: uuid.UUID | None = None) -> list[ev.Event]:
             originator_id=search, originator_version=1, at=next(at), name="golf run",
             task="golf-mini", task_digest="d" * 64, direction="min", noise_floor=0.05,
             config={"agents": "tuner", "trials": 30, "lineage": True, "nested": {"a": [1, 2.5]}},
-            arl_version="0.1.0", host="box", kind="fork", origin_search=uuid.uuid4(),
-            origin_trial=uuid.uuid4(),
+            arl_version="0.1.0", host="box", kind="fork", origin_search=str(uuid.uuid4()),
+            origin_trial=str(uuid.uuid4()),
         ),
         ev.TrialProposed(
             originator_id=t1, originator_version=1, at=next(at), search_id=search, seq=1,
-            agent="opt", surface="opt", parents=(uuid.uuid4(), uuid.uuid4()),
+            agent="opt", surface="opt", parents=(str(uuid.uuid4()), str(uuid.uuid4())),
             hypothesis="raise lr — ünïcode ok", expected_delta=-0.02, backend="tuner",
             edit_digest="e" * 64, agent_call_digest="a" * 64,
             source={"id": "exp_042", "status": "size_blocked", "raw": "a\tb\nc"},
@@ -83,14 +84,19 @@ def one_of_each(search: uuid.UUID | None = None) -> list[ev.Event]:
     ]
 
 
+def program_bytes(seq: int) -> bytes:
+    """The (fake) program of a synthetic trial; its digest is what TrialSubmitted names."""
+    return f"LR = {seq}\n".encode()
+
+
 def synthetic_search(
-    trials: int, *, search: uuid.UUID | None = None, agents: int = 5, seed: int = 0
+    trials: int, *, search: str | None = None, agents: int = 5, seed: int = 0
 ) -> list[ev.Event]:
     """A plausible search: baseline, then trials of 6 events each (proposed → labeled)."""
     import random
 
     rng = random.Random(seed)
-    search = search or uuid.UUID(int=rng.getrandbits(128))
+    search = search or str(uuid.UUID(int=rng.getrandbits(128)))
     out: list[ev.Event] = [
         ev.SearchStarted(
             originator_id=search, originator_version=1, name="synthetic", task="golf-mini",
@@ -116,7 +122,7 @@ def synthetic_search(
             ev.TrialProposed(originator_id=tid, originator_version=1, search_id=search,
                              seq=seq, agent=agent, surface=agent, parents=parents,
                              hypothesis=f"try variant {seq}", expected_delta=-0.01),
-            ev.TrialSubmitted(**common, originator_version=2, program_digest=f"{seq:064x}",
+            ev.TrialSubmitted(**common, originator_version=2, program_digest=hashlib.sha256(program_bytes(seq)).hexdigest(),
                               budget=Budget(train_s=30, eval_s=10)),
             ev.TrialClaimed(**common, originator_version=3, runner="w1", host="box"),
             ev.RunFinished(**common, originator_version=4, runner="w1",

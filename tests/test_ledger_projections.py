@@ -41,7 +41,7 @@ def _steps(search, seq, label, score, start=2):
 
 @pytest.mark.parametrize("direction, best_seq", [("min", 2), ("max", 0)])
 def test_views_of_a_small_search(direction, best_seq):
-    s = uuid.uuid4()
+    s = str(uuid.uuid4())
     t = lambda i: ev.trial_id(s, i)  # noqa: E731
     log = [ev.SearchStarted(originator_id=s, originator_version=1, name="n", task="k",
                             task_digest="d", direction=direction)]
@@ -138,7 +138,7 @@ WRITER = textwrap.dedent(
     from ledger import Ledger, events as ev
     with Ledger.open(sys.argv[1]) as ledger:
         time.sleep(float(sys.argv[2]))
-        s = uuid.uuid4()
+        s = str(uuid.uuid4())
         ledger.append(ev.SearchStarted(originator_id=s, originator_version=1, name="late",
                                        task="t", task_digest="d", direction="min"))
     """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from eventsourcing.tests.persistence import (
@@ -21,7 +22,14 @@ from ledger.verify import verify
 from tests.conftest import create_pg_database, drop_pg_database, pg_url_for
 
 
-class _SQLiteLedger:
+class _TextIds:
+    """arl stores stream ids as text (ORIGINATOR_ID_TYPE=text)."""
+
+    def new_originator_id(self) -> str:
+        return str(uuid.uuid4())
+
+
+class _SQLiteLedger(_TextIds):
     def setUp(self) -> None:
         self._dir = tempfile.mkdtemp()
         self._ledgers: list[Ledger] = []
@@ -40,7 +48,7 @@ class _SQLiteLedger:
         return ledger.recorder
 
 
-class _PostgresLedger:
+class _PostgresLedger(_TextIds):
     def setUp(self) -> None:
         self._db = create_pg_database()
         self._ledgers: list[Ledger] = []

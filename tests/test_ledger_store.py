@@ -90,7 +90,7 @@ def test_stale_version_is_a_clear_conflict_and_writes_nothing(store_url):
         t1 = sent[1].originator_id
         late = ev.TrialClaimed(originator_id=t1, originator_version=2,
                                search_id=sent[0].originator_id, runner="w9")
-        fresh = ev.TrialProposed(originator_id=uuid.uuid4(), originator_version=1,
+        fresh = ev.TrialProposed(originator_id=str(uuid.uuid4()), originator_version=1,
                                  search_id=sent[0].originator_id, seq=9, agent="a", surface="a")
         with pytest.raises(ConflictError, match="another writer got there first"):
             ledger.append(fresh, late)  # one batch: all or nothing
@@ -109,7 +109,7 @@ CLAIMER = textwrap.dedent(
         while not Path(go).exists():
             time.sleep(0.001)
         try:
-            claim(ledger, uuid.UUID(trial), name)
+            claim(ledger, trial, name)
             print("WON")
         except ConflictError as e:
             print("LOST", e)
@@ -153,7 +153,7 @@ def test_claim_refuses_a_trial_that_is_not_waiting(sqlite_url):
         with pytest.raises(ConflictError, match="cannot be claimed"):
             claim(ledger, sent[1].originator_id, "w2")
         with pytest.raises(ConflictError, match="does not exist"):
-            claim(ledger, uuid.uuid4(), "w2")
+            claim(ledger, str(uuid.uuid4()), "w2")
 
 
 # --- bad input: one clear line, nothing written ---------------------------------
