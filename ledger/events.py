@@ -65,10 +65,6 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
     originator_version: int
     at: datetime = msgspec.field(default_factory=now)
 
-    def blob_refs(self) -> tuple[str, ...]:
-        """Digests of blobs this event names; each must exist in the blob store."""
-        return ()
-
 
 # --- value types carried inside events --------------------------------------
 
@@ -133,9 +129,6 @@ class TrialProposed(Event, frozen=True, kw_only=True):
     #: For imported trials: the original id, status and raw row.
     source: dict[str, Any] | None = None
 
-    def blob_refs(self) -> tuple[str, ...]:
-        return tuple(d for d in (self.edit_digest, self.agent_call_digest) if d)
-
 
 class EditRejected(Event, frozen=True, kw_only=True):
     search_id: str
@@ -148,9 +141,6 @@ class TrialSubmitted(Event, frozen=True, kw_only=True):
     program_digest: str
     budget: Budget = Budget()
     seeds: tuple[int, ...] = ()
-
-    def blob_refs(self) -> tuple[str, ...]:
-        return (self.program_digest,)
 
 
 class TrialClaimed(Event, frozen=True, kw_only=True):
@@ -175,10 +165,6 @@ class RunFinished(Event, frozen=True, kw_only=True):
     artifacts: dict[str, str] = {}
     log_digest: str | None = None
     sandbox: str = "none"
-
-    def blob_refs(self) -> tuple[str, ...]:
-        refs = tuple(self.artifacts.values())
-        return refs + (self.log_digest,) if self.log_digest else refs
 
 
 class TrialEvaluated(Event, frozen=True, kw_only=True):
@@ -233,6 +219,25 @@ AnyEvent = (
     | TrialLabeled
     | LeaseExpired
 )
+
+class BlobRefs(msgspec.Struct, gc=False):
+    """Every event field that names a blob, across the catalogue.
+
+    A field added to an event that holds a blob digest must be added here too:
+    verification decodes each stored event through this struct (fields an
+    event lacks stay empty) and checks that every digest resolves.
+    """
+
+    edit_digest: str | None = None
+    agent_call_digest: str | None = None
+    program_digest: str | None = None
+    log_digest: str | None = None
+    artifacts: dict[str, str] = {}
+
+    def digests(self) -> list[str]:
+        single = (self.edit_digest, self.agent_call_digest, self.program_digest, self.log_digest)
+        return [d for d in single if d] + list(self.artifacts.values())
+
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
