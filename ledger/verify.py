@@ -22,6 +22,7 @@ from ledger import events as ev
 from ledger.store import _GENESIS, Ledger, blob_link, record_digest
 
 _refs_decoder = msgspec.json.Decoder(ev.BlobRefs)
+_ARL_TOPIC = f"{ev.__name__}:"
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -123,8 +124,13 @@ def _verify_events(
                     f"event #{nid} ({_short_topic(topic)} of stream {oid} v{version}) "
                     "was changed after it was recorded: its bytes do not match the chain"
                 )
-            for digest in refs_of(state).digests():
-                refs.setdefault(digest, nid)
+            if topic.startswith(_ARL_TOPIC):
+                try:
+                    named = refs_of(state).digests()
+                except msgspec.DecodeError as e:
+                    return f"event #{nid} ({_short_topic(topic)}) cannot be decoded: {e}"
+                for digest in named:
+                    refs.setdefault(digest, nid)
         before = report.events
         report.events += len(events)
         if progress and report.events // 100_000 != before // 100_000:
