@@ -87,6 +87,8 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     value: float | None = None
     limit: float | None = None
     detail: str = ""
+    #: The label a failure of this check gives the trial (e.g. size_violation).
+    fails_as: Label = Label.GATE_MISS
 
 
 # --- the search stream -------------------------------------------------------

@@ -1,0 +1,208 @@
+"""Run one recipe process under budgets enforced from outside it.
+
+* own session / process group: a kill takes every child with it;
+* wallclock: killed at ``timeout_s`` (``killed_for="wallclock"``);
+* memory: resident set of the whole group sampled every 50 ms, killed above
+  ``memory_mb`` (``killed_for="memory"``);
+* threads: OMP/MKL/OpenBLAS/torch thread counts set to ``threads``;
+* environment: only what a recipe needs — no store URL, no credentials, no keys;
+* bubblewrap when installed: no network, read-only system, writable only the
+  folders given, held-out data and the ledger hidden behind empty tmpfs.
+
+Peak memory and CPU time come from ``wait4`` on the child, not from the recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks.evaluation import Process
+
+#: Environment variables passed through to recipes (everything else is dropped).
+_PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "ARL_THREADS")
+
+
+def bwrap_path() -> str | None:
+    """The bubblewrap binary if present and usable here (set ARL_SANDBOX=none to disable)."""
+    if os.environ.get("ARL_SANDBOX", "").lower() == "none":
+        return None
+    path = shutil.which("bwrap")
+    if path is None:
+        return None
+    return path if _bwrap_works(path) else None
+
+
+_bwrap_checked: dict[str, bool] = {}
+
+
+def _bwrap_works(path: str) -> bool:
+    if path not in _bwrap_checked:
+        try:
+            probe = subprocess.run(
+                [path, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "true"],
+                capture_output=True, timeout=10,
+            )
+            _bwrap_checked[path] = probe.returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _bwrap_checked[path] = False
+    return _bwrap_checked[path]
+
+
+def recipe_env(threads: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env["HOME"] = "/tmp"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    for var in _THREAD_VARS:
+        env[var] = str(threads)
+    env.update(extra or {})
+    return env
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    timeout_s: float,
+    memory_mb: int,
+    threads: int = 1,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    writable: Sequence[Path] = (),
+    readable: Sequence[Path] = (),
+    hidden: Sequence[Path] = (),
+    tail_bytes: int = 8192,
+) -> Process:
+    """Run ``argv`` in ``cwd`` (which is writable) and measure it from outside.
+
+    ``readable`` folders are re-exposed read-only inside ``hidden`` ones (e.g. the
+    training split inside a hidden data cache).
+    """
+    argv = [sys.executable if a == "{python}" else a for a in argv]
+    bwrap = bwrap_path()
+    sandbox = "none"
+    if bwrap is not None:
+        argv = _bwrap_argv(bwrap, argv, cwd, writable, readable, hidden)
+        sandbox = "bwrap"
+    started = time.monotonic()
+    # Output goes to anonymous files outside the workspace: the recipe cannot see them.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=recipe_env(threads, env), stdout=out, stderr=err,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if stdin is not None:
+            threading.Thread(target=_feed, args=(proc, stdin), daemon=True).start()
+        killed_for, peak_sampled = _watch(proc, started + timeout_s, memory_mb)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - started
+        result = Process(
+            exit_code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            wall_s=wall,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            peak_rss_mb=max(usage.ru_maxrss / 1024, peak_sampled),
+            killed_for=killed_for,
+            stdout_tail=_tail(out, tail_bytes),
+            stderr_tail=_tail(err, tail_bytes),
+            sandbox=sandbox,
+        )
+    return result
+
+
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass  # the process stopped reading: its exit status says why
+
+
+def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int) -> tuple[str | None, float]:
+    """Poll until exit; kill the group at the deadline or above the memory limit."""
+    peak = 0.0
+    while True:
+        try:
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return None, peak
+        if exited is not None and exited.si_pid:
+            return None, peak
+        rss = _group_rss_mb(proc.pid)
+        peak = max(peak, rss)
+        if rss > memory_mb:
+            _kill_group(proc.pid)
+            return "memory", peak
+        if time.monotonic() >= deadline:
+            _kill_group(proc.pid)
+            return "wallclock", peak
+        time.sleep(0.05)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in the group (the recipe and its children)."""
+    total = 0
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) != pgid:  # field 5 (pgrp) counted after the comm
+                continue
+            with open(f"/proc/{entry.name}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * page_kb
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1024
+
+
+def _tail(f: BinaryIO, limit: int) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit))
+    text = f.read().decode("utf-8", "replace")
+    return ("…" + text) if size > limit else text
+
+
+def _bwrap_argv(
+    bwrap: str,
+    argv: list[str],
+    cwd: Path,
+    writable: Sequence[Path],
+    readable: Sequence[Path],
+    hidden: Sequence[Path],
+) -> list[str]:
+    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--die-with-parent"]
+    for path in hidden:
+        if path.exists():
+            args += ["--tmpfs", str(path)]
+    for path in readable:
+        args += ["--ro-bind", str(path), str(path)]
+    for path in (cwd, *writable):
+        args += ["--bind", str(path), str(path)]
+    args += ["--chdir", str(cwd), "--"]
+    return args + argv

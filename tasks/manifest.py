@@ -1,0 +1,257 @@
+"""The task manifest (``task.toml``): what a recipe is, how it runs, how it is judged.
+
+A task is a folder::
+
+    task.toml      this manifest
+    recipe/        the base program: the files agents may edit (within their surface)
+    evaluator.py   task code, outside the program: ``VERSION`` and ``evaluate(ctx)``
+    data.py        task code: ``prepare(cache: Path) -> None`` and ``MISSING_HELP``
+
+Parsed into typed structs; every mistake is one line naming the key and what
+is expected there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ledger.errors import ArlError
+from ledger.events import Budget
+
+
+class TaskError(ArlError):
+    """A task folder or manifest is wrong; the message names the key and the fix."""
+
+
+class Knob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A constant at the top of a recipe file (``NAME = value``) the tuner may set."""
+
+    name: str
+    file: str
+    type: Literal["int", "float", "bool", "choice"]
+    min: float | None = None
+    max: float | None = None
+    log: bool = False
+    choices: list[str | int | float | bool] = []
+    #: What raising this knob costs or buys: any of "time", "size", "memory", "accuracy".
+    costs: list[Literal["time", "size", "memory", "accuracy"]] = []
+    buys: list[Literal["time", "size", "memory", "accuracy"]] = []
+
+
+class Replace(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A search/replace edit of one file: ``search`` must occur exactly once."""
+
+    file: str
+    search: str
+    replace: str
+
+
+class Technique(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A named, self-contained change an offline agent may switch on."""
+
+    name: str
+    description: str = ""
+    #: Knob values the technique sets (applied like knob edits).
+    set: dict[str, str | int | float | bool] = {}
+    #: Code edits the technique makes.
+    edits: list[Replace] = []
+    costs: list[Literal["time", "size", "memory", "accuracy"]] = []
+    buys: list[Literal["time", "size", "memory", "accuracy"]] = []
+
+
+class Surface(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    description: str
+    files: list[str]
+    knobs: list[Knob] = []
+    techniques: list[Technique] = []
+
+
+class Run(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: argv run in the program's folder; "{python}" is the worker's interpreter.
+    command: list[str]
+
+
+class Objective(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    metric: str
+    direction: Literal["min", "max"]
+    #: Improvements smaller than this are confirmed on more seeds before they count.
+    noise_floor: float = 0.0
+
+
+class Budgets(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: Wallclock of one training run, timed from outside the recipe.
+    train_s: float
+    #: Wallclock of the evaluation phase, timed from outside.
+    eval_s: float
+    #: Hard kill for one run (a runaway never holds a worker longer than this).
+    wallclock_s: float
+    memory_mb: int = 4096
+    threads: int = 1
+
+
+class Gates(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: Cap on code bytes + compressed artifact bytes (None: no cap).
+    artifact_bytes: int | None = None
+    #: Minimum mean accuracy over ``accuracy_seeds`` runs (None: no gate).
+    accuracy: float | None = None
+    accuracy_seeds: int = 1
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    description: str
+    run: Run
+    objective: Objective
+    budgets: Budgets
+    gates: Gates = Gates()
+    #: Glob patterns (relative to the program root) agents must never change.
+    protected: list[str] = []
+    surfaces: list[Surface]
+    #: Seeds of an ordinary run; ``confirm_seeds`` (disjoint) confirm candidate keeps.
+    seeds: list[int] = msgspec.field(default_factory=lambda: [0])
+    confirm_seeds: list[int] = []
+    #: "within_noise": re-run keeps that beat the best by less than the noise floor;
+    #: "always": re-run every candidate keep (tasks whose seeds can be overfit).
+    confirm: Literal["within_noise", "always"] = "within_noise"
+    #: Filled in by the loader, not read from the file.
+    root: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root)
+
+    @property
+    def recipe_dir(self) -> Path:
+        return self.folder / "recipe"
+
+    def budget(self) -> Budget:
+        b = self.budgets
+        return Budget(
+            train_s=b.train_s, eval_s=b.eval_s, wallclock_s=b.wallclock_s,
+            memory_mb=b.memory_mb, threads=b.threads,
+        )
+
+    def surface(self, name: str) -> Surface:
+        for s in self.surfaces:
+            if s.name == name:
+                return s
+        raise TaskError(
+            f"task {self.name} has no surface {name!r}; "
+            f"its surfaces are {', '.join(s.name for s in self.surfaces)}"
+        )
+
+    def is_protected(self, path: str) -> bool:
+        return any(_glob_match(pattern, path) for pattern in self.protected)
+
+    def digest(self) -> str:
+        """sha256 over the manifest and every file of the task folder (recipe, evaluator, data)."""
+        h = hashlib.sha256()
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file() and _tracked(p)):
+            h.update(str(path.relative_to(self.folder)).encode() + b"\0")
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        return h.hexdigest()
+
+
+def _tracked(path: Path) -> bool:
+    return "__pycache__" not in path.parts and path.suffix != ".pyc"
+
+
+def _glob_match(pattern: str, path: str) -> bool:
+    regex = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+    return re.fullmatch(regex, path) is not None
+
+
+def load_task(folder: str | Path) -> Task:
+    """Read and check ``folder/task.toml``; raises :class:`TaskError` with one line."""
+    folder = Path(folder).expanduser().resolve()
+    manifest = folder / "task.toml"
+    if not manifest.is_file():
+        raise TaskError(f"{folder} is not a task: it has no task.toml")
+    try:
+        raw = tomllib.loads(manifest.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise TaskError(f"{manifest}: not valid TOML ({e}); fix the syntax there") from None
+    try:
+        task = msgspec.convert(raw, Task)
+    except msgspec.ValidationError as e:
+        raise TaskError(f"{manifest}: {_explain(e)}") from None
+    task = msgspec.structs.replace(task, root=str(folder))
+    _check(task, manifest)
+    return task
+
+
+def _explain(e: msgspec.ValidationError) -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.budgets.train_s`"; say it as key: problem."""
+    text = str(e)
+    m = re.match(r"(.*?) - at `\$\.?(.*)`$", text)
+    if not m:
+        return text
+    problem, where = m.groups()
+    problem = problem.replace("`", "")
+    if problem.startswith("Object contains unknown field"):
+        return f"{where}: unknown key {problem.split()[-1]}; check its spelling"
+    if problem.startswith("Object missing required field"):
+        field = problem.split()[-1]
+        key = f"{where}.{field}" if where else field
+        return f"{key}: missing; this key is required"
+    return f"{where or 'top level'}: {problem[0].lower()}{problem[1:]}"
+
+
+def _check(task: Task, manifest: Path) -> None:
+    def fail(key: str, message: str) -> None:
+        raise TaskError(f"{manifest}: {key}: {message}")
+
+    if not task.recipe_dir.is_dir():
+        fail("recipe", f"the folder {task.recipe_dir} with the base program is missing")
+    for name in ("evaluator.py", "data.py"):
+        if not (task.folder / name).is_file():
+            fail(name, f"{task.folder / name} is missing; a task ships its own {name}")
+    if not task.run.command:
+        fail("run.command", "empty; give the argv that runs the recipe, e.g. [\"{python}\", \"train.py\"]")
+    b = task.budgets
+    for key in ("train_s", "eval_s", "wallclock_s"):
+        if getattr(b, key) <= 0:
+            fail(f"budgets.{key}", "must be a positive number of seconds")
+    if b.wallclock_s < b.train_s:
+        fail("budgets.wallclock_s", f"must be at least budgets.train_s ({b.train_s})")
+    if b.threads < 1 or b.memory_mb < 64:
+        fail("budgets", "threads must be >= 1 and memory_mb >= 64")
+    if not task.seeds:
+        fail("seeds", "needs at least one seed")
+    if set(task.seeds) & set(task.confirm_seeds):
+        fail("confirm_seeds", "must be disjoint from seeds (confirmation needs unseen seeds)")
+    if task.gates.accuracy is not None and task.gates.accuracy_seeds > len(task.seeds):
+        fail("gates.accuracy_seeds", f"is {task.gates.accuracy_seeds} but seeds lists only {len(task.seeds)}")
+    names = [s.name for s in task.surfaces]
+    if not names:
+        fail("surfaces", "declare at least one surface")
+    if len(set(names)) != len(names):
+        fail("surfaces", "surface names must be unique")
+    recipe_files = {str(p.relative_to(task.recipe_dir)) for p in task.recipe_dir.rglob("*") if p.is_file()}
+    for s in task.surfaces:
+        for f in s.files:
+            if f not in recipe_files:
+                fail(f"surfaces.{s.name}.files", f"{f} is not a file of recipe/")
+            if task.is_protected(f):
+                fail(f"surfaces.{s.name}.files", f"{f} is protected; a surface cannot own it")
+        for k in s.knobs:
+            if k.file not in s.files:
+                fail(f"surfaces.{s.name}.knobs.{k.name}", f"file {k.file} is not in the surface's files")
+            text = (task.recipe_dir / k.file).read_text()
+            if not re.search(rf"^{re.escape(k.name)}\s*=", text, re.M):
+                fail(f"surfaces.{s.name}.knobs.{k.name}", f"no line `{k.name} = …` in {k.file}")
+            if k.type in ("int", "float") and (k.min is None or k.max is None or k.min > k.max):
+                fail(f"surfaces.{s.name}.knobs.{k.name}", "numeric knobs need min <= max")
+            if k.type == "choice" and not k.choices:
+                fail(f"surfaces.{s.name}.knobs.{k.name}", "choice knobs need a list of choices")
+        for t in s.techniques:
+            for e in t.edits:
+                if e.file not in s.files:
+                    fail(f"surfaces.{s.name}.techniques.{t.name}", f"edits {e.file}, not a file of the surface")
