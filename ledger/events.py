@@ -174,7 +174,8 @@ class TrialEvaluated(Event, frozen=True, kw_only=True):
     evaluator: str
     evaluator_version: str = ""
     score: float | None = None
-    metrics: dict[str, float] = {}
+    #: Non-finite values (nan, inf) are stored as null: JSON has no spelling for them.
+    metrics: dict[str, float | None] = {}
     checks: tuple[Check, ...] = ()
     seeds: tuple[int, ...] = ()
 

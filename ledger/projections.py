@@ -41,6 +41,8 @@ class TrialRow(msgspec.Struct, kw_only=True, gc=False):
     program_digest: str | None = None
     runner: str | None = None
     attempts: int = 0
+    claimed_at: datetime | None = None
+    lease_s: float = 0.0
     label: Label | None = None
     score: float | None = None
     reason: str = ""
@@ -148,7 +150,7 @@ _encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(State)
 
 
-def _better(direction: str, score: float, than: float | None) -> bool:
+def better(direction: str, score: float, than: float | None) -> bool:
     if than is None:
         return True
     return score < than if direction == "min" else score > than
@@ -211,6 +213,8 @@ def _on_claimed(s: State, e: ev.TrialClaimed, _nid: int) -> None:
     row.status = "claimed"
     row.runner = e.runner
     row.attempts = e.attempt
+    row.claimed_at = e.at
+    row.lease_s = e.lease_s
     s.queue.pop(e.originator_id, None)
 
 
@@ -255,7 +259,7 @@ def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
     if e.label is Label.BASELINE and search.baseline_trial is None:
         search.baseline_trial = row.trial_id
         search.baseline_score = e.score
-    if e.label in (Label.BASELINE, Label.KEEP) and _better(
+    if e.label in (Label.BASELINE, Label.KEEP) and better(
         search.direction, e.score, search.best_score
     ):
         search.best_trial = row.trial_id

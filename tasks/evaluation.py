@@ -62,8 +62,10 @@ class SeedRun(msgspec.Struct, kw_only=True):
     out: str
 
 
-#: ``run(argv, cwd=..., timeout_s=..., env=..., stdin=...) -> Process``: runs in the
-#: same sandbox and limits as training; ``stdin`` bytes are fed to the process.
+#: ``run(argv, cwd=..., timeout_s=..., stdin=None, env=None, readable=(), writable=())``
+#: -> Process: runs in the same sandbox and limits as training; ``stdin`` bytes are
+#: fed to the process; ``cwd``, ``ctx.scratch`` and ``writable`` folders are writable,
+#: ``readable`` ones (and the training data) read-only; held-out data stays hidden.
 Runner = Callable[..., Process]
 
 

@@ -1,0 +1,83 @@
+"""From what happened to one label, with a reason a person (or an agent) can act on."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import msgspec
+from collections.abc import Sequence
+
+from ledger.events import Check, Label
+from tasks.evaluation import Evaluation, SeedRun
+
+#: When several checks fail, the label of the most fundamental failure wins.
+_CHECK_PRIORITY = (
+    Label.DIVERGED,
+    Label.TRAIN_BUDGET_OVERRUN,
+    Label.EVAL_BUDGET_OVERRUN,
+    Label.SIZE_VIOLATION,
+    Label.GATE_MISS,
+)
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*$", re.M)
+
+
+def exception_excerpt(stderr: str, limit: int = 300) -> str:
+    """The last exception line of a traceback (plus where it was raised), else the last line."""
+    matches = list(_EXCEPTION_LINE.finditer(stderr))
+    if matches:
+        last = matches[-1]
+        before = stderr[: last.start()].rstrip().splitlines()
+        where = next((ln.strip() for ln in reversed(before) if ln.strip().startswith("File ")), "")
+        text = last.group(0).strip() + (f" ({where})" if where else "")
+    else:
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        text = lines[-1].strip() if lines else "no output on stderr"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def label_runs(runs: Sequence[SeedRun], *, memory_mb: int, wallclock_s: float) -> tuple[Label, str] | None:
+    """A label if any training run failed to finish cleanly, else None."""
+    for run in runs:
+        p = run.process
+        # Paths inside the throwaway workspace say nothing; keep reasons stable across runs.
+        p = msgspec.structs.replace(p, stderr_tail=p.stderr_tail.replace(run.workspace + "/", ""))
+        if p.killed_for == "memory" or "MemoryError" in p.stderr_tail or "out of memory" in p.stderr_tail.lower():
+            return Label.OOM, (
+                f"seed {run.seed}: peak memory {p.peak_rss_mb:.0f} MB over the {memory_mb} MB limit"
+                if p.killed_for == "memory" else f"seed {run.seed}: {exception_excerpt(p.stderr_tail)}"
+            )
+        if p.killed_for == "wallclock":
+            return Label.TRAIN_BUDGET_OVERRUN, (
+                f"seed {run.seed}: still running at the {wallclock_s:.0f} s hard limit; killed"
+            )
+        if p.exit_code != 0:
+            how = f"exit code {p.exit_code}" if p.exit_code is not None else f"signal {p.signal}"
+            return Label.CRASH, f"seed {run.seed}: {how}: {exception_excerpt(p.stderr_tail)}"
+    return None
+
+
+def describe_check(check: Check) -> str:
+    if check.value is None or check.limit is None:
+        return f"check {check.name} failed" + (f": {check.detail}" if check.detail else "")
+    over = check.value - check.limit
+    text = (
+        f"check {check.name} failed: {check.value:.6g} vs limit {check.limit:.6g} "
+        f"({'over' if over > 0 else 'under'} by {abs(over):.3g})"
+    )
+    return text + (f"; {check.detail}" if check.detail else "")
+
+
+def label_evaluation(evaluation: Evaluation) -> tuple[Label, str] | None:
+    """A label if the evaluation shows an illegal or broken result, else None."""
+    failed = evaluation.failed
+    if failed:
+        rank = {label: i for i, label in enumerate(_CHECK_PRIORITY)}
+        worst = min(failed, key=lambda c: rank.get(c.fails_as, len(rank)))
+        return worst.fails_as, describe_check(worst)
+    if evaluation.score is None:
+        return Label.CRASH, "the evaluator produced no score"
+    if not math.isfinite(evaluation.score):
+        return Label.DIVERGED, f"score is {evaluation.score}"
+    return None

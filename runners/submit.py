@@ -1,0 +1,90 @@
+"""Starting searches and putting trials into them: the writer side of the queue."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agents.edits import scope_violation, unified_diff
+from ledger import __version__
+from ledger import events as ev
+from ledger.programs import put_program
+from ledger.store import Ledger, hostname
+from tasks.manifest import Task
+
+
+def start_search(
+    ledger: Ledger,
+    task: Task,
+    *,
+    name: str,
+    config: Mapping[str, Any] | None = None,
+    kind: str = "search",
+    origin_search: str | None = None,
+    origin_trial: str | None = None,
+) -> str:
+    """Record SearchStarted; returns the new search id."""
+    search = ev.new_search_id()
+    ledger.append(
+        ev.SearchStarted(
+            originator_id=search, originator_version=1, name=name, task=task.name,
+            task_digest=task.digest(), direction=task.objective.direction,
+            noise_floor=task.objective.noise_floor,
+            config={"task_path": task.root, **(config or {})},
+            arl_version=__version__, host=hostname(), kind=kind,
+            origin_search=origin_search, origin_trial=origin_trial,
+        )
+    )
+    return search
+
+
+def submit(
+    ledger: Ledger,
+    task: Task,
+    search: str,
+    seq: int,
+    *,
+    agent: str,
+    surface: str,
+    program: Mapping[str, bytes],
+    parent_program: Mapping[str, bytes] | None = None,
+    parents: tuple[str, ...] = (),
+    hypothesis: str = "",
+    expected_delta: float | None = None,
+    backend: str = "",
+    agent_call_digest: str | None = None,
+    seeds: tuple[int, ...] | None = None,
+) -> str:
+    """Record a proposal; submit it for running, or reject it if it breaks scope.
+
+    Seq 0 is the search's baseline: the base program, with no parent and no surface.
+    """
+    trial = ev.trial_id(search, seq)
+    parent_program = parent_program if parent_program is not None else program
+    diff = unified_diff(parent_program, program)
+    edit_digest = ledger.put_blob(diff.encode()) if diff else None
+    proposed = ev.TrialProposed(
+        originator_id=trial, originator_version=1, search_id=search, seq=seq, agent=agent,
+        surface=surface, parents=parents, hypothesis=hypothesis, expected_delta=expected_delta,
+        backend=backend, edit_digest=edit_digest, agent_call_digest=agent_call_digest,
+    )
+    violation = scope_violation(task, surface, parent_program, program) if seq != 0 else None
+    if violation is not None:
+        label, reason = violation
+        ledger.append(
+            proposed,
+            ev.EditRejected(originator_id=trial, originator_version=2, search_id=search,
+                            check="scope", reason=reason),
+            ev.TrialLabeled(originator_id=trial, originator_version=3, search_id=search,
+                            label=label, reason=reason),
+        )
+        return trial
+    ledger.append(
+        proposed,
+        ev.TrialSubmitted(
+            originator_id=trial, originator_version=2, search_id=search,
+            program_digest=put_program(ledger, program), budget=task.budget(),
+            seeds=tuple(seeds if seeds is not None else task.seeds),
+        ),
+    )
+    return trial

