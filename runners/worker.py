@@ -98,7 +98,8 @@ class Worker:
     def step(self) -> bool:
         """Expire dead leases, then claim and run one trial; False if nothing was waiting."""
         state = self.projector.catch_up()
-        self._expire_leases()
+        if self._expire_leases():
+            state = self.projector.catch_up()  # the expired trials are back in the queue
         for trial in list(state.queue):
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
@@ -121,7 +122,9 @@ class Worker:
         seeds = len(task.seeds) + len(task.confirm_seeds)
         return (task.budgets.wallclock_s * seeds + task.budgets.eval_s * 2) * 1.5 + 30.0
 
-    def _expire_leases(self) -> None:
+    def _expire_leases(self) -> int:
+        """Give back trials whose runner went silent past its lease; returns how many."""
+        expired_count = 0
         now = datetime.now(UTC)
         for row in list(self.projector.state.trials.values()):
             if row.status not in ("claimed", "finished") or row.claimed_at is None:
@@ -145,6 +148,8 @@ class Worker:
                 self.ledger.append(*events)
             except ConflictError:
                 continue  # the runner was alive after all, or another worker expired it
+            expired_count += 1
+        return expired_count
 
     # -- one trial ---------------------------------------------------------------------
 
