@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ledger import ArlError, Ledger, __version__
+from ledger.store import hostname
 from ledger.verify import verify
 
 
@@ -41,6 +42,72 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import threading
+
+    from runners.worker import Worker
+
+    with Ledger.open(args.store) as ledger:
+        stop = threading.Event()
+        workers = [
+            Worker(ledger, name=f"{args.name}/{i}" if args.slots > 1 else args.name,
+                   max_attempts=args.max_attempts)
+            for i in range(args.slots)
+        ]
+        print(f"arl worker: {args.slots} slot(s) on {ledger.url.display()}; Ctrl-C stops",
+              file=sys.stderr)
+        threads = [
+            threading.Thread(
+                target=w.run, args=(stop,),
+                kwargs={"max_trials": args.max_trials, "exit_when_idle": args.exit_when_idle},
+            )
+            for w in workers
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)
+        except KeyboardInterrupt:
+            stop.set()
+            for t in threads:
+                t.join()
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from tasks.manifest import load_task
+    from tasks.registry import available
+
+    for folder in available():
+        t = load_task(folder)
+        b = t.budgets
+        print(f"{t.name:16} {t.objective.metric} ({t.objective.direction}), "
+              f"train {b.train_s:g} s, eval {b.eval_s:g} s, {len(t.surfaces)} surfaces — {t.description}")
+    return 0
+
+
+def cmd_task_check(args: argparse.Namespace) -> int:
+    from runners.taskcheck import check_task
+
+    task, report = check_task(args.path, run=not args.no_run)
+    print(f"{task.name}: manifest, evaluator and data ok ({task.folder})")
+    if args.no_run:
+        return 0
+    print(f"base program: {report.label}, {task.objective.metric} = {report.score}, "
+          f"run wallclock {report.wall_s:.1f} s" if report.wall_s is not None else
+          f"base program: {report.label}")
+    for c in report.checks:
+        limit = f" (limit {c.limit:g})" if c.limit is not None else ""
+        value = f"{c.value:g}" if c.value is not None else "-"
+        print(f"  {'pass' if c.passed else 'FAIL'}  {c.name:16} {value}{limit}")
+    if report.label != "baseline":
+        print(f"the base program does not pass: {report.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arl", description="arl — the auto-research ledger"
@@ -60,6 +127,33 @@ def build_parser() -> argparse.ArgumentParser:
         "also catches removal or rewrite of the newest events",
     )
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("worker", help="claim submitted trials, run them under budgets, record labels")
+    _store_arg(p)
+    p.add_argument("--slots", type=int, default=1, help="trials run at once (default 1)")
+    p.add_argument("--name", default=hostname(), help="runner name recorded on claims")
+    p.add_argument("--max-trials", type=int, help="stop after this many trials (per slot)")
+    p.add_argument("--max-attempts", type=int, default=3,
+                   help="claims of a trial before a lost runner counts as infra_error")
+    p.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("task", help="work with task folders")
+    task_sub = p.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    p = task_sub.add_parser("check", help="validate a task folder and dry-run its base program")
+    p.add_argument("path", help="task folder or built-in task name")
+    p.add_argument("--no-run", action="store_true", help="validate only; do not run the base program")
+    p.set_defaults(func=cmd_task_check)
+
+    try:
+        from queries.cli import register as register_queries
+    except ImportError:  # the forensics commands are being built alongside
+        register_queries = None
+    if register_queries is not None:
+        register_queries(sub)
     return parser
 
 

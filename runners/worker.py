@@ -261,7 +261,8 @@ class Worker:
             return run_process(
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
                 threads=task.budgets.threads, env=env, stdin=stdin,
-                writable=[scratch, *writable], readable=[data.train, *readable], hidden=hidden,
+                writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
+                hidden=hidden,
             )
 
         ctx = EvalContext(task=task, runs=runs, heldout=data.heldout, train_data=data.train,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -201,7 +202,24 @@ def _explain(e: msgspec.ValidationError) -> str:
         field = problem.split()[-1]
         key = f"{where}.{field}" if where else field
         return f"{key}: missing; this key is required"
+    if problem.startswith("Invalid enum value"):
+        allowed = _literal_values(where)
+        if allowed:
+            return f"{where}: expected one of {', '.join(map(repr, allowed))}, got {problem.split()[-1]}"
     return f"{where or 'top level'}: {problem[0].lower()}{problem[1:]}"
+
+
+def _literal_values(path: str) -> tuple:
+    """The allowed values of a Literal-typed key, found by walking the manifest's types."""
+    tp: object = Task
+    for part in re.sub(r"\[\d+\]", "", path).split("."):
+        try:
+            tp = typing.get_type_hints(tp)[part]
+        except (KeyError, TypeError):
+            return ()
+        while typing.get_origin(tp) in (list, tuple):
+            tp = typing.get_args(tp)[0]
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
 
 
 def _check(task: Task, manifest: Path) -> None:

@@ -185,8 +185,8 @@ def test_a_killed_worker_loses_its_lease_and_nothing_is_lost(task, store_url, ma
         assert "runner lost 1 time(s)" in stream[-1].reason
 
 
-@pytest.mark.skipif(bwrap_path() is None and not os.environ.get("ARL_REQUIRE_POSTGRES"),
-                    reason="bubblewrap is not installed here (CI installs it)")
+@pytest.mark.skipif(bwrap_path() is None and not os.environ.get("CI"),
+                    reason="bubblewrap is not installed here (.ci/run installs it)")
 def test_a_recipe_cannot_cheat_its_way_to_a_better_outcome(task, sqlite_url):
     evaluator = TINY / "evaluator.py"
     before = evaluator.read_bytes()

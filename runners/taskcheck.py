@@ -1,0 +1,50 @@
+"""`arl task check`: validate a task folder and dry-run its base program through a real worker."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from ledger import Ledger
+from ledger import events as ev
+from ledger.programs import read_folder
+from runners.submit import start_search, submit
+from runners.worker import Worker
+from tasks.code import load_evaluator, prepare_data
+from tasks.manifest import Task
+from tasks.registry import resolve
+
+
+class CheckReport(msgspec.Struct, kw_only=True):
+    task: str
+    label: str | None = None
+    score: float | None = None
+    reason: str = ""
+    wall_s: float | None = None
+    checks: list[ev.Check] = []
+
+
+def check_task(name_or_path: str, *, run: bool = True) -> tuple[Task, CheckReport]:
+    """Load and validate the manifest, the evaluator and the data; then run the base program once."""
+    task = resolve(name_or_path)
+    load_evaluator(task)
+    prepare_data(task)
+    report = CheckReport(task=task.name)
+    if not run:
+        return task, report
+    with tempfile.TemporaryDirectory(prefix="arl-task-check-") as tmp:
+        with Ledger.open(f"sqlite:///{Path(tmp) / 'check.db'}") as ledger:
+            search = start_search(ledger, task, name=f"task check {task.name}", kind="check")
+            trial = submit(ledger, task, search, 0, agent="baseline", surface="",
+                           program=read_folder(task.recipe_dir))
+            Worker(ledger, name="task-check").run(exit_when_idle=True)
+            for event in ledger.stream(trial):
+                if isinstance(event, ev.RunFinished):
+                    report.wall_s = event.wall_s
+                elif isinstance(event, ev.TrialEvaluated):
+                    report.checks = list(event.checks)
+                elif isinstance(event, ev.TrialLabeled):
+                    report.label, report.score, report.reason = event.label.value, event.score, event.reason
+    return task, report

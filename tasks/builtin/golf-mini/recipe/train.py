@@ -1,0 +1,176 @@
+"""golf-mini: a byte-level language model of Shakespeare in a tight time and size budget.
+
+Trains until the time budget (ARL_TRAIN_BUDGET_S) is nearly spent, then writes the
+compressed weights to ARL_OUT. The evaluator imports this file, calls ``load`` and
+``log_probs`` on held-out works, and scores bits per byte; it also counts this
+file's bytes plus the weight file's bytes against the artifact cap.
+"""
+
+import time
+
+STARTED = time.monotonic()  # the budget is timed from outside: count our own start-up too
+
+import io
+import lzma
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# --- model: small, so that 30 s of one CPU thread sees enough text -----------
+N_LAYER = 2
+D_MODEL = 128
+N_HEAD = 4
+MLP_MULT = 4            # hidden width of the MLP = MLP_MULT * D_MODEL
+CONTEXT = 128           # bytes of context per training window
+TIE_EMBEDDINGS = False  # share the input embedding with the output head
+DROPOUT = 0.0
+
+# --- optimisation ---------------------------------------------------------------
+BATCH_SIZE = 32
+LR = 1e-3
+SCHEDULE = "constant"   # "constant", "cosine" or "linear" decay over the time budget
+WARMUP_STEPS = 0
+WEIGHT_DECAY = 0.0
+BETA2 = 0.999
+GRAD_CLIP = 1.0
+
+# --- time: stop early enough to save the weights before the outside timer ends ---
+TIME_MARGIN_S = 3.0
+
+# --- artifact and evaluation -----------------------------------------------------
+WEIGHT_FORMAT = "int8"  # "float16", or "int8": one absmax scale per row
+EVAL_STRIDE = 128       # score this many bytes per window (< CONTEXT: overlapping windows)
+EVAL_BATCH = 64
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(D_MODEL)
+        self.qkv = nn.Linear(D_MODEL, 3 * D_MODEL)
+        self.proj = nn.Linear(D_MODEL, D_MODEL)
+        self.ln2 = nn.LayerNorm(D_MODEL)
+        self.mlp = nn.Sequential(
+            nn.Linear(D_MODEL, MLP_MULT * D_MODEL), nn.GELU(), nn.Linear(MLP_MULT * D_MODEL, D_MODEL))
+        self.drop = nn.Dropout(DROPOUT)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, N_HEAD, D_MODEL // N_HEAD).transpose(1, 3).unbind(2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # causal: no peeking ahead
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, D_MODEL)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class ByteLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(256, D_MODEL)
+        self.pos = nn.Parameter(torch.zeros(CONTEXT, D_MODEL))
+        self.blocks = nn.ModuleList(Block() for _ in range(N_LAYER))
+        self.ln = nn.LayerNorm(D_MODEL)
+        self.head = nn.Linear(D_MODEL, 256, bias=False)
+        if TIE_EMBEDDINGS:
+            self.head.weight = self.embed.weight
+
+    def forward(self, idx):
+        x = self.embed(idx) + self.pos[: idx.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
+
+
+def lr_at(step, progress):
+    """Learning rate at a step; progress is the fraction of the time budget used."""
+    warm = min(1.0, (step + 1) / WARMUP_STEPS) if WARMUP_STEPS else 1.0
+    if SCHEDULE == "cosine":
+        return LR * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if SCHEDULE == "linear":
+        return LR * warm * max(0.0, 1 - progress)
+    return LR * warm
+
+
+def train(data, seed, budget_s):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = ByteLM()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                             {"params": rest, "weight_decay": 0.0}], lr=LR, betas=(0.9, BETA2))
+    started = time.monotonic()
+    train_for = budget_s - (started - STARTED) - TIME_MARGIN_S
+    step = 0
+    while (elapsed := time.monotonic() - started) < train_for:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, elapsed / train_for)
+        starts = rng.integers(0, len(data) - CONTEXT - 1, BATCH_SIZE)
+        chunk = torch.from_numpy(np.stack([data[s: s + CONTEXT + 1] for s in starts]).astype(np.int64))
+        logits = model(chunk[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 256), chunk[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        if step % 100 == 0:
+            print(f"step {step} loss {loss.item() / math.log(2):.3f} bpb {elapsed:.1f}s", flush=True)
+        step += 1
+    print(f"trained {step} steps, {step * BATCH_SIZE * CONTEXT} bytes", flush=True)
+    return model
+
+
+def save(model, out):
+    """Write the weights compressed; their bytes count against the artifact cap."""
+    packed = {}
+    for name, w in model.state_dict().items():
+        w = w.float()
+        if WEIGHT_FORMAT == "int8" and w.dim() == 2:
+            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
+            packed[name] = ((w / scale).round().to(torch.int8), scale.half())
+        else:
+            packed[name] = w.half()
+    buf = io.BytesIO()
+    torch.save(packed, buf)
+    (Path(out) / "model.xz").write_bytes(lzma.compress(buf.getvalue(), preset=9))
+
+
+def load(out):
+    packed = torch.load(io.BytesIO(lzma.decompress((Path(out) / "model.xz").read_bytes())))
+    state = {name: (v[0].float() * v[1].float() if isinstance(v, tuple) else v.float())
+             for name, v in packed.items()}
+    model = ByteLM()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@torch.no_grad()
+def log_probs(model, data):
+    """Row i: log-probabilities of the 256 values of byte data[i], given only data[:i].
+
+    Windows of CONTEXT inputs slide by EVAL_STRIDE; each scores its last EVAL_STRIDE
+    positions. The input before the first byte is a newline.
+    """
+    n = len(data)
+    m = -(-n // EVAL_STRIDE)
+    inputs = np.full(CONTEXT - EVAL_STRIDE + m * EVAL_STRIDE, 10, np.int64)
+    inputs[CONTEXT - EVAL_STRIDE + 1: CONTEXT - EVAL_STRIDE + n] = data[:-1]
+    windows = torch.from_numpy(inputs).unfold(0, CONTEXT, EVAL_STRIDE)
+    rows = [F.log_softmax(model(windows[i: i + EVAL_BATCH])[:, -EVAL_STRIDE:].float(), dim=-1)
+            for i in range(0, m, EVAL_BATCH)]
+    return torch.cat(rows).reshape(-1, 256)[:n]
+
+
+def main():
+    torch.set_num_threads(int(os.environ.get("ARL_THREADS", 1)))
+    data = np.fromfile(Path(os.environ["ARL_DATA"]) / "train.txt", dtype=np.uint8)
+    model = train(data, int(os.environ.get("ARL_SEED", 0)), float(os.environ.get("ARL_TRAIN_BUDGET_S", 30)))
+    save(model, os.environ["ARL_OUT"])
+
+
+if __name__ == "__main__":
+    main()
