@@ -88,3 +88,35 @@ def submit(
         ),
     )
     return trial
+
+
+def record_rejection(
+    ledger: Ledger,
+    search: str,
+    seq: int,
+    *,
+    agent: str,
+    surface: str,
+    label: ev.Label,
+    reason: str,
+    parents: tuple[str, ...] = (),
+    hypothesis: str = "",
+    expected_delta: float | None = None,
+    backend: str = "",
+    agent_call_digest: str | None = None,
+    check: str = "edit",
+) -> str:
+    """Record a proposal whose output never became a program, with its label and reason."""
+    trial = ev.trial_id(search, seq)
+    ledger.append(
+        ev.TrialProposed(
+            originator_id=trial, originator_version=1, search_id=search, seq=seq, agent=agent,
+            surface=surface, parents=parents, hypothesis=hypothesis, expected_delta=expected_delta,
+            backend=backend, agent_call_digest=agent_call_digest,
+        ),
+        ev.EditRejected(originator_id=trial, originator_version=2, search_id=search,
+                        check=check, reason=reason),
+        ev.TrialLabeled(originator_id=trial, originator_version=3, search_id=search,
+                        label=label, reason=reason),
+    )
+    return trial
