@@ -108,6 +108,53 @@ def cmd_task_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from runners.search import SearchConfig, render_summary, run_search
+
+    if not args.task and not args.resume:
+        raise ArlError("give a task (e.g. `arl run golf-mini`) or --resume SEARCH")
+    config = SearchConfig(
+        trials=args.trials, workers=args.workers, agents=args.agents,
+        lineage=args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
+        llm_model=args.llm_model, inbox=args.inbox,
+    )
+    with Ledger.open(args.store) as ledger:
+        summary = run_search(ledger, args.task, config, name=args.name, resume=args.resume)
+        print(render_summary(summary, ledger.url.display()))
+    return 0 if summary.stopped != "interrupted" else 130
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ledger.projections import Projector
+    from runners.search import find_search, render_summary, summarize
+
+    with Ledger.open(args.store, create=False) as ledger:
+        search_id = find_search(ledger, args.search)
+        state = Projector(ledger, name="cli").catch_up()
+        started = ledger.stream(search_id)[0]
+        trials = int(started.config.get("trials", 0))
+        metric = started.config.get("metric") or _metric_of(started)
+        print(render_summary(summarize(state, search_id, metric, trials), ledger.url.display()))
+    return 0
+
+
+def _metric_of(started) -> str:
+    from tasks.registry import resolve
+
+    try:
+        return resolve(started.config.get("task_path") or started.task).objective.metric
+    except ArlError:
+        return "score"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from runners.inspect import render_trial
+
+    with Ledger.open(args.store, create=False) as ledger:
+        print(render_trial(ledger, args.trial))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arl", description="arl — the auto-research ledger"
@@ -137,6 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="claims of a trial before a lost runner counts as infra_error")
     p.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("run", help="run a search: specialists propose, workers run, the ledger records")
+    _store_arg(p)
+    p.add_argument("task", nargs="?", help="built-in task name or task folder")
+    p.add_argument("--trials", type=int, default=30, help="trials charged to the budget (default 30)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="in-process workers (0: run `arl worker` elsewhere; default 1)")
+    p.add_argument("--agents", choices=["tuner", "llm", "inbox"], default="tuner")
+    p.add_argument("--lineage", choices=["on", "off"], default="on",
+                   help="off: specialists see only the best program (the control arm)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="a name for the search")
+    p.add_argument("--resume", metavar="SEARCH", help="continue a stopped search (id prefix or name)")
+    p.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
+    p.add_argument("--llm-model", help="model name to ask for")
+    p.add_argument("--inbox", metavar="FOLDER", help="folder watched for proposal files (--agents inbox)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="progress and outcome of a search (default: the latest)")
+    _store_arg(p)
+    p.add_argument("search", nargs="?", help="search id prefix or name")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("show", help="one trial: hypothesis, diff, run, checks and label")
+    _store_arg(p)
+    p.add_argument("trial", help="trial id prefix, or SEARCH#SEQ (e.g. 3f2a#12), or #SEQ in the latest search")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
     p.set_defaults(func=cmd_tasks)

@@ -54,6 +54,7 @@ def submit(
     backend: str = "",
     agent_call_digest: str | None = None,
     seeds: tuple[int, ...] | None = None,
+    also_surfaces: tuple[str, ...] = (),
 ) -> str:
     """Record a proposal; submit it for running, or reject it if it breaks scope.
 
@@ -68,7 +69,9 @@ def submit(
         surface=surface, parents=parents, hypothesis=hypothesis, expected_delta=expected_delta,
         backend=backend, edit_digest=edit_digest, agent_call_digest=agent_call_digest,
     )
-    violation = scope_violation(task, surface, parent_program, program) if seq != 0 else None
+    violation = (
+        scope_violation(task, surface, parent_program, program, also=also_surfaces) if seq != 0 else None
+    )
     if violation is not None:
         label, reason = violation
         ledger.append(

@@ -1,0 +1,346 @@
+"""The offline specialist: moves the typed knobs and switches on the named techniques
+its surface declares, reacting to outcomes the way the paper's agents learned to.
+
+* a budget overrun shrinks what costs time, a size violation what costs size (or
+  switches on a technique that buys size), an oom what costs memory;
+* a gate miss buys accuracy;
+* a crash, divergence or invalid edit is not retried unchanged;
+* otherwise it prefers the moves that improved before (mean delta per knob and
+  direction, with a bonus for moves not tried yet), and takes bigger or paired
+  steps once its surface looks saturated;
+* it merges a keep of another specialist that the best does not contain (a
+  trial with two parents, three-way merged; a conflict is an invalid edit).
+
+With lineage off it sees only the best program: every proposal is a fresh
+random move from the best, with no memory of what failed — the control arm.
+Deterministic for a given seed and the same sequence of views.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable
+
+from agents.base import Proposal
+from agents.lineage import LineageView, TrialLine, constants
+from agents.merge import MergeConflict, merge_programs
+from ledger.events import Label
+from tasks.manifest import Knob, Surface, Task, Technique
+
+_REACTIONS: dict[str, str] = {
+    # label → the resource the next move should make better
+    Label.TRAIN_BUDGET_OVERRUN.value: "time",
+    Label.EVAL_BUDGET_OVERRUN.value: "time",
+    Label.SIZE_VIOLATION.value: "size",
+    Label.OOM.value: "memory",
+    Label.GATE_MISS.value: "accuracy",
+}
+
+
+class Move:
+    """One candidate change: knob values to set (with the direction of each) or a technique."""
+
+    def __init__(self, *, values: dict[str, object], directions: dict[str, int] | None = None,
+                 technique: Technique | None = None, why: str = "", key: tuple = ()) -> None:
+        self.values = values
+        self.directions = directions or {}
+        self.technique = technique
+        self.why = why
+        self.key = key  # (knob, direction) or ("technique", name): what the outcome model learns on
+
+
+class Tuner:
+    backend = "tuner"
+
+    def __init__(self, task: Task, surface: Surface, *, seed: int, lineage: bool = True,
+                 program_of: Callable[[str], dict[str, bytes]] | None = None) -> None:
+        self.task = task
+        self.surface = surface
+        self.name = surface.name
+        self.lineage = lineage
+        self.rng = random.Random(f"{seed}/{surface.name}")
+        self.program_of = program_of
+        self._merged: set[str] = set()
+        self._proposed: set[tuple] = set()
+
+    # -- the decision ----------------------------------------------------------------
+
+    def propose(self, view: LineageView) -> Proposal | None:
+        if view.best is None:
+            return None
+        if self.lineage and self.program_of is not None:
+            merge = self._merge(view)
+            if merge is not None:
+                return merge
+        program = view.best_program
+        current = self._values(program)
+        moves = self._candidates(current, view)
+        if self.lineage:
+            # Never propose a program state this specialist already proposed.
+            moves = [m for m in moves if self._state_after(current, m) not in self._proposed]
+        if not moves:
+            return None
+        move = self._choose(moves, view)
+        self._proposed.add(self._state_after(current, move))
+        child = self._apply(program, move)
+        return Proposal(
+            agent=self.name, surface=self.surface.name, hypothesis=move.why,
+            expected_delta=self._expected(move, view), parents=(view.best.trial_id,),
+            program=child, backend=self.backend,
+        )
+
+    def _state_after(self, current: dict[str, str], move: Move) -> tuple:
+        values = dict(current)
+        values.update({k: _fmt(v) for k, v in move.values.items()})
+        return (tuple(sorted(values.items())), move.technique.name if move.technique else None)
+
+    def _values(self, program: dict[str, bytes]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for knob in self.surface.knobs:
+            values[knob.name] = constants(program.get(knob.file, b"")).get(knob.name, "")
+        return values
+
+    def _candidates(self, current: dict[str, str], view: LineageView) -> list[Move]:
+        saturated = self.lineage and view.saturated
+        moves: list[Move] = []
+        for knob in self.surface.knobs:
+            value = _parse(current[knob.name])
+            for direction in (+1, -1):
+                new = _step(knob, value, direction, self.rng, big=saturated)
+                if new is None or new == value:
+                    continue
+                verb = "raise" if direction > 0 else "lower"
+                moves.append(Move(values={knob.name: new}, directions={knob.name: direction},
+                                  key=(knob.name, direction),
+                                  why=f"{verb} {knob.name} {_fmt(value)} → {_fmt(new)}"))
+        for technique in self.surface.techniques:
+            if self._technique_on(technique, view.best_program):
+                continue
+            moves.append(Move(values=dict(technique.set), technique=technique,
+                              key=("technique", technique.name),
+                              why=f"switch on {technique.name}"
+                                  + (f": {technique.description}" if technique.description else "")))
+        singles = [m for m in moves if m.technique is None]
+        if saturated and len(singles) >= 2:
+            # A flat surface: also try two knobs at once.
+            a, b = self.rng.sample(singles, 2)
+            if a.key[0] != b.key[0]:
+                moves.append(Move(values={**a.values, **b.values},
+                                  directions={**a.directions, **b.directions},
+                                  key=("pair", a.key, b.key),
+                                  why=f"{a.why} and {b.why} (surface looks saturated: bigger step)"))
+        return moves
+
+    def _choose(self, moves: list[Move], view: LineageView) -> Move:
+        if not self.lineage:
+            return self.rng.choice(moves)  # the control arm: no memory, no reactions
+        mine = [t for t in view.mine if t.label is not None]
+        tried = {self._signature(t) for t in mine if t.label not in (Label.KEEP.value,)}
+        stats = self._outcomes(mine)
+        reaction = self._reaction(mine)
+        scored: list[tuple[float, int, Move]] = []
+        for i, move in enumerate(moves):
+            if self._move_signature(move, view) in tried:
+                continue  # never retry an outcome that already failed or did not help
+            score = self._score(move, stats, view)
+            if reaction is not None:
+                score += 3.0 * self._serves(move, reaction)
+            scored.append((score + self.rng.random() * 0.25, i, move))
+        if not scored:
+            return self.rng.choice(moves)
+        scored.sort(key=lambda s: (-s[0], s[1]))
+        best = scored[0][2]
+        if reaction is not None and self._serves(best, reaction) > 0:
+            best.why += f" (last trial: {mine[-1].label} — {mine[-1].reason[:120]})"
+        return best
+
+    def _reaction(self, mine: list[TrialLine]) -> str | None:
+        """The resource the last outcome says is short, if any."""
+        return _REACTIONS.get(mine[-1].label or "") if mine else None
+
+    def _serves(self, move: Move, resource: str) -> float:
+        """+1 per change that makes ``resource`` better, -1 per change that makes it worse.
+
+        A knob that "costs" a resource makes it worse when raised; one that "buys"
+        it makes it better when raised.
+        """
+        if move.technique is not None:
+            return float(resource in move.technique.buys) - float(resource in move.technique.costs)
+        total = 0.0
+        for name, direction in move.directions.items():
+            knob = self._knob(name)
+            if knob is None:
+                continue
+            total += direction * (float(resource in knob.buys) - float(resource in knob.costs))
+        return total
+
+    def _outcomes(self, mine: list[TrialLine]) -> dict[tuple, list[float]]:
+        """Improvement (positive = better) of every past move, by what it moved."""
+        stats: dict[tuple, list[float]] = {}
+        for t in mine:
+            for key in self._keys_of(t):
+                if t.label in (Label.KEEP.value, Label.DISCARD.value) and t.delta_vs_best is not None:
+                    gain = -t.delta_vs_best if self.task.objective.direction == "min" else t.delta_vs_best
+                else:
+                    gain = -1.0  # any failure counts against the move
+                stats.setdefault(key, []).append(gain)
+        return stats
+
+    def _score(self, move: Move, stats: dict[tuple, list[float]], view: LineageView) -> float:
+        history = stats.get(move.key)
+        if not history:
+            return 0.5  # untried: worth a look
+        scale = max(view.noise_floor, 1e-9)
+        mean = sum(history) / len(history)
+        return max(-2.0, min(2.0, mean / scale)) / math.sqrt(len(history))
+
+    def _keys_of(self, t: TrialLine) -> list[tuple]:
+        keys = []
+        for name, (old, new) in t.changes.items():
+            if self._knob(name) is None or old is None or new is None:
+                continue
+            a, b = _parse(old), _parse(new)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a != b:
+                keys.append((name, 1 if b > a else -1))
+            else:
+                keys.append((name, 0))
+        for technique in self.surface.techniques:
+            if technique.name in t.hypothesis:
+                keys.append(("technique", technique.name))
+        return keys
+
+    def _signature(self, t: TrialLine) -> frozenset:
+        return frozenset((name, new) for name, (_old, new) in t.changes.items()) or frozenset({t.hypothesis})
+
+    def _move_signature(self, move: Move, view: LineageView) -> frozenset:
+        if move.technique is not None and not move.values:
+            return frozenset({move.why})
+        return frozenset((name, _fmt(value)) for name, value in move.values.items())
+
+    def _expected(self, move: Move, view: LineageView) -> float:
+        """Expected delta in the objective's units (negative = lower)."""
+        sign = -1 if self.task.objective.direction == "min" else 1
+        return sign * max(view.noise_floor, 1e-6)
+
+    # -- making the program -------------------------------------------------------------
+
+    def _knob(self, name: str) -> Knob | None:
+        return next((k for k in self.surface.knobs if k.name == name), None)
+
+    def _technique_on(self, technique: Technique, program: dict[str, bytes]) -> bool:
+        if technique.edits:
+            return all(e.replace in program.get(e.file, b"").decode(errors="replace")
+                       for e in technique.edits)
+        values = {}
+        for knob in self.surface.knobs:
+            values.update({k: v for k, v in constants(program.get(knob.file, b"")).items()})
+        return all(values.get(k) == _fmt(v) for k, v in technique.set.items())
+
+    def _apply(self, program: dict[str, bytes], move: Move) -> dict[str, bytes]:
+        child = dict(program)
+        for name, value in move.values.items():
+            knob = self._knob(name)
+            file = knob.file if knob else self.surface.files[0]
+            child[file] = set_constant(child[file], name, value)
+        if move.technique is not None:
+            for edit in move.technique.edits:
+                text = child[edit.file].decode()
+                if text.count(edit.search) == 1:
+                    child[edit.file] = text.replace(edit.search, edit.replace).encode()
+        return child
+
+    def _merge(self, view: LineageView) -> Proposal | None:
+        for keep in view.other_keeps:
+            if keep.trial_id in self._merged or keep.surface == self.surface.name:
+                continue
+            self._merged.add(keep.trial_id)
+            base_id = _common_ancestor(view, keep)
+            if base_id is None:
+                continue
+            hypothesis = f"merge keep #{keep.seq} ({keep.agent}) into the best #{view.best.seq}"
+            try:
+                child = merge_programs(self.program_of(base_id), view.best_program, self.program_of(keep.trial_id))
+            except MergeConflict as e:
+                return Proposal(agent=self.name, surface=self.surface.name, hypothesis=hypothesis,
+                                parents=(view.best.trial_id, keep.trial_id), backend=self.backend,
+                                rejected=(Label.INVALID_EDIT, f"merge conflict: {e}"))
+            if child == view.best_program:
+                continue
+            return Proposal(agent=self.name, surface=self.surface.name, hypothesis=hypothesis,
+                            parents=(view.best.trial_id, keep.trial_id), program=child,
+                            expected_delta=self._expected(Move(values={}), view), backend=self.backend)
+        return None
+
+
+def _common_ancestor(view: LineageView, keep: TrialLine) -> str | None:
+    """The best's chain member that ``keep`` descends from (its nearest one)."""
+    chain = [t.trial_id for t in view.chain]
+    # keep.parents[0] is usually on the chain (it branched off an earlier best).
+    for parent in keep.parents:
+        if parent in chain:
+            return parent
+    return None
+
+
+def _parse(text: str) -> object:
+    text = text.strip()
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip("'\"")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _step(knob: Knob, value: object, direction: int, rng: random.Random, *, big: bool) -> object | None:
+    if knob.type == "bool":
+        return (not value) if isinstance(value, bool) else None
+    if knob.type == "choice":
+        others = [c for c in knob.choices if c != value]
+        return rng.choice(others) if others and direction > 0 else None
+    if not isinstance(value, (int, float)) or knob.min is None or knob.max is None:
+        return None
+    if knob.log and value > 0:
+        factor = rng.uniform(1.3, 2.2) if not big else rng.uniform(2.0, 4.0)
+        new = value * factor if direction > 0 else value / factor
+    else:
+        span = knob.max - knob.min
+        frac = rng.uniform(0.05, 0.25) if not big else rng.uniform(0.25, 0.5)
+        new = value + direction * span * frac
+    new = min(knob.max, max(knob.min, new))
+    if knob.type == "int":
+        new = int(round(new))
+        if new == value:
+            new = int(value) + direction
+            if not knob.min <= new <= knob.max:
+                return None
+    else:
+        new = float(f"{new:.4g}")
+    return new
+
+
+def set_constant(source: bytes, name: str, value: object) -> bytes:
+    """Rewrite the ``NAME = value`` line of a recipe file, keeping its comment."""
+    text = source.decode()
+    pattern = re.compile(rf"^({re.escape(name)}\s*=\s*)(.+?)(\s*#.*)?$", re.M)
+    new, n = pattern.subn(lambda m: m.group(1) + _fmt(value) + (m.group(3) or ""), text, count=1)
+    return new.encode() if n else source

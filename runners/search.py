@@ -1,0 +1,355 @@
+"""The search driver: the closed loop of `arl run`.
+
+Records ``SearchStarted``, measures the base program as the baseline trial,
+then keeps the workers busy: whenever fewer trials are in flight than there
+are workers, the next specialist (round robin) gets its lineage view and
+proposes; the proposal is submitted, or recorded with its label if it could not
+become a program. It stops when the trial budget (charged labels only) is
+spent, or on Ctrl-C, with ``SearchStopped``; ``--resume`` continues a search.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+
+from agents.base import Proposal, Specialist
+from agents.lineage import build_view
+from ledger import events as ev
+from ledger.errors import ArlError
+from ledger.programs import get_program, read_folder
+from ledger.projections import Projector, SearchRow, State
+from ledger.store import Ledger
+from runners.submit import record_rejection, start_search, submit
+from runners.worker import Worker
+from tasks.manifest import Task
+from tasks.registry import resolve
+
+
+class SearchConfig(msgspec.Struct, kw_only=True):
+    """Everything that shapes a search; recorded in SearchStarted.config."""
+
+    trials: int = 30
+    workers: int = 1
+    agents: str = "tuner"
+    lineage: bool = True
+    seed: int = 0
+    llm_url: str | None = None
+    llm_model: str | None = None
+    inbox: str | None = None
+
+
+class SearchError(ArlError):
+    pass
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    search_id: str
+    name: str
+    task: str
+    metric: str
+    direction: str
+    trials: int
+    charged: int
+    running: int
+    baseline: float | None
+    best: float | None
+    best_seq: int | None
+    best_agent: str | None
+    labels: dict[str, int]
+    keeps_by_agent: dict[str, int]
+    stopped: str | None
+    elapsed_s: float
+
+    @property
+    def gain(self) -> float | None:
+        """Relative improvement of the best over the baseline (positive = better)."""
+        if self.baseline in (None, 0) or self.best is None:
+            return None
+        change = (self.best - self.baseline) / abs(self.baseline)
+        return -change if self.direction == "min" else change
+
+
+def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary:
+    search: SearchRow = state.searches[search_id]
+    rows = state.trials_of(search_id)
+    labels = Counter(r.label.value for r in rows if r.label is not None)
+    keeps = Counter(r.agent for r in rows if r.label is not None and r.label.value == "keep")
+    best = state.trials.get(search.best_trial) if search.best_trial else None
+    started = search.started_at.timestamp() if search.started_at else time.time()
+    last = max((r.labeled_at.timestamp() for r in rows if r.labeled_at), default=started)
+    return Summary(
+        search_id=search_id, name=search.name, task=search.task, metric=metric,
+        direction=search.direction, trials=trials, charged=search.charged,
+        running=sum(1 for r in rows if r.label is None), baseline=search.baseline_score,
+        best=search.best_score, best_seq=best.seq if best else None,
+        best_agent=best.agent if best else None, labels=dict(labels.most_common()),
+        keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
+        elapsed_s=last - started,
+    )
+
+
+def render_summary(s: Summary, where: str) -> str:
+    gain = f" ({s.gain:+.1%} vs baseline {s.baseline:.6g})" if s.gain is not None else ""
+    best = (f"best: trial #{s.best_seq} by {s.best_agent} — {s.metric} {s.best:.6g}{gain}"
+            if s.best is not None else "best: no legal result yet")
+    keeps = ", ".join(f"{a} {n}" for a, n in s.keeps_by_agent.items()) or "none"
+    labels = ", ".join(f"{k} {n}" for k, n in s.labels.items()) or "none"
+    state = f"stopped ({s.stopped})" if s.stopped else f"running ({s.running} in flight)"
+    return "\n".join([
+        f"search {s.name} [{s.search_id}] on {s.task}: {s.charged}/{s.trials} trials, {state}, "
+        f"{_duration(s.elapsed_s)}",
+        best,
+        f"keeps by specialist: {keeps}",
+        f"labels: {labels}",
+        f"ledger: {where}   (arl status {s.search_id[:8]} · arl show {s.search_id[:8]}#SEQ · "
+        f"arl report --search {s.search_id[:8]} -o report.html)",
+    ])
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Search:
+    """One search being driven. Build with :meth:`start` or :meth:`resume`, then :meth:`run`."""
+
+    def __init__(self, ledger: Ledger, task: Task, search_id: str, config: SearchConfig,
+                 team: list[Specialist], *, out: TextIO = sys.stderr) -> None:
+        self.ledger = ledger
+        self.task = task
+        self.search_id = search_id
+        self.config = config
+        self.team = team
+        self.out = out
+        self.projector = Projector(ledger, name=f"search/{search_id}", checkpoint_s=30.0)
+        self._programs: dict[str, dict[str, bytes]] = {}
+        self._turn = 0
+        self._proposals = 0
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, ledger: Ledger, task: Task, config: SearchConfig, *, name: str | None = None,
+              team_factory: Callable[..., list[Specialist]] | None = None, out: TextIO = sys.stderr,
+              kind: str = "search", origin: tuple[str | None, str | None] = (None, None)) -> Search:
+        search_id = start_search(
+            ledger, task, name=name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            config=msgspec.to_builtins(config), kind=kind, origin_search=origin[0], origin_trial=origin[1],
+        )
+        search = cls(ledger, task, search_id, config, [], out=out)
+        search.team = (team_factory or build_team)(task, config, search)
+        return search
+
+    @classmethod
+    def resume(cls, ledger: Ledger, search_ref: str, *, team_factory: Callable[..., list[Specialist]] | None = None,
+               out: TextIO = sys.stderr) -> Search:
+        search_id = find_search(ledger, search_ref)
+        started = ledger.stream(search_id)[0]
+        config = msgspec.convert({k: v for k, v in started.config.items() if k != "task_path"},
+                                 SearchConfig)
+        task = resolve(started.config.get("task_path") or started.task)
+        if task.digest() != started.task_digest:
+            raise SearchError(
+                f"task {task.name} changed since search {search_id[:8]} started; "
+                "restore the task folder or start a new search"
+            )
+        search = cls(ledger, task, search_id, config, [], out=out)
+        search.team = (team_factory or build_team)(task, config, search)
+        return search
+
+    # -- what specialists read ----------------------------------------------------------------
+
+    def program_of(self, trial_id: str) -> dict[str, bytes]:
+        if trial_id not in self._programs:
+            row = self.projector.state.trials[trial_id]
+            if row.program_digest is None:
+                raise SearchError(f"trial {trial_id[:8]} has no program")
+            self._programs[trial_id] = get_program(self.ledger, row.program_digest)
+        return self._programs[trial_id]
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        stop = threading.Event()
+        workers = [Worker(self.ledger, name=f"{self.search_id[:8]}-w{i}")
+                   for i in range(self.config.workers)]
+        threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
+        for t in threads:
+            t.start()
+        self._started = time.monotonic()
+        self._exhausted: str | None = None
+        try:
+            self._loop()
+            reason = self._exhausted or "trial budget spent"
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            print(f"\ninterrupted: recording the stop; {self._in_flight()} trial(s) still running "
+                  f"(Ctrl-C again to leave them; `arl run --resume {self.search_id[:8]}` continues)",
+                  file=self.out)
+        stop.set()
+        self._record_stop(reason)
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)
+        except KeyboardInterrupt:
+            pass  # their leases expire and a resumed search re-runs them
+        state = self.projector.catch_up()
+        return summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+
+    def _loop(self) -> None:
+        state = self.projector.catch_up()
+        if not state.trials_of(self.search_id):
+            submit(self.ledger, self.task, self.search_id, 0, agent="baseline", surface="",
+                   program=read_folder(self.task.recipe_dir), hypothesis="the base program")
+        limit = 3 * self.config.trials + 10  # duplicates and infra errors are free, but not endless
+        while True:
+            state = self.projector.catch_up()
+            search = state.searches[self.search_id]
+            in_flight = self._in_flight()
+            self._progress(state)
+            if search.charged >= self.config.trials:
+                if in_flight == 0:
+                    return
+            elif self._baseline_done(state) and in_flight < max(1, self.config.workers) \
+                    and search.charged + in_flight < self.config.trials and self._proposals < limit:
+                if self._propose(state):
+                    continue
+                if in_flight:
+                    self.ledger.wait(state.position, 0.5)
+                    continue
+            elif in_flight == 0 and self._baseline_done(state):
+                # Nobody proposes anything new (or only duplicates / infra errors came back).
+                self._exhausted = (f"specialists ran out of proposals after {self._proposals} "
+                                   f"({search.charged} charged)")
+                return
+            self.ledger.wait(state.position, 0.5)
+
+    def _baseline_done(self, state: State) -> bool:
+        base = state.trials.get(ev.trial_id(self.search_id, 0))
+        if base is None or base.label is None:
+            return False
+        if base.label.value != "baseline":
+            raise SearchError(f"the base program did not pass: {base.label.value} — {base.reason}; "
+                              f"check the task with `arl task check {self.task.root}`")
+        return True
+
+    def _in_flight(self) -> int:
+        return sum(1 for r in self.projector.state.trials_of(self.search_id) if r.label is None)
+
+    def _propose(self, state: State) -> bool:
+        """Ask specialists in turn until one proposes; record it. False if nobody did."""
+        for _ in range(len(self.team)):
+            specialist = self.team[self._turn % len(self.team)]
+            self._turn += 1
+            view = build_view(state, self.search_id, specialist=specialist.name,
+                              surface=specialist.surface.name, metric=self.task.objective.metric,
+                              program_of=self.program_of, lineage=self.config.lineage)
+            proposal = specialist.propose(view)
+            if proposal is None:
+                continue
+            self._record(state, proposal)
+            self._proposals += 1
+            return True
+        return False
+
+    def _record(self, state: State, p: Proposal) -> None:
+        seq = max((r.seq for r in state.trials_of(self.search_id)), default=0) + 1
+        common = dict(agent=p.agent, surface=p.surface, parents=p.parents, hypothesis=p.hypothesis,
+                      expected_delta=p.expected_delta, backend=p.backend,
+                      agent_call_digest=p.agent_call_digest)
+        if p.program is None:
+            label, reason = p.rejected or (ev.Label.INVALID_EDIT, "the agent produced no program")
+            record_rejection(self.ledger, self.search_id, seq, label=label, reason=reason, **common)
+            return
+        parent = self.program_of(p.parents[0]) if p.parents else read_folder(self.task.recipe_dir)
+        also = tuple(state.trials[t].surface for t in p.parents[1:] if t in state.trials)
+        submit(self.ledger, self.task, self.search_id, seq, program=p.program,
+               parent_program=parent, also_surfaces=also, **common)
+
+    def _record_stop(self, reason: str) -> None:
+        state = self.projector.catch_up()
+        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        version = self.ledger.version(self.search_id)
+        self.ledger.append(ev.SearchStopped(originator_id=self.search_id, originator_version=version + 1,
+                                            reason=reason, summary=msgspec.to_builtins(summary)))
+
+    def _progress(self, state: State) -> None:
+        s = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        elapsed = time.monotonic() - self._started
+        done = max(s.charged, 0)
+        eta = (elapsed / done * (self.config.trials - done)) if done else None
+        gain = f" ({s.gain:+.1%})" if s.gain is not None else ""
+        best = f"best {s.best:.5g}{gain}" if s.best is not None else "best —"
+        labels = " ".join(f"{k} {n}" for k, n in s.labels.items())
+        line = (f"[{done}/{self.config.trials}] running {s.running} | {best} | {labels}"
+                f" | ETA {_duration(eta) if eta is not None else '—'}")
+        if line != getattr(self, "_last_line", None):
+            self._last_line = line
+            end = "\r" if self.out.isatty() else "\n"
+            print(line.ljust(100) if end == "\r" else line, end=end, file=self.out, flush=True)
+
+
+def build_team(task: Task, config: SearchConfig, search: Search) -> list[Specialist]:
+    """One specialist per surface, of the configured backend."""
+    if config.agents == "tuner":
+        from agents.tuner import Tuner
+
+        return [Tuner(task, s, seed=config.seed, lineage=config.lineage, program_of=search.program_of)
+                for s in task.surfaces]
+    if config.agents == "llm":
+        from agents.llm import ChatClient, LLMSpecialist
+
+        if not config.llm_url or not config.llm_model:
+            raise SearchError("--agents llm needs --llm-url and --llm-model (key from ARL_LLM_API_KEY)")
+        client = ChatClient(config.llm_url, config.llm_model)
+        return [LLMSpecialist(s.name, s, task, client, search.ledger.put_blob) for s in task.surfaces]
+    if config.agents == "inbox":
+        from agents.inbox import InboxTeam
+
+        if not config.inbox:
+            raise SearchError("--agents inbox needs --inbox FOLDER")
+        return InboxTeam.build(task, Path(config.inbox), search)
+    raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm or inbox")
+
+
+def find_search(ledger: Ledger, ref: str | None) -> str:
+    """A search by id, id prefix or name; the latest one when ``ref`` is None."""
+    found: list[tuple[str, str]] = []
+    after = 0
+    while batch := ledger.read(after, 20_000):
+        for _, e in batch:
+            if isinstance(e, ev.SearchStarted):
+                found.append((e.originator_id, e.name))
+        after = batch[-1][0]
+    if not found:
+        raise SearchError(f"no search in {ledger.url.display()} yet; start one with `arl run TASK`")
+    if ref is None:
+        return found[-1][0]
+    matches = [sid for sid, name in found if sid.startswith(ref) or name == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SearchError(f"no search {ref!r} in {ledger.url.display()}; `arl status` lists the latest")
+    raise SearchError(f"{ref!r} matches {len(matches)} searches; give more of the id")
+
+
+def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str | None = None,
+               resume: str | None = None, out: TextIO = sys.stderr) -> Summary:
+    if resume:
+        search = Search.resume(ledger, resume, out=out)
+    else:
+        search = Search.start(ledger, resolve(task_ref), config, name=name, out=out)
+    print(f"search {search.search_id[:8]} on {search.task.name}: {search.config.trials} trials, "
+          f"{search.config.workers} worker(s), agents {search.config.agents}, "
+          f"lineage {'on' if search.config.lineage else 'off'}", file=out)
+    return search.run()
