@@ -18,6 +18,7 @@ Deterministic for a given seed and the same sequence of views.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -236,7 +237,7 @@ class Tuner:
         values = {}
         for knob in self.surface.knobs:
             values.update({k: v for k, v in constants(program.get(knob.file, b"")).items()})
-        return all(values.get(k) == _fmt(v) for k, v in technique.set.items())
+        return all(k in values and _parse(values[k]) == v for k, v in technique.set.items())
 
     def _apply(self, program: dict[str, bytes], move: Move) -> dict[str, bytes]:
         child = dict(program)
@@ -307,7 +308,7 @@ def _fmt(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        return repr(value)
+        return json.dumps(value)  # double quotes, as recipes are written
     return str(value)
 
 

@@ -1,0 +1,196 @@
+"""The offline tuner: reactions to labels, memory of outcomes, merges, determinism, lineage off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.lineage import LineageView, TrialLine, constants
+from agents.merge import MergeConflict, merge_programs
+from agents.tuner import Tuner, set_constant
+from ledger.events import Label
+from tasks.manifest import load_task
+
+RECIPE = b'''"""A toy recipe."""
+EPOCHS = 10       # more epochs: better accuracy, more time
+WIDTH = 64        # wider: better accuracy, bigger and slower
+LR = 0.01         # learning rate
+DTYPE = "float32"
+
+def train():
+    return EPOCHS * WIDTH * LR
+'''
+
+TASK = """
+name = "toy"
+description = "toy"
+[run]
+command = ["{python}", "train.py"]
+[objective]
+metric = "loss"
+direction = "min"
+noise_floor = 0.01
+[budgets]
+train_s = 10
+eval_s = 5
+wallclock_s = 20
+[[surfaces]]
+name = "opt"
+description = "optimisation"
+files = ["train.py"]
+[[surfaces.knobs]]
+name = "EPOCHS"
+file = "train.py"
+type = "int"
+min = 1
+max = 40
+costs = ["time"]
+buys = ["accuracy"]
+[[surfaces.knobs]]
+name = "WIDTH"
+file = "train.py"
+type = "int"
+min = 8
+max = 256
+log = true
+costs = ["time", "size"]
+buys = ["accuracy"]
+[[surfaces.knobs]]
+name = "LR"
+file = "train.py"
+type = "float"
+min = 0.0001
+max = 0.5
+log = true
+[[surfaces.techniques]]
+name = "half_precision"
+description = "store weights in float16"
+set = { DTYPE = "float16" }
+buys = ["size"]
+"""
+
+
+@pytest.fixture
+def toy(tmp_path):
+    folder = tmp_path / "toy"
+    (folder / "recipe").mkdir(parents=True)
+    (folder / "task.toml").write_text(TASK)
+    (folder / "recipe" / "train.py").write_bytes(RECIPE)
+    (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
+    (folder / "data.py").write_text("def prepare(cache): ...\n")
+    return load_task(folder)
+
+
+def view(task, *, mine=(), lineage=True, program=None, other_keeps=(), chain=()):
+    best = TrialLine(seq=0, trial_id="t0", agent="baseline", surface="", hypothesis="",
+                     label="baseline", score=1.0, delta_vs_best=None, reason="")
+    return LineageView(search_id="s", task=task.name, metric="loss", direction="min",
+                       noise_floor=0.01, specialist="opt", surface="opt", lineage=lineage,
+                       baseline_score=1.0, best=best, best_program=program or {"train.py": RECIPE},
+                       mine=list(mine), other_keeps=list(other_keeps), chain=list(chain) or [best])
+
+
+def failed(label: str, changes: dict, seq: int = 1, reason: str = "check failed") -> TrialLine:
+    return TrialLine(seq=seq, trial_id=f"t{seq}", agent="opt", surface="opt", hypothesis="h",
+                     label=label, score=None, delta_vs_best=None, reason=reason,
+                     parents=("t0",), changes=changes)
+
+
+def changed(proposal) -> dict[str, tuple[str, str]]:
+    before = constants(RECIPE)
+    after = constants(proposal.program["train.py"])
+    return {k: (before[k], after[k]) for k in after if after[k] != before.get(k)}
+
+
+def test_a_budget_overrun_shrinks_what_costs_time(toy):
+    tuner = Tuner(toy, toy.surface("opt"), seed=1)
+    p = tuner.propose(view(toy, mine=[failed("train_budget_overrun", {"LR": ("0.01", "0.02")})]))
+    (name, (old, new)), = changed(p).items()
+    assert name in ("EPOCHS", "WIDTH") and float(new) < float(old)
+    assert "last trial: train_budget_overrun" in p.hypothesis
+
+
+def test_a_size_violation_turns_on_compression_or_shrinks_size(toy):
+    tuner = Tuner(toy, toy.surface("opt"), seed=2)
+    p = tuner.propose(view(toy, mine=[failed("size_violation", {"LR": ("0.01", "0.02")})]))
+    c = changed(p)
+    assert c == {"DTYPE": ('"float32"', '"float16"')} or (
+        "WIDTH" in c and float(c["WIDTH"][1]) < float(c["WIDTH"][0]))
+
+
+def test_a_gate_miss_buys_accuracy(toy):
+    tuner = Tuner(toy, toy.surface("opt"), seed=3)
+    p = tuner.propose(view(toy, mine=[failed("gate_miss", {"LR": ("0.01", "0.02")})]))
+    (name, (old, new)), = changed(p).items()
+    assert name in ("EPOCHS", "WIDTH") and float(new) > float(old)
+
+
+def test_a_crash_is_not_retried_unchanged(toy):
+    for seed in range(20):
+        tuner = Tuner(toy, toy.surface("opt"), seed=seed)
+        first = tuner.propose(view(toy))
+        (name, (_, new)), = changed(first).items() if first.program != {"train.py": RECIPE} else ((None, (0, 0)),)
+        crash = failed("crash", {name: (constants(RECIPE)[name], new)})
+        again = Tuner(toy, toy.surface("opt"), seed=seed).propose(view(toy, mine=[crash]))
+        assert again.program != first.program
+
+
+def test_same_seed_same_views_same_proposals(toy):
+    a, b = (Tuner(toy, toy.surface("opt"), seed=7) for _ in range(2))
+    for _ in range(5):
+        v = view(toy)
+        pa, pb = a.propose(v), b.propose(v)
+        assert pa.program == pb.program and pa.hypothesis == pb.hypothesis
+    c = Tuner(toy, toy.surface("opt"), seed=8)
+    assert any(c.propose(view(toy)).program != Tuner(toy, toy.surface("opt"), seed=7).propose(view(toy)).program
+               for _ in range(3))
+
+
+def test_lineage_off_has_no_memory(toy):
+    tuner = Tuner(toy, toy.surface("opt"), seed=5, lineage=False)
+    seen = [tuner.propose(view(toy, lineage=False)).program["train.py"] for _ in range(40)]
+    assert len(set(seen)) < 40  # it repeats itself: it does not remember what it proposed
+    assert all(p.startswith(b'"""A toy recipe."""') for p in seen)
+
+
+def test_merge_of_another_specialists_keep(toy):
+    base = {"train.py": RECIPE}
+    best_program = {"train.py": set_constant(RECIPE, "LR", 0.02)}
+    other = {"train.py": set_constant(RECIPE, "EPOCHS", 20)}
+    programs = {"t0": base, "t1": best_program, "t2": other}
+    tuner = Tuner(toy, toy.surface("opt"), seed=0, program_of=programs.__getitem__)
+    root = TrialLine(seq=0, trial_id="t0", agent="baseline", surface="", hypothesis="", label="baseline",
+                     score=1.0, delta_vs_best=None, reason="")
+    keep = TrialLine(seq=2, trial_id="t2", agent="sched", surface="sched", hypothesis="more epochs",
+                     label="keep", score=0.9, delta_vs_best=-0.1, reason="", parents=("t0",))
+    v = view(toy, program=best_program, other_keeps=[keep], chain=[root])
+    v.best.trial_id = "t1"
+    p = tuner.propose(v)
+    assert p.parents == ("t1", "t2") and "merge keep #2" in p.hypothesis
+    assert constants(p.program["train.py"])["EPOCHS"] == "20" and constants(p.program["train.py"])["LR"] == "0.02"
+    assert tuner.propose(v).parents == ("t1",)  # each keep is merged once
+
+
+def test_merge_conflicts_are_invalid_edits_not_crashes(toy):
+    base = {"train.py": RECIPE}
+    ours = {"train.py": set_constant(RECIPE, "LR", 0.02)}
+    theirs = {"train.py": set_constant(RECIPE, "LR", 0.005)}
+    with pytest.raises(MergeConflict, match="both sides changed"):
+        merge_programs(base, ours, theirs)
+    programs = {"t0": base, "t1": ours, "t2": theirs}
+    tuner = Tuner(toy, toy.surface("opt"), seed=0, program_of=programs.__getitem__)
+    root = TrialLine(seq=0, trial_id="t0", agent="baseline", surface="", hypothesis="", label="baseline",
+                     score=1.0, delta_vs_best=None, reason="")
+    keep = TrialLine(seq=2, trial_id="t2", agent="sched", surface="sched", hypothesis="", label="keep",
+                     score=0.9, delta_vs_best=-0.1, reason="", parents=("t0",))
+    v = view(toy, program=ours, other_keeps=[keep], chain=[root])
+    v.best.trial_id = "t1"
+    p = tuner.propose(v)
+    assert p.program is None and p.rejected[0] is Label.INVALID_EDIT and "merge conflict" in p.rejected[1]
+
+
+def test_set_constant_keeps_the_comment():
+    out = set_constant(RECIPE, "EPOCHS", 12)
+    assert b"EPOCHS = 12       # more epochs: better accuracy, more time" in out
+    assert set_constant(RECIPE, "NOPE", 1) == RECIPE

@@ -1,0 +1,100 @@
+"""`arl run`: the closed loop end to end on the tiny task, stop and resume, status and show."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger, events as ev
+from ledger.projections import rebuild
+from runners.search import SearchConfig, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "tasks" / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
+
+
+def _labels(ledger, search):
+    seen = {}
+    for _, e in ledger.iter_events():
+        if isinstance(e, ev.TrialLabeled) and e.search_id == search:
+            assert e.originator_id not in seen, "a trial was labelled twice"
+            seen[e.originator_id] = e
+    return seen
+
+
+@pytest.mark.parametrize("lineage", [True, False])
+def test_a_tuner_search_runs_to_its_budget(store_url, lineage):
+    with Ledger.open(store_url) as ledger:
+        out = io.StringIO()
+        summary = run_search(ledger, TINY, SearchConfig(trials=8, workers=2, lineage=lineage, seed=3), out=out)
+        state = rebuild(ledger)
+        labels = _labels(ledger, summary.search_id)
+        stops = [e for e in ledger.stream(summary.search_id) if isinstance(e, ev.SearchStopped)]
+    search = state.searches[summary.search_id]
+    assert summary.charged == search.charged == 8 and summary.stopped == "trial budget spent"
+    assert len(stops) == 1 and stops[0].summary["charged"] == 8
+    rows = state.trials_of(summary.search_id)
+    assert rows[0].label.value == "baseline" and all(r.label is not None for r in rows)
+    assert len(labels) == len(rows)
+    assert all(r.parents for r in rows[1:]) and all(r.backend == "tuner" for r in rows[1:])
+    assert summary.best <= summary.baseline and summary.gain is not None
+    assert "[8/8]" in out.getvalue()  # progress was shown
+    started = next(e for _, e in Ledger.open(store_url).read() if isinstance(e, ev.SearchStarted))
+    assert started.config["lineage"] is lineage and started.config["trials"] == 8
+
+
+def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
+    env = {**os.environ, "ARL_CACHE": str(tmp_path / "cache")}
+    slow = tmp_path / "slow"
+    import shutil
+
+    shutil.copytree(TINY, slow)
+    recipe = slow / "recipe" / "train.py"
+    recipe.write_text(recipe.read_text().replace("SLEEP_S = 0.0", "SLEEP_S = 0.4"))
+    arl = [sys.executable, "-m", "runners.cli"]
+    proc = subprocess.Popen([*arl, "run", str(slow), "--trials", "10", "--store", sqlite_url, "--name", "stoppy"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with Ledger.open(sqlite_url) as ledger:
+        deadline = time.monotonic() + 60
+        while sum(isinstance(e, ev.TrialLabeled) for _, e in ledger.read(0, 10_000)) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    with Ledger.open(sqlite_url) as ledger:
+        search = next(e for _, e in ledger.read() if isinstance(e, ev.SearchStarted))
+        charged_then = rebuild(ledger).searches[search.originator_id].charged
+    assert charged_then < 10
+    done = subprocess.run([*arl, "run", "--resume", "stoppy", "--store", sqlite_url],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "10/10 trials, stopped (trial budget spent)" in done.stdout
+    with Ledger.open(sqlite_url) as ledger:
+        stops = [e.reason for e in ledger.stream(search.originator_id) if isinstance(e, ev.SearchStopped)]
+        assert stops == ["interrupted", "trial budget spent"]
+        assert rebuild(ledger).searches[search.originator_id].charged == 10
+        _labels(ledger, search.originator_id)
+    status = subprocess.run([*arl, "status", "--store", sqlite_url], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "stoppy" in status.stdout and "labels:" in status.stdout
+    show = subprocess.run([*arl, "show", "stoppy#1", "--store", sqlite_url], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert show.returncode == 0 and "trial #1" in show.stdout and "diff --git a/train.py" in show.stdout
+    assert "label:" in show.stdout and "pass train_s" in show.stdout or "FAIL" in show.stdout
+    bad = subprocess.run([*arl, "show", "stoppy#999", "--store", sqlite_url], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("arl: error:")
