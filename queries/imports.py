@@ -437,7 +437,7 @@ def _events_for(
             config=config, arl_version=_arl_version(), kind="import",
         )
     ]
-    ids = {t.source_id: ev.trial_id(search_id, seq) for seq, t in enumerate(trials)}
+    ids: dict[str, str] = {}  # only earlier rows: a parent always precedes its child
     for seq, t in enumerate(trials):
         tid = ev.trial_id(search_id, seq)
         source = {"id": t.source_id, "status": t.status, "line": t.row.line, **t.extra}
@@ -449,6 +449,7 @@ def _events_for(
             source["salvaged"] = "; ".join(t.row.problems)
             source["raw"] = t.row.raw
         parent = ids.get(t.parent_id) if t.parent_id else None
+        ids[t.source_id] = tid
         proposed_at = t.at - timedelta(seconds=t.wall_s) if t.wall_s else t.at
         version = iter(range(1, 10))
         common = {"originator_id": tid, "search_id": search_id}
@@ -630,7 +631,6 @@ def import_recipes(
         if exp_id in seen:
             quarantined.append(Flagged(row.line, f"exp_id {exp_id} appears again; first row kept", row.raw, exp_id))
             continue
-        seen.add(exp_id)
         status = str(v["status"]).strip()
         notes = v.get("notes") or ""
         metrics = {c: x for c in numeric if c not in _NOT_METRICS and (x := _num(v.get(c))) is not None}
@@ -643,6 +643,10 @@ def import_recipes(
         if total is None and (t_s := _num(v.get("train_s"))) is not None:
             total = t_s + (_num(v.get("eval_s")) or 0.0)
         parent = (v.get("parent_exp") or "").strip() or tree_parents.get(exp_id)
+        if parent and parent not in seen:
+            row.problems.append(f"parent {parent[:20]!r} is not an earlier row; imported without parent")
+            parent = None
+        seen.add(exp_id)
         trials.append(
             _Trial(
                 row=row, source_id=exp_id, status=status, label=_recipes_label(status, notes),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import time
 import types
 import typing
@@ -26,22 +27,17 @@ from typing import Any
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from ledger import ArlError, Ledger
 from ledger import events as ev
-from ledger.store import decode_states
+from queries.errors import QueryError
+from queries.views import create_views, refresh_trials
 
 #: Bump when the layout of the ``log`` tables changes in a way fields do not show.
 LOAD_VERSION = 1
-PAGE = 50_000
-
-_json = msgspec.json.Encoder()
-
-
-class QueryError(ArlError):
-    """A query cannot run: bad SQL, unknown query or search, unusable cache."""
-
+PAGE = 100_000
 
 @dataclass(frozen=True)
 class LoadStats:
@@ -54,73 +50,65 @@ class LoadStats:
 
 
 # --- columns derived from the event structs -------------------------------------
+#
+# DuckDB parses the stored JSON itself (``from_json`` with a structure derived
+# from each struct): far faster than decoding a million events in Python, and
+# an event type this arl does not know still lands in ``log.events``.
 
 
-def _arrow_type(hint: Any) -> tuple[pa.DataType, str]:
-    """Arrow type and the DuckDB type of a struct field; nested values become JSON text."""
+def _duck_type(hint: Any) -> str:
+    """The DuckDB type of a struct field; nested values stay JSON."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _arrow_type(args[0])
-    if hint is str:
-        return pa.string(), "VARCHAR"
-    if origin is typing.Literal:
-        return pa.string(), "VARCHAR"
+        return _duck_type(args[0])
+    if hint is str or origin is typing.Literal:
+        return "VARCHAR"
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return pa.string(), "VARCHAR"
+        return "VARCHAR"
     if hint is bool:
-        return pa.bool_(), "BOOLEAN"
+        return "BOOLEAN"
     if hint is int:
-        return pa.int64(), "BIGINT"
+        return "BIGINT"
     if hint is float:
-        return pa.float64(), "DOUBLE"
+        return "DOUBLE"
     if hint is datetime:
-        return pa.timestamp("us", tz="UTC"), "TIMESTAMPTZ"
-    if origin is tuple and args and args[0] is str:
-        return pa.list_(pa.string()), "VARCHAR[]"
-    return pa.string(), "JSON"
+        return "TIMESTAMPTZ"
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in (str, int, float):
+        return _duck_type(args[0]) + "[]"
+    return "JSON"
 
 
-class _Column:
-    __slots__ = ("name", "field", "arrow", "sql", "nested")
+def _structure(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, _duck_type(hints[f.name])) for f in msgspec.structs.fields(cls) if f.name not in skip]
 
-    def __init__(self, name: str, field: str, hint: Any) -> None:
-        self.name = name
-        self.field = field
-        self.arrow, self.sql = _arrow_type(hint)
-        self.nested = self.sql == "JSON"
+
+def _json_structure(columns: list[tuple[str, str]]) -> str:
+    def one(t: str) -> Any:
+        return [t[:-2]] if t.endswith("[]") else t
+
+    return json.dumps({name: one(t) for name, t in columns})
 
 
 class _Table:
     """One event type's table: a column per struct field, plus where it sits in the log."""
 
     def __init__(self, cls: type[ev.Event]) -> None:
-        self.cls = cls
+        self.type = cls.__name__
         self.name = _snake(cls.__name__)
-        hints = typing.get_type_hints(cls)
-        self.columns = [_Column("stream", "originator_id", str)]
-        for f in msgspec.structs.fields(cls):
-            if f.name in ("originator_id",):
-                continue
-            name = "version" if f.name == "originator_version" else f.name
-            self.columns.append(_Column(name, f.name, hints[f.name]))
+        self.columns = _structure(cls, skip=("originator_id", "originator_version"))
 
     def ddl(self) -> str:
-        cols = ", ".join(f'"{c.name}" {c.sql}' for c in self.columns)
-        return f'CREATE TABLE log."{self.name}" (id BIGINT, {cols})'
+        cols = ", ".join(f'"{n}" {t}' for n, t in self.columns)
+        return f'CREATE TABLE log."{self.name}" (id BIGINT, stream VARCHAR, version BIGINT, {cols})'
 
-    def arrow(self, ids: list[int], events: list[Any]) -> pa.Table:
-        arrays = [pa.array(ids, pa.int64())]
-        names = ["id"]
-        for c in self.columns:
-            values = [getattr(e, c.field) for e in events]
-            if c.nested:
-                values = [None if v is None else _json.encode(v).decode() for v in values]
-            elif c.arrow == pa.string():
-                values = [None if v is None else str(v) for v in values]
-            arrays.append(pa.array(values, c.arrow))
-            names.append(c.name)
-        return pa.Table.from_arrays(arrays, names=names)
+    def insert(self) -> str:
+        return (
+            f'INSERT INTO log."{self.name}" SELECT id, stream, version, '
+            f"unnest(from_json(payload, '{_json_structure(self.columns)}')) "
+            f"FROM log.events WHERE id > $after AND type = '{self.type}'"
+        )
 
 
 def _snake(name: str) -> str:
@@ -128,23 +116,25 @@ def _snake(name: str) -> str:
 
 
 _TABLES = {cls: _Table(cls) for cls in ev.EVENT_TYPES}
-_CHECK_FIELDS = [f.name for f in msgspec.structs.fields(ev.Check)]
-_CHECK_HINTS = typing.get_type_hints(ev.Check)
+_CHECK = _structure(ev.Check)
 
+# Each payload is parsed once, into its type's table; the ``events`` view takes
+# ``at`` and ``search_id`` from there instead of parsing every payload twice.
 _EVENTS_DDL = (
     "CREATE TABLE log.events (id BIGINT, stream VARCHAR, version BIGINT, type VARCHAR, "
-    '"at" TIMESTAMPTZ, search_id VARCHAR, payload VARCHAR)'
+    "payload VARCHAR)"
 )
-_CHECKS_COLUMNS = [
-    ("id", pa.int64(), "BIGINT"),
-    ("stream", pa.string(), "VARCHAR"),
-    ("search_id", pa.string(), "VARCHAR"),
-    ("position", pa.int64(), "BIGINT"),
-    *((n, *_arrow_type(_CHECK_HINTS[n])) for n in _CHECK_FIELDS),
-]
-_CHECKS_DDL = "CREATE TABLE log.checks (" + ", ".join(
-    f'"{n}" {sql}' for n, _, sql in _CHECKS_COLUMNS
+_EVENTS_INSERT = (
+    "INSERT INTO log.events SELECT id, stream, version, split_part(topic, ':', 2), payload FROM page"
+)
+_CHECKS_DDL = "CREATE TABLE log.checks (id BIGINT, stream VARCHAR, search_id VARCHAR, " + ", ".join(
+    f'"{n}" {t}' for n, t in _CHECK
 ) + ")"
+_CHECKS_INSERT = (
+    "INSERT INTO log.checks SELECT id, stream, search_id, unnest(c, recursive := true) "
+    f"FROM (SELECT id, stream, search_id, unnest(from_json(checks, '[{_json_structure(_CHECK)}]')) AS c "
+    "FROM log.trial_evaluated WHERE id > $after)"
+)
 _AGENT_CALLS_DDL = (
     "CREATE TABLE log.agent_calls (digest VARCHAR PRIMARY KEY, bytes BIGINT, "
     "prompt_tokens BIGINT, completion_tokens BIGINT, total_tokens BIGINT, model VARCHAR)"
@@ -153,8 +143,8 @@ _AGENT_CALLS_DDL = (
 
 def schema_fingerprint() -> str:
     """Changes whenever an event struct gains a field: a cache built before is rebuilt."""
-    parts = [str(LOAD_VERSION), _EVENTS_DDL, _CHECKS_DDL, _AGENT_CALLS_DDL]
-    parts += [t.ddl() for t in _TABLES.values()]
+    parts = [str(LOAD_VERSION), _EVENTS_DDL, _CHECKS_DDL, _CHECKS_INSERT, _AGENT_CALLS_DDL]
+    parts += [t.ddl() + t.insert() for t in _TABLES.values()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -182,8 +172,6 @@ def connect_with_stats(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, LoadStats]:
-    from queries.views import create_views
-
     con = _open_duckdb(cache)
     try:
         stats = refresh(con, ledger, progress=progress)
@@ -261,7 +249,7 @@ def refresh(
     if rebuilt:
         _create_log_schema(con)
         position = 0
-    loaded = 0
+    start, loaded = position, 0
     con.execute("BEGIN")
     try:
         while rows := ledger.read_raw(position, PAGE):
@@ -270,6 +258,8 @@ def refresh(
             loaded += len(rows)
             if progress:
                 progress(loaded)
+        if loaded or rebuilt:
+            refresh_trials(con, start)
         con.executemany(
             "INSERT OR REPLACE INTO log.meta VALUES (?, ?)",
             [
@@ -287,71 +277,53 @@ def refresh(
 
 
 def _load_page(con: duckdb.DuckDBPyConnection, ledger: Ledger, rows: Sequence[tuple]) -> None:
-    states = [r[4] for r in rows]
+    after = rows[0][0] - 1
+    ids, streams, versions, topics, states = zip(*rows, strict=True)
+    con.register("page", _page_table(ids, streams, versions, topics, states))
     try:
-        events = decode_states(states)
-    except msgspec.DecodeError as e:
+        con.execute(_EVENTS_INSERT)
+        con.unregister("page")
+        for table in _TABLES.values():
+            con.execute(table.insert(), {"after": after})
+    except duckdb.Error as e:
         raise QueryError(
-            f"an event between notification ids {rows[0][0]} and {rows[-1][0]} cannot be decoded "
-            f"({e}); run `arl verify`, or upgrade arl if the ledger is newer"
+            f"events between notification ids {rows[0][0]} and {rows[-1][0]} cannot be read "
+            f"({' '.join(str(e).split())[:200]}); run `arl verify`"
         ) from e
-    ids = [r[0] for r in rows]
-    log_events = pa.Table.from_arrays(
+    con.execute(_CHECKS_INSERT, {"after": after})
+    digests = con.execute(
+        "SELECT DISTINCT agent_call_digest FROM log.trial_proposed "
+        "WHERE id > $after AND agent_call_digest IS NOT NULL",
+        {"after": after},
+    ).fetchall()
+    _load_agent_calls(con, ledger, [d[0] for d in digests])
+
+
+def _page_table(
+    ids: Sequence[int],
+    streams: Sequence[Any],
+    versions: Sequence[int],
+    topics: Sequence[str],
+    states: Sequence[bytes],
+) -> pa.Table:
+    """The raw rows as Arrow columns; the payloads go in as one buffer, not a million strings."""
+    n = len(ids)
+    lengths = np.fromiter(map(len, states), dtype=np.int64, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    payload = pa.Array.from_buffers(
+        pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(states))]
+    )
+    return pa.Table.from_arrays(
         [
-            pa.array(ids, pa.int64()),
-            pa.array([str(r[1]) for r in rows], pa.string()),
-            pa.array([r[2] for r in rows], pa.int64()),
-            pa.array([type(e).__name__ for e in events], pa.string()),
-            pa.array([e.at for e in events], pa.timestamp("us", tz="UTC")),
-            pa.array([getattr(e, "search_id", e.originator_id) for e in events], pa.string()),
-            pa.array([s.decode() for s in states], pa.string()),
+            pa.array(np.fromiter(ids, dtype=np.int64, count=n)),
+            pa.array([s if isinstance(s, str) else str(s) for s in streams], pa.string()),
+            pa.array(np.fromiter(versions, dtype=np.int64, count=n)),
+            pa.array(topics, pa.string()),
+            payload,
         ],
-        names=["id", "stream", "version", "type", "at", "search_id", "payload"],
+        names=["id", "stream", "version", "topic", "payload"],
     )
-    con.register("page_events", log_events)
-    con.execute("INSERT INTO log.events SELECT * FROM page_events")
-    con.unregister("page_events")
-
-    by_type: dict[type, tuple[list[int], list[Any]]] = {}
-    for nid, e in zip(ids, events, strict=True):
-        slot = by_type.get(type(e))
-        if slot is None:
-            slot = by_type[type(e)] = ([], [])
-        slot[0].append(nid)
-        slot[1].append(e)
-    for cls, (type_ids, type_events) in by_type.items():
-        table = _TABLES[cls]
-        con.register("page_type", table.arrow(type_ids, type_events))
-        con.execute(f'INSERT INTO log."{table.name}" SELECT * FROM page_type')
-        con.unregister("page_type")
-
-    evaluated = by_type.get(ev.TrialEvaluated)
-    if evaluated:
-        _load_checks(con, *evaluated)
-    proposed = by_type.get(ev.TrialProposed)
-    if proposed:
-        _load_agent_calls(con, ledger, [e.agent_call_digest for e in proposed[1] if e.agent_call_digest])
-
-
-def _load_checks(con: duckdb.DuckDBPyConnection, ids: list[int], events: list[Any]) -> None:
-    cols: dict[str, list[Any]] = {name: [] for name, _, _ in _CHECKS_COLUMNS}
-    for nid, e in zip(ids, events, strict=True):
-        for i, check in enumerate(e.checks):
-            cols["id"].append(nid)
-            cols["stream"].append(e.originator_id)
-            cols["search_id"].append(e.search_id)
-            cols["position"].append(i)
-            for name in _CHECK_FIELDS:
-                v = getattr(check, name)
-                cols[name].append(str(v) if isinstance(v, enum.Enum) else v)
-    if not cols["id"]:
-        return
-    table = pa.Table.from_arrays(
-        [pa.array(cols[n], t) for n, t, _ in _CHECKS_COLUMNS], names=[n for n, _, _ in _CHECKS_COLUMNS]
-    )
-    con.register("page_checks", table)
-    con.execute("INSERT INTO log.checks SELECT * FROM page_checks")
-    con.unregister("page_checks")
 
 
 class _Usage(msgspec.Struct):

@@ -17,10 +17,81 @@ _STATE = """CASE e.type
     WHEN 'LeaseExpired' THEN 'requeued' WHEN 'RunFinished' THEN 'finished'
     WHEN 'TrialEvaluated' THEN 'evaluated' WHEN 'TrialLabeled' THEN 'labeled' END"""
 
+
+def _latest(table: str, only: str) -> str:
+    return f"(SELECT DISTINCT ON (stream) * FROM log.{table} {only} ORDER BY stream, id DESC)"
+
+
+def _trial_rows(only: str) -> str:
+    """One row per trial from its latest event of each type; ``only`` narrows the streams."""
+    narrowed = only.replace("WHERE", "AND") if only else ""
+    return f"""
+SELECT p.search_id AS search, p.seq, p.stream AS trial_id, p.agent, p.surface, p.backend,
+       p.parents, p.hypothesis, p.expected_delta,
+       lab.label, coalesce(lab.score, evl.score) AS score, lab.improvement,
+       lab.delta_vs_parent, lab.delta_vs_best, coalesce(lab.reason, rej.reason) AS reason,
+       evl.metrics, run.wall_s, run.exit_code, run.runner,
+       p.at AS proposed_at, cl.at AS claimed_at, run.at AS finished_at, lab.at AS labeled_at,
+       {_STATE} AS state,
+       p.edit_digest, p.agent_call_digest,
+       p.source->>'id' AS source_id, p.source->>'status' AS source_status,
+       p.source->>'salvaged' AS salvaged, p.source,
+       p.id AS pid, pp.id AS parent_pid
+FROM log.trial_proposed p
+LEFT JOIN {_latest("trial_labeled", only)} lab USING (stream)
+LEFT JOIN {_latest("trial_evaluated", only)} evl USING (stream)
+LEFT JOIN {_latest("run_finished", only)} run USING (stream)
+LEFT JOIN {_latest("trial_claimed", only)} cl USING (stream)
+LEFT JOIN {_latest("edit_rejected", only)} rej USING (stream)
+LEFT JOIN (SELECT stream, arg_max(type, id) AS type FROM log.events
+           WHERE type NOT IN ('SearchStarted', 'SearchStopped') {narrowed}
+           GROUP BY stream) e USING (stream)
+LEFT JOIN log.trial_proposed pp ON pp.stream = p.parents[1]
+{"WHERE p.stream IN (SELECT stream FROM touched)" if only else ""}
+"""
+
+
+def refresh_trials(con: duckdb.DuckDBPyConnection, after: int) -> None:
+    """Bring ``log.trials`` (one row per trial) up to date with events after ``after``.
+
+    Kept as a table because every named query starts from it; only trials
+    with new events are recomputed.
+    """
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'log' AND table_name = 'trials'"
+    ).fetchall()[0][0]
+    if not exists or after == 0:
+        con.execute(f"CREATE OR REPLACE TABLE log.trials AS {_trial_rows('')}")
+        return
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT stream FROM log.events "
+        "WHERE id > $after AND type NOT IN ('SearchStarted', 'SearchStopped')",
+        {"after": after},
+    )
+    only = "WHERE stream IN (SELECT stream FROM touched)"
+    con.execute("DELETE FROM log.trials WHERE trial_id IN (SELECT stream FROM touched)")
+    con.execute(f"INSERT INTO log.trials {_trial_rows(only)}")
+    con.execute("DROP TABLE touched")
+
+
+#: Where each event type's ``at`` and search id are (its own table), for the events view.
+_HEADS = " UNION ALL ".join(
+    f'SELECT id, "at", {"stream" if t in ("search_started", "search_stopped") else "search_id"} '
+    f"AS search_id FROM log.{t}"
+    for t in (
+        "search_started", "search_stopped", "trial_proposed", "edit_rejected", "trial_submitted",
+        "trial_claimed", "run_finished", "trial_evaluated", "trial_labeled", "lease_expired",
+    )
+)
+
 VIEWS: dict[str, str] = {
-    "events": """
-SELECT id, stream, version, type, "at", search_id, payload::JSON AS payload
-FROM log.events
+    "events": f"""
+SELECT e.id, e.stream, e.version, e.type,
+       coalesce(h.at, (e.payload->>'at')::TIMESTAMPTZ) AS "at",
+       coalesce(h.search_id, e.payload->>'search_id', e.stream) AS search_id,
+       e.payload::JSON AS payload
+FROM log.events e LEFT JOIN ({_HEADS}) h USING (id)
 """,
     "searches": """
 SELECT s.stream AS search, s.name, s.task, s.kind, s.direction, s.noise_floor,
@@ -33,32 +104,7 @@ LEFT JOIN (SELECT DISTINCT ON (stream) stream, "at", reason, summary
 LEFT JOIN (SELECT search_id AS stream, count(*) AS trials
            FROM log.trial_proposed GROUP BY ALL) n USING (stream)
 """,
-    "trials": f"""
-SELECT p.search_id AS search, p.seq, p.stream AS trial_id, p.agent, p.surface, p.backend,
-       p.parents, p.hypothesis, p.expected_delta,
-       lab.label, coalesce(lab.score, evl.score) AS score, lab.improvement,
-       lab.delta_vs_parent, lab.delta_vs_best, coalesce(lab.reason, rej.reason) AS reason,
-       evl.metrics, run.wall_s, run.exit_code, run.runner,
-       p.at AS proposed_at, cl.at AS claimed_at, run.at AS finished_at, lab.at AS labeled_at,
-       {_STATE} AS state,
-       p.edit_digest, p.agent_call_digest,
-       p.source->>'id' AS source_id, p.source->>'status' AS source_status,
-       p.source->>'salvaged' AS salvaged, p.source
-FROM log.trial_proposed p
-LEFT JOIN (SELECT DISTINCT ON (stream) * FROM log.trial_labeled ORDER BY stream, id DESC) lab
-       USING (stream)
-LEFT JOIN (SELECT DISTINCT ON (stream) * FROM log.trial_evaluated ORDER BY stream, id DESC) evl
-       USING (stream)
-LEFT JOIN (SELECT DISTINCT ON (stream) * FROM log.run_finished ORDER BY stream, id DESC) run
-       USING (stream)
-LEFT JOIN (SELECT DISTINCT ON (stream) * FROM log.trial_claimed ORDER BY stream, id DESC) cl
-       USING (stream)
-LEFT JOIN (SELECT DISTINCT ON (stream) * FROM log.edit_rejected ORDER BY stream, id DESC) rej
-       USING (stream)
-LEFT JOIN (SELECT DISTINCT ON (stream) stream, type FROM log.events
-           WHERE type NOT IN ('SearchStarted', 'SearchStopped')
-           ORDER BY stream, id DESC) e USING (stream)
-""",
+    "trials": "SELECT * EXCLUDE (pid, parent_pid) FROM log.trials",
     "lineage": """
 SELECT search_id AS search, stream AS child, unnest(parents) AS parent
 FROM log.trial_proposed

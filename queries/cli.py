@@ -1,0 +1,198 @@
+"""The forensics commands of ``arl``: sql, query, export, import, report.
+
+Each is a thin shell over one library function. :func:`register` adds them to
+the main ``arl`` parser; ``python -m queries.cli`` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ledger import ArlError, Ledger
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="ledger to use: sqlite:///path/ledger.db or postgresql://user@host:port/db "
+        "(default: $ARL_STORE, else .arl/ledger.db in the working directory)",
+    )
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        metavar="FILE",
+        help="DuckDB file kept between runs and refreshed from the log incrementally "
+        "(default: load into memory)",
+    )
+
+
+def _format_arg(p: argparse.ArgumentParser) -> None:
+    from queries.table import FORMATS
+
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+
+
+def _connect(args: argparse.Namespace, ledger: Ledger):
+    from queries.load import connect
+
+    return connect(ledger, args.cache)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from queries.table import render, run_sql
+
+    with Ledger.open(args.store, create=False) as ledger:
+        con = _connect(args, ledger)
+    try:
+        if args.query is None:
+            from queries.prompt import interactive
+
+            return interactive(con, fmt=args.format)
+        print(render(run_sql(con, args.query), args.format))
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from queries.named import run_named
+    from queries.table import render
+
+    with Ledger.open(args.store, create=False) as ledger:
+        con = _connect(args, ledger)
+    try:
+        table = run_named(con, args.name, search=args.search, quartiles=args.quartiles)
+        print(render(table, args.format))
+    finally:
+        con.close()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from queries.export import export
+
+    with Ledger.open(args.store, create=False) as ledger:
+        con = _connect(args, ledger)
+    try:
+        written = export(con, args.format, args.dir)
+    finally:
+        con.close()
+    for path, rows in written:
+        print(f"{path}  ({rows:,} rows)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from queries.imports import IMPORTERS
+
+    importer = IMPORTERS[args.source]
+    kwargs = {"name": args.name}
+    if args.source == "recipes":
+        kwargs.update(score=args.score, direction=args.direction)
+    elif args.score or args.direction:
+        raise _UsageError("--score and --direction apply to `arl import recipes` only; drop them")
+    with Ledger.open(args.store) as ledger:
+        result = importer(ledger, args.path, **kwargs)
+    print(result.summary())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from queries.report import write_report
+
+    with Ledger.open(args.store, create=False) as ledger:
+        con = _connect(args, ledger)
+        try:
+            summary = write_report(con, args.output, search=args.search, ledger=ledger)
+        finally:
+            con.close()
+    print(summary)
+    return 0
+
+
+class _UsageError(ArlError):
+    pass
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``sql``, ``query``, ``export``, ``import`` and ``report`` to ``arl``'s subcommands."""
+    from queries.named import NAMED
+
+    p = sub.add_parser("sql", help="run SQL over the ledger's views; no query: an interactive prompt")
+    p.add_argument("query", nargs="?", help='one SQL statement, e.g. "SELECT label, count(*) FROM trials GROUP BY 1"')
+    _format_arg(p)
+    _store_arg(p)
+    _cache_arg(p)
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("query", help="run a named forensic query")
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMED)}")
+    p.add_argument("--search", metavar="S", help="a search id, id prefix or name (default: every search)")
+    p.add_argument("--quartiles", action="store_true", help="label_mix: per quartile of each search")
+    _format_arg(p)
+    _store_arg(p)
+    _cache_arg(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("export", help="write every view as Parquet, or every event as NDJSON")
+    p.add_argument("format", choices=("parquet", "ndjson"))
+    p.add_argument("dir", metavar="DIR", type=Path, help="folder to write into (created if missing)")
+    _store_arg(p)
+    _cache_arg(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="import a trajectory recorded by another tool as a search")
+    p.add_argument("source", choices=("recipes", "autoresearch"),
+                   help="recipes: a blackboard folder of the paper's release; "
+                   "autoresearch: a karpathy/autoresearch results.tsv")
+    p.add_argument("path", metavar="PATH", help="the run folder, or its results.tsv")
+    p.add_argument("--name", help="name of the new search (default: the folder's name)")
+    p.add_argument("--score", metavar="COLUMN", help="recipes: the score column (default: from best.json)")
+    p.add_argument("--direction", choices=("min", "max"), help="recipes: is lower or higher better")
+    _store_arg(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report")
+    p.add_argument("--search", metavar="S", help="a search id, id prefix or name (default: every search)")
+    p.add_argument("-o", "--output", type=Path, default=Path("report.html"), metavar="FILE",
+                   help="where to write it (default: report.html)")
+    _store_arg(p)
+    _cache_arg(p)
+    p.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arl", description="arl forensics: SQL, reports, import")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except ArlError as e:
+        print(f"arl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("arl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
