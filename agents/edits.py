@@ -54,13 +54,23 @@ def scope_violation(
     protected = [p for p in changed if task.is_protected(p)]
     if protected:
         return Label.ILLEGAL_EDIT, f"the edit touches protected file(s): {', '.join(protected)}"
-    allowed = {f for name in (surface, *also) for f in task.surface(name).files}
+    mine = [task.surface(name) for name in (surface, *also)]
+    allowed = {f for s in mine for f in s.files}
     outside = [p for p in changed if p not in allowed]
     if outside:
         return (
             Label.OUT_OF_SURFACE,
             f"surface {surface!r} owns {', '.join(sorted(allowed))}; the edit also touches "
             f"{', '.join(outside)}",
+        )
+    # Several surfaces may share a file; then the knobs say who owns which constant.
+    own = {k.name for s in mine for k in s.knobs}
+    owners = {k.name: s.name for s in task.surfaces for k in s.knobs if k.name not in own}
+    foreign = sorted(name for name in constant_changes(dict(parent), dict(child)) if name in owners)
+    if foreign:
+        return (
+            Label.OUT_OF_SURFACE,
+            "the edit changes " + ", ".join(f"{n} (owned by surface {owners[n]})" for n in foreign),
         )
     return None
 
@@ -341,3 +351,27 @@ def _git_paths(rest: str) -> tuple[str, str]:
     old = parts[0][2:] if parts[0].startswith("a/") else parts[0]
     new = parts[-1][2:] if parts[-1].startswith("b/") else parts[-1]
     return old, new
+
+
+_CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*(#.*)?$", re.M)
+
+
+def constants(source: bytes) -> dict[str, str]:
+    """Top-level ``NAME = value`` constants of a recipe file (value as source text)."""
+    try:
+        text = source.decode()
+    except UnicodeDecodeError:
+        return {}
+    return {m.group(1): m.group(2) for m in _CONSTANT.finditer(text)}
+
+
+def constant_changes(parent: dict[str, bytes], child: dict[str, bytes]) -> dict[str, tuple[str | None, str | None]]:
+    changes: dict[str, tuple[str | None, str | None]] = {}
+    for path in sorted(parent.keys() | child.keys()):
+        if parent.get(path) == child.get(path) or not path.endswith(".py"):
+            continue
+        a, b = constants(parent.get(path, b"")), constants(child.get(path, b""))
+        for name in sorted(a.keys() | b.keys()):
+            if a.get(name) != b.get(name):
+                changes[name] = (a.get(name), b.get(name))
+    return changes

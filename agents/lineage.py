@@ -10,11 +10,11 @@ arm) a specialist sees only the current best program and its score.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import msgspec
 
+from agents.edits import constant_changes
 from ledger.events import Label
 from ledger.projections import State, TrialRow
 
@@ -22,9 +22,6 @@ from ledger.projections import State, TrialRow
 RECENT = 8
 #: Consecutive non-improving trials of a specialist after which it is told it is saturated.
 SATURATION = 5
-
-_CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*(#.*)?$", re.M)
-
 
 class TrialLine(msgspec.Struct, kw_only=True):
     seq: int
@@ -108,27 +105,6 @@ def _line(t: TrialLine, metric: str, *, with_reason: bool = True) -> str:
     if with_reason and t.reason and t.label not in (Label.KEEP, Label.BASELINE, None):
         text += f" — {t.reason}"
     return text
-
-
-def constants(source: bytes) -> dict[str, str]:
-    """Top-level ``NAME = value`` constants of a recipe file (value as source text)."""
-    try:
-        text = source.decode()
-    except UnicodeDecodeError:
-        return {}
-    return {m.group(1): m.group(2) for m in _CONSTANT.finditer(text)}
-
-
-def constant_changes(parent: dict[str, bytes], child: dict[str, bytes]) -> dict[str, tuple[str | None, str | None]]:
-    changes: dict[str, tuple[str | None, str | None]] = {}
-    for path in sorted(parent.keys() | child.keys()):
-        if parent.get(path) == child.get(path) or not path.endswith(".py"):
-            continue
-        a, b = constants(parent.get(path, b"")), constants(child.get(path, b""))
-        for name in sorted(a.keys() | b.keys()):
-            if a.get(name) != b.get(name):
-                changes[name] = (a.get(name), b.get(name))
-    return changes
 
 
 def build_view(

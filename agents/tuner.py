@@ -25,7 +25,8 @@ import re
 from collections.abc import Callable
 
 from agents.base import Proposal
-from agents.lineage import LineageView, TrialLine, constants
+from agents.edits import constants
+from agents.lineage import LineageView, TrialLine
 from agents.merge import MergeConflict, merge_programs
 from ledger.events import Label
 from tasks.manifest import Knob, Surface, Task, Technique
@@ -316,6 +317,11 @@ def _step(knob: Knob, value: object, direction: int, rng: random.Random, *, big:
     if knob.type == "bool":
         return (not value) if isinstance(value, bool) else None
     if knob.type == "choice":
+        if value in knob.choices and all(isinstance(c, (int, float)) for c in knob.choices):
+            # Ordered choices (sizes): step to a neighbour, further when saturated.
+            ordered = sorted(knob.choices)
+            i = ordered.index(value) + direction * (rng.choice((1, 2)) if big else 1)
+            return ordered[i] if 0 <= i < len(ordered) else None
         others = [c for c in knob.choices if c != value]
         return rng.choice(others) if others and direction > 0 else None
     if not isinstance(value, (int, float)) or knob.min is None or knob.max is None:

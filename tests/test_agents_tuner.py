@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.lineage import LineageView, TrialLine, constants
+from agents.edits import constants
+from agents.lineage import LineageView, TrialLine
 from agents.merge import MergeConflict, merge_programs
 from agents.tuner import Tuner, set_constant
 from ledger.events import Label

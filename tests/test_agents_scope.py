@@ -1,0 +1,75 @@
+"""Scope is enforced, not prompted: files outside the surface, and knobs of other surfaces."""
+
+from __future__ import annotations
+
+from agents.edits import scope_violation
+from agents.tuner import set_constant
+from ledger.events import Label
+from tasks.manifest import load_task
+
+RECIPE = b"EPOCHS = 10\nLR = 0.01\n\ndef train():\n    return EPOCHS * LR\n"
+
+TASK = """
+name = "shared"
+description = "two surfaces share one file"
+protected = ["data.txt"]
+[run]
+command = ["{python}", "train.py"]
+[objective]
+metric = "loss"
+direction = "min"
+[budgets]
+train_s = 10
+eval_s = 5
+wallclock_s = 20
+[[surfaces]]
+name = "sched"
+description = "schedule"
+files = ["train.py"]
+knobs = [{ name = "EPOCHS", file = "train.py", type = "int", min = 1, max = 40 }]
+[[surfaces]]
+name = "opt"
+description = "optimiser"
+files = ["train.py"]
+knobs = [{ name = "LR", file = "train.py", type = "float", min = 0.0001, max = 1.0, log = true }]
+[[surfaces]]
+name = "docs"
+description = "notes"
+files = ["NOTES.md"]
+"""
+
+
+def _task(tmp_path):
+    folder = tmp_path / "shared"
+    (folder / "recipe").mkdir(parents=True)
+    (folder / "task.toml").write_text(TASK)
+    (folder / "recipe" / "train.py").write_bytes(RECIPE)
+    (folder / "recipe" / "NOTES.md").write_text("notes\n")
+    (folder / "recipe" / "data.txt").write_text("data\n")
+    (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
+    (folder / "data.py").write_text("def prepare(cache): ...\n")
+    return load_task(folder)
+
+
+def test_knobs_decide_ownership_inside_a_shared_file(tmp_path):
+    task = _task(tmp_path)
+    base = {"train.py": RECIPE, "NOTES.md": b"notes\n", "data.txt": b"data\n"}
+    own = dict(base, **{"train.py": set_constant(RECIPE, "LR", 0.02)})
+    assert scope_violation(task, "opt", base, own) is None
+    foreign = dict(base, **{"train.py": set_constant(RECIPE, "EPOCHS", 20)})
+    label, reason = scope_violation(task, "opt", base, foreign)
+    assert label is Label.OUT_OF_SURFACE and "EPOCHS (owned by surface sched)" in reason
+    # A merge of both surfaces' keeps may touch both.
+    both = dict(base, **{"train.py": set_constant(set_constant(RECIPE, "EPOCHS", 20), "LR", 0.02)})
+    assert scope_violation(task, "opt", base, both, also=("sched",)) is None
+
+
+def test_other_files_and_protected_files(tmp_path):
+    task = _task(tmp_path)
+    base = {"train.py": RECIPE, "NOTES.md": b"notes\n", "data.txt": b"data\n"}
+    label, reason = scope_violation(task, "docs", base, dict(base, **{"train.py": b"x = 1\n"}))
+    assert label is Label.OUT_OF_SURFACE and "train.py" in reason
+    label, reason = scope_violation(task, "docs", base, dict(base, **{"data.txt": b"poison\n"}))
+    assert label is Label.ILLEGAL_EDIT and "data.txt" in reason
+    label, _ = scope_violation(task, "docs", base, dict(base, **{"new.py": b"x = 1\n"}))
+    assert label is Label.OUT_OF_SURFACE
