@@ -31,6 +31,8 @@ class Proposal(msgspec.Struct, kw_only=True):
     #: Why there is no program: (label, reason), e.g. (invalid_edit, "hunk 2 does not apply").
     rejected: tuple[Label, str] | None = None
     backend: str = ""
+    #: Further surfaces the edit may touch (a proposer that owns several, e.g. a baseline optimiser).
+    also_surfaces: tuple[str, ...] = ()
     #: Blob digest of the recorded request/reply (LLM backends), so a replay needs no model.
     agent_call_digest: str | None = None
 

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=30, help="trials charged to the budget (default 30)")
     p.add_argument("--workers", type=int, default=1,
                    help="in-process workers (0: run `arl worker` elsewhere; default 1)")
-    p.add_argument("--agents", choices=["tuner", "llm", "inbox"], default="tuner")
+    p.add_argument("--agents", choices=["tuner", "llm", "inbox", "random", "tpe"], default="tuner",
+                   help="specialist backend; random and tpe (Optuna) are baselines over the same knobs")
     p.add_argument("--lineage", choices=["on", "off"], default="on",
                    help="off: specialists see only the best program (the control arm)")
     p.add_argument("--seed", type=int, default=0)

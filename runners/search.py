@@ -272,7 +272,7 @@ class Search:
             record_rejection(self.ledger, self.search_id, seq, label=label, reason=reason, **common)
             return
         parent = self.program_of(p.parents[0]) if p.parents else read_folder(self.task.recipe_dir)
-        also = tuple(state.trials[t].surface for t in p.parents[1:] if t in state.trials)
+        also = p.also_surfaces + tuple(state.trials[t].surface for t in p.parents[1:] if t in state.trials)
         submit(self.ledger, self.task, self.search_id, seq, program=p.program,
                parent_program=parent, also_surfaces=also, **common)
 
@@ -306,6 +306,12 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
 
         return [Tuner(task, s, seed=config.seed, lineage=config.lineage, program_of=search.program_of)
                 for s in task.surfaces]
+    if config.agents in ("random", "tpe"):
+        from agents.baselines import RandomSearch, TPESearch
+
+        cls = RandomSearch if config.agents == "random" else TPESearch
+        return [cls(task, seed=config.seed, base=read_folder(task.recipe_dir),
+                    state=lambda: search.projector.state)]
     if config.agents == "llm":
         from agents.llm import ChatClient, LLMSpecialist
 
@@ -319,7 +325,7 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
         if not config.inbox:
             raise SearchError("--agents inbox needs --inbox FOLDER")
         return InboxTeam.build(task, Path(config.inbox), search)
-    raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm or inbox")
+    raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm, inbox, random or tpe")
 
 
 def find_search(ledger: Ledger, ref: str | None) -> str:

@@ -98,3 +98,16 @@ def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
     bad = subprocess.run([*arl, "show", "stoppy#999", "--store", sqlite_url], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("arl: error:")
+
+
+@pytest.mark.parametrize("agents", ["random", "tpe"])
+def test_baseline_optimisers_run_through_the_same_loop(sqlite_url, agents):
+    with Ledger.open(sqlite_url) as ledger:
+        summary = run_search(ledger, TINY, SearchConfig(trials=6, workers=2, agents=agents, seed=1),
+                             out=io.StringIO())
+        state = rebuild(ledger)
+    rows = state.trials_of(summary.search_id)
+    assert summary.charged == 6 and all(r.label is not None for r in rows)
+    assert {r.backend for r in rows[1:]} == {agents}
+    assert all(r.parents == (rows[0].trial_id,) for r in rows[1:])  # configurations of the base program
+    assert all(r.label.value != "out_of_surface" for r in rows)
