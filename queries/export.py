@@ -38,11 +38,11 @@ def export(con: duckdb.DuckDBPyConnection, fmt: str, folder: str | Path) -> list
         _copy(
             con,
             'SELECT id, stream, version, type, "at", search_id, payload::JSON AS payload '
-            "FROM log.events ORDER BY id",
+            "FROM events ORDER BY id",
             path,
             "(FORMAT json)",
         )
-        written.append((path, _count(con, "SELECT count(*) FROM log.events")))
+        written.append((path, _count(con, "SELECT count(*) FROM events")))
     return written
 
 

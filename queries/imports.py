@@ -108,7 +108,11 @@ def _tokenize(text: str, row_start: re.Pattern[str], first_line: int) -> list[_R
             if i < n and text[i] == '"':
                 value, i, closed = _quoted(text, i + 1, row_start)
                 if not closed:
+                    # The quote was a stray character: its line splits on tabs as usual.
                     problems.append("unterminated quote closed at the end of its line")
+                    fields += value.split("\t")
+                    i = min(i + 1, n)  # past the newline
+                    break
                 m = delim.search(text, i)
                 end = m.start() if m else n
                 value += text[i:end].rstrip("\r")  # text after a closing quote, as csv does

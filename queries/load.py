@@ -186,18 +186,24 @@ def _open_duckdb(cache: str | Path | None) -> duckdb.DuckDBPyConnection:
     # No extension downloads, ever: a query that needs one fails at once.
     config = {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
     if cache is None:
-        return duckdb.connect(":memory:", config=config)
+        return _utc(duckdb.connect(":memory:", config=config))
     path = Path(cache).expanduser()
     if path.is_dir():
         raise QueryError(f"cache {path} is a folder; give a file, e.g. {path / 'ledger.duckdb'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(str(path), config=config)
+        return _utc(duckdb.connect(str(path), config=config))
     except (duckdb.Error, OSError) as e:
         raise QueryError(
             f"cannot open the query cache {path}: {str(e).splitlines()[0]}; "
             "delete it or choose another --cache file (one writer at a time)"
         ) from e
+
+
+def _utc(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    # Times in UTC whatever the machine's zone: the same output and exports everywhere.
+    con.execute("SET TimeZone = 'UTC'")
+    return con
 
 
 def _meta(con: duckdb.DuckDBPyConnection) -> dict[str, str]:

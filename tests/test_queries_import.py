@@ -1,0 +1,290 @@
+"""Import of recorded trajectories: the paper's fixture runs, autoresearch, damaged TSV rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger
+from ledger import events as ev
+from queries.imports import SourceError, import_autoresearch, import_recipes
+from queries.load import connect
+from queries.named import run_named
+from queries.table import run_sql
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "auto-research-recipes"
+if not FIXTURES.is_dir():  # a checkout outside the shared workspace
+    FIXTURES = Path("/work/shared/fixtures/auto-research-recipes")
+
+# Status counts as published with the release (fixtures README), baseline row excluded.
+PUBLISHED = {
+    "cifar": {"disqualified": 81, "preflight_crash": 7, "discard": 5, "keep": 4},
+    "nanochat_d12": {"discard": 177, "preflight_crash": 13, "keep": 5, "train_budget_overrun": 5},
+    "pg_ablation_lineage_on": {
+        "discard": 124, "eval_budget_overrun": 38, "keep": 16, "crash": 11, "size_blocked": 11,
+    },
+}
+BEST = {"cifar": 25.1464, "nanochat_d12": 0.2244, "pg_ablation_lineage_on": 1.073142}
+
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """The three fixture runs imported into one SQLite ledger, and a DuckDB connection to it."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"fixtures not found at {FIXTURES}")
+    url = f"sqlite:///{tmp_path_factory.mktemp('imported') / 'ledger.db'}"
+    with Ledger.open(url) as ledger:
+        results = {d: import_recipes(ledger, FIXTURES / d) for d in PUBLISHED}
+        con = connect(ledger)
+        yield ledger, results, con
+        con.close()
+
+
+def _rows(con, sql, **params):
+    return run_sql(con, sql, params or None).rows
+
+
+@needs_fixtures
+def test_sql_reproduces_the_published_status_counts(imported):
+    _, results, con = imported
+    for run, counts in PUBLISHED.items():
+        assert results[run].quarantined == [] and results[run].salvaged == []
+        got = dict(
+            _rows(
+                con,
+                "SELECT t.source_status, count(*) FROM trials t JOIN searches s USING (search) "
+                "WHERE s.name = $n AND t.source_status <> 'baseline' GROUP BY 1",
+                n=run,
+            )
+        )
+        assert got == counts, run
+
+
+@needs_fixtures
+def test_statuses_map_to_arl_labels(imported):
+    _, _, con = imported
+    got = {
+        (name, label): n
+        for name, label, n in _rows(
+            con,
+            "SELECT s.name, t.label, count(*) FROM trials t JOIN searches s USING (search) GROUP BY ALL",
+        )
+    }
+    # preflight crashes whose notes blame the infrastructure are infra_error, the rest invalid_edit
+    assert got[("cifar", "gate_miss")] == 81
+    assert got[("cifar", "infra_error")] == 2 and got[("cifar", "invalid_edit")] == 5
+    assert got[("nanochat_d12", "infra_error")] == 11 and got[("nanochat_d12", "invalid_edit")] == 2
+    assert got[("pg_ablation_lineage_on", "size_violation")] == 11
+    assert got[("pg_ablation_lineage_on", "eval_budget_overrun")] == 38
+    assert all(got[(run, "baseline")] == 1 for run in PUBLISHED)
+
+
+@needs_fixtures
+def test_sql_reproduces_the_best_scores(imported):
+    _, _, con = imported
+    best = dict(
+        _rows(
+            con,
+            "SELECT s.name, CASE WHEN s.direction = 'min' THEN min(t.score) ELSE max(t.score) END "
+            "FROM trials t JOIN searches s USING (search) WHERE t.label IN ('baseline', 'keep') "
+            "GROUP BY s.name, s.direction",
+        )
+    )
+    assert best == pytest.approx(BEST, rel=1e-9)
+    # the best trial is the one best.json names
+    ids = dict(_rows(con, "SELECT search_name, source_id FROM (" + _LEADER + ") WHERE rank = 1"))
+    assert ids == {"cifar": "070", "nanochat_d12": "156", "pg_ablation_lineage_on": "176"}
+
+
+_LEADER = "SELECT * FROM (SELECT s.name AS search_name, t.source_id, rank() OVER (PARTITION BY t.search ORDER BY CASE WHEN s.direction = 'max' THEN -t.score ELSE t.score END) AS rank FROM trials t JOIN searches s USING (search) WHERE t.label IN ('baseline', 'keep'))"
+
+
+@needs_fixtures
+def test_eval_budget_overrun_share_by_quartile_matches_the_paper(imported):
+    _, _, con = imported
+    table = run_named(con, "label_mix", search="pg_ablation_lineage_on", quartiles=True)
+    shares = {
+        r["quartile"]: r["share"] for r in table.records() if r["label"] == "eval_budget_overrun"
+    }
+    assert shares == {1: 0.40, 2: 0.12, 3: 0.16, 4: 0.08}
+
+
+@needs_fixtures
+def test_rows_keep_their_ids_parents_times_and_checks(imported):
+    _, _, con = imported
+    row = run_sql(
+        con,
+        "SELECT t.*, p.source_id AS parent_source FROM trials t JOIN searches s USING (search) "
+        "LEFT JOIN trials p ON p.trial_id = t.parents[1] "
+        "WHERE s.name = 'pg_ablation_lineage_on' AND t.source_id = '004'",
+    ).records()[0]
+    assert row["agent"] == "arch" and row["parent_source"] == "000"
+    assert row["label"] == "size_violation" and row["source_status"] == "size_blocked"
+    assert row["hypothesis"].startswith("ResFormer value-residual")
+    assert row["expected_delta"] == -0.005
+    assert row["labeled_at"].isoformat() == "2026-05-01T04:26:35+00:00"
+    assert row["wall_s"] == 1473.0
+    checks = dict(
+        _rows(con, 'SELECT "check", passed FROM checks WHERE trial = $t', t=row["trial_id"])
+    )
+    assert checks == {"artifact_bytes": False, "eval_s": True}
+    # a preflight crash never ran: its edit was rejected
+    state = _rows(
+        con,
+        "SELECT t.state, t.reason FROM trials t JOIN searches s USING (search) "
+        "WHERE s.name = 'cifar' AND t.source_id = '055'",
+    )[0]
+    assert state[0] == "labeled" and "Unrecognized key: mixup_alpha" in state[1]
+
+
+@needs_fixtures
+def test_reimporting_the_same_folder_adds_nothing(imported):
+    ledger, results, _ = imported
+    head = ledger.head()
+    again = import_recipes(ledger, FIXTURES / "cifar" / "results.tsv")
+    assert again.already and again.search_id == results["cifar"].search_id
+    assert again.trials == 98
+    assert ledger.head() == head
+    assert "nothing added" in again.summary()
+
+
+def test_missing_folder_is_one_clear_error(tmp_path, sqlite_url):
+    with Ledger.open(sqlite_url) as ledger:
+        with pytest.raises(SourceError, match="no folder or file at .*give the folder"):
+            import_recipes(ledger, tmp_path / "nope")
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(SourceError, match="has no results.tsv"):
+            import_recipes(ledger, tmp_path / "empty")
+        (tmp_path / "other.tsv").write_text("a\tb\n1\t2\n")
+        with pytest.raises(SourceError, match="header lacks"):
+            import_autoresearch(ledger, tmp_path / "other.tsv")
+        assert ledger.head() == 0
+
+
+# --- damaged rows -----------------------------------------------------------------------
+
+HEADER = [
+    "exp_id", "timestamp", "specialist", "parent_exp", "baseline_exp", "domain", "hypothesis",
+    "expected_delta", "status", "val_bpb", "delta_vs_best", "total_s", "notes",
+]
+
+
+def _row(exp: str, status: str, bpb: str, hyp: str, notes: str = "", parent: str = "000") -> str:
+    ts = f"2026-05-01T04:{int(exp) % 60:02d}:00Z"
+    return "\t".join(
+        [exp, ts, "opt", "" if exp == "000" else parent, "000", "opt", hyp, "-0.001", status,
+         bpb, "", "600", notes]
+    )
+
+
+def test_damaged_rows_are_salvaged_or_quarantined_never_dropped(tmp_path, sqlite_url):
+    lines = [
+        "\t".join(HEADER),
+        # not a row at all (a line that does not start a row later on continues the one before)
+        "@@@ garbage line that is not a row",
+        _row("000", "baseline", "1.10", "seed"),
+        # quoted fields holding a tab, a newline and a doubled quote: ordinary, not damage
+        _row("001", "keep", "1.09", '"raise lr\tto 0.04\nand ""warm"" up"', '"multi\nline notes"'),
+        # an unquoted tab inside the hypothesis: re-joined
+        _row("002", "discard", "1.095", "try a\tb split"),
+        # an unquoted line break inside the notes: re-joined
+        _row("003", "discard", "1.097", "linebreak", "first half") + "\nsecond half",
+        # a field that is not a number: imported with that field empty
+        _row("004", "discard", "not-a-number", "bad score"),
+        # a status nobody knows: cannot be mapped, quarantined
+        _row("005", "exploded", "1.2", "mystery"),
+        # an id and nothing else
+        "777\tgarbage",
+        # an unterminated quote: closed at the end of its line, the next rows survive
+        _row("006", "discard", "1.096", '"unterminated hypothesis'),
+        _row("007", "keep", "1.085", "after the broken quote", parent="001"),
+        # a truncated tail (the writer died mid-row)
+        "008\t2026-05-01T04:08:00Z\topt\t007\t000\topt\tcut short\t-0.001\tdiscard",
+    ]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with Ledger.open(sqlite_url) as ledger:
+        result = import_recipes(ledger, run, name="damaged", direction="min")
+        salvaged = {f.id: f.reason for f in result.salvaged}
+        quarantined = {f.line: f for f in result.quarantined}
+        assert result.trials == 8 and result.rows == 11
+        assert set(salvaged) == {"002", "003", "004", "006", "008"}
+        assert "unquoted tab" in salvaged["002"]
+        assert "line break" in salvaged["003"]
+        assert "val_bpb='not-a-number' is not a number" in salvaged["004"]
+        assert "unterminated quote" in salvaged["006"]
+        assert "truncated" in salvaged["008"]
+        assert sorted(quarantined) == [2, 11, 12]  # file lines (quoted newlines count)
+        assert "exp_id '@@@ garbage line tha' is not a number" in quarantined[2].reason
+        assert "status 'exploded' of exp 005 is unknown" in quarantined[11].reason
+        assert "status '' of exp 777 is unknown" in quarantined[12].reason
+        assert "row has 2 fields, header 13" in quarantined[12].reason
+        summary = result.summary()
+        assert "11 rows → 8 trials; 5 salvaged, 3 quarantined" in summary
+
+        con = connect(ledger)
+        t = {r["source_id"]: r for r in run_sql(con, "SELECT * FROM trials ORDER BY seq").records()}
+        assert t["001"]["hypothesis"] == 'raise lr\tto 0.04\nand "warm" up'
+        assert t["001"]["salvaged"] is None
+        assert t["002"]["hypothesis"] == "try a\tb split" and t["002"]["label"] == "discard"
+        assert json.loads(t["003"]["source"])["notes"] == "first half\nsecond half"
+        assert t["004"]["score"] is None and t["004"]["salvaged"]
+        assert t["006"]["hypothesis"] == "unterminated hypothesis"
+        assert t["007"]["label"] == "keep" and t["007"]["score"] == 1.085
+        assert t["008"]["label"] == "discard"
+        assert json.loads(t["008"]["source"])["raw"].startswith("008\t")
+        # quarantined rows are kept, raw text and reason, in the search's record
+        stopped = con.execute("SELECT summary FROM searches").fetchall()[0][0]
+        summary = json.loads(stopped)
+        assert [q["raw"] for q in summary["quarantined"]] == [
+            "@@@ garbage line that is not a row",
+            _row("005", "exploded", "1.2", "mystery"),
+            "777\tgarbage",
+        ]
+        assert summary["salvaged"] == 5 and summary["trials"] == 8
+
+
+def test_autoresearch_results_become_a_search(tmp_path, sqlite_url):
+    text = (
+        "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+        "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+        "b2c3d4e\t0.993200\t44.2\tkeep\tincrease LR to 0.04\n"
+        "c3d4e5f\t1.005000\t44.0\tdiscard\tswitch to GeLU activation\n"
+        "d4e5f6a\t0.000000\t0.0\tcrash\tdouble model width (OOM)\n"
+        "e5f6a7b\t0.990100\t44.3\tkeep\t\"warmup 5%, then cosine\"\n"
+        "f6a7b8c\t0.991000\t44.1\tdiscard\tlonger warmdown\n"
+    )
+    path = tmp_path / "results.tsv"
+    path.write_text(text)
+    with Ledger.open(sqlite_url) as ledger:
+        result = import_autoresearch(ledger, path, name="ar")
+        assert result.trials == 6 and not result.salvaged and not result.quarantined
+        head = ledger.head()
+        assert import_autoresearch(ledger, tmp_path).already
+        assert ledger.head() == head
+        con = connect(ledger)
+        rows = run_sql(
+            con,
+            "SELECT t.seq, t.source_id, t.label, t.score, t.source_status, p.source_id AS parent, "
+            "t.delta_vs_best FROM trials t LEFT JOIN trials p ON p.trial_id = t.parents[1] ORDER BY t.seq",
+        ).rows
+        assert [r[1:6] for r in rows] == [
+            ("a1b2c3d", "baseline", 0.9979, "keep", None),
+            ("b2c3d4e", "keep", 0.9932, "keep", "a1b2c3d"),
+            ("c3d4e5f", "discard", 1.005, "discard", "b2c3d4e"),
+            ("d4e5f6a", "crash", None, "crash", "b2c3d4e"),
+            ("e5f6a7b", "keep", 0.9901, "keep", "b2c3d4e"),
+            ("f6a7b8c", "discard", 0.991, "discard", "e5f6a7b"),
+        ]
+        assert rows[2][6] == pytest.approx(1.005 - 0.9932)
+        path_rows = run_named(con, "best_path").records()
+        assert [r["source_id"] for r in path_rows] == ["a1b2c3d", "b2c3d4e", "e5f6a7b"]
+        kinds = con.execute("SELECT kind, direction, name FROM searches").fetchall()
+        assert kinds == [("import", "min", "ar")]
+        assert ledger.stream(result.search_id)[0].kind == "import"
+        assert isinstance(ledger.stream(result.search_id)[-1], ev.SearchStopped)
