@@ -167,6 +167,9 @@ class RunFinished(Event, frozen=True, kw_only=True):
     artifacts: dict[str, str] = {}
     log_digest: str | None = None
     sandbox: str = "none"
+    #: Set when the result came from a runner whose lease had already expired: it
+    #: is kept on the record but not used (no evaluation, no label follow it).
+    refused: str | None = None
 
 
 class TrialEvaluated(Event, frozen=True, kw_only=True):

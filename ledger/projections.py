@@ -226,7 +226,8 @@ def _on_lease_expired(s: State, e: ev.LeaseExpired, nid: int) -> None:
 
 
 def _on_finished(s: State, e: ev.RunFinished, _nid: int) -> None:
-    s.trials[e.originator_id].status = "finished"
+    if e.refused is None:  # a refused late result changes nothing
+        s.trials[e.originator_id].status = "finished"
 
 
 def _on_evaluated(s: State, e: ev.TrialEvaluated, _nid: int) -> None:

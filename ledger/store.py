@@ -180,6 +180,8 @@ _SQLITE_SCHEMA = [
     "chain BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS arl_projections (name TEXT PRIMARY KEY, "
     "position INTEGER NOT NULL, digest TEXT NOT NULL, state BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_leases (trial TEXT PRIMARY KEY, runner TEXT NOT NULL, "
+    "expires_at REAL NOT NULL)",
 ]
 
 _PG_SCHEMA = [
@@ -191,6 +193,8 @@ _PG_SCHEMA = [
     "chain bytea NOT NULL)",
     "CREATE TABLE IF NOT EXISTS arl_projections (name text PRIMARY KEY, "
     "position bigint NOT NULL, digest text NOT NULL, state bytea NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_leases (trial text PRIMARY KEY, runner text NOT NULL, "
+    "expires_at double precision NOT NULL)",
     "CREATE OR REPLACE FUNCTION arl_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
     "BEGIN RAISE EXCEPTION 'arl: % on % refused: the ledger is append-only', "
     "TG_OP, TG_TABLE_NAME; END $$",
@@ -698,6 +702,30 @@ class Ledger:
         if row is None:
             return None
         return (_col(row, "position"), _col(row, "digest"), bytes(_col(row, "state")))
+
+    # -- lease heartbeats (operational, mutable: not part of the record) -------------------
+
+    def renew_lease(self, trial: str, runner: str, expires_at: float) -> None:
+        """Extend ``runner``'s hold on a trial to ``expires_at`` (unix seconds)."""
+        with self._backend.write() as c:
+            c.execute(
+                self._backend.sql(
+                    "INSERT INTO arl_leases (trial, runner, expires_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (trial) DO UPDATE SET runner = excluded.runner, "
+                    "expires_at = excluded.expires_at"
+                ),
+                (trial, runner, expires_at),
+            )
+
+    def lease_expiry(self, trial: str, runner: str) -> float | None:
+        """When ``runner``'s last heartbeat on a trial runs out, if it sent any."""
+        with self._backend.read() as c:
+            c.execute(
+                self._backend.sql("SELECT expires_at FROM arl_leases WHERE trial = ? AND runner = ?"),
+                (trial, runner),
+            )
+            row = c.fetchone()
+        return float(_col(row, "expires_at")) if row else None
 
     # -- following the log ----------------------------------------------------------------
 

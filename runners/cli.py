@@ -43,19 +43,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
     import threading
 
     from runners.worker import Worker
 
+    devices = [d for d in (args.devices or "").split(",") if d]
+    if devices and len(devices) < args.slots:
+        raise ArlError(f"--devices lists {len(devices)} device(s) for {args.slots} slots; "
+                       "give one device per slot")
     with Ledger.open(args.store) as ledger:
         stop = threading.Event()
         workers = [
             Worker(ledger, name=f"{args.name}/{i}" if args.slots > 1 else args.name,
-                   max_attempts=args.max_attempts)
+                   max_attempts=args.max_attempts,
+                   env={"CUDA_VISIBLE_DEVICES": devices[i]} if devices else None)
             for i in range(args.slots)
         ]
-        print(f"arl worker: {args.slots} slot(s) on {ledger.url.display()}; Ctrl-C stops",
-              file=sys.stderr)
+
+        def shut_down(signum: int, _frame: object) -> None:
+            # SIGTERM: give running trials back at once so another worker re-runs them.
+            stop.set()
+            for w in workers:
+                w.release.set()
+
+        signal.signal(signal.SIGTERM, shut_down)
+        print(f"arl worker {args.name}: {args.slots} slot(s) on {ledger.url.display()}"
+              + (f", devices {','.join(devices[:args.slots])}" if devices else "")
+              + "; Ctrl-C or SIGTERM stops", file=sys.stderr)
         threads = [
             threading.Thread(
                 target=w.run, args=(stop,),
@@ -70,7 +85,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 while t.is_alive():
                     t.join(0.5)
         except KeyboardInterrupt:
-            stop.set()
+            shut_down(signal.SIGINT, None)
             for t in threads:
                 t.join()
     return 0
@@ -183,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=3,
                    help="claims of a trial before a lost runner counts as infra_error")
     p.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
+    p.add_argument("--devices", metavar="0,1,…",
+                   help="accelerators, one per slot: each slot's recipes see only theirs "
+                        "(CUDA_VISIBLE_DEVICES)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run", help="run a search: specialists propose, workers run, the ledger records")

@@ -84,6 +84,7 @@ def run_process(
     readable: Sequence[Path] = (),
     hidden: Sequence[Path] = (),
     tail_bytes: int = 8192,
+    cancel: threading.Event | None = None,
 ) -> Process:
     """Run ``argv`` in ``cwd`` (which is writable) and measure it from outside.
 
@@ -106,7 +107,7 @@ def run_process(
         )
         if stdin is not None:
             threading.Thread(target=_feed, args=(proc, stdin), daemon=True).start()
-        killed_for, peak_sampled = _watch(proc, started + timeout_s, memory_mb)
+        killed_for, peak_sampled = _watch(proc, started + timeout_s, memory_mb, cancel)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
@@ -132,8 +133,9 @@ def _feed(proc: subprocess.Popen, data: bytes) -> None:
         pass  # the process stopped reading: its exit status says why
 
 
-def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int) -> tuple[str | None, float]:
-    """Poll until exit; kill the group at the deadline or above the memory limit."""
+def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int,
+           cancel: threading.Event | None) -> tuple[str | None, float]:
+    """Poll until exit; kill the group at the deadline, above the memory limit, or on cancel."""
     peak = 0.0
     while True:
         try:
@@ -150,6 +152,9 @@ def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int) -> tuple[str
         if time.monotonic() >= deadline:
             _kill_group(proc.pid)
             return "wallclock", peak
+        if cancel is not None and cancel.is_set():
+            _kill_group(proc.pid)
+            return "cancelled", peak
         time.sleep(0.05)
 
 

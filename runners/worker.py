@@ -22,6 +22,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +67,8 @@ class Worker:
         name: str | None = None,
         max_attempts: int = 3,
         lease_s: float | None = None,
+        heartbeat_s: float | None = 5.0,
+        env: dict[str, str] | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
     ) -> None:
@@ -73,6 +76,12 @@ class Worker:
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
         self.max_attempts = max_attempts
         self.lease_s = lease_s
+        #: Seconds between lease renewals while a trial runs (None: no heartbeats).
+        self.heartbeat_s = heartbeat_s
+        #: Extra environment for recipes (e.g. CUDA_VISIBLE_DEVICES of this slot).
+        self.env = dict(env or {})
+        #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
+        self.release = threading.Event()
         self.work_dir = work_dir
         self.poll_s = poll_s
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
@@ -86,7 +95,7 @@ class Worker:
         """Work until ``stop`` is set (or ``max_trials`` ran, or idle if asked); returns trials run."""
         stop = stop or self._stop
         done = 0
-        while not stop.is_set() and (max_trials is None or done < max_trials):
+        while not stop.is_set() and not self.release.is_set() and (max_trials is None or done < max_trials):
             if self.step():
                 done += 1
                 continue
@@ -113,6 +122,8 @@ class Worker:
         """Long enough for every run the trial may need, unless set explicitly."""
         if self.lease_s is not None:
             return self.lease_s
+        if self.heartbeat_s is not None:
+            return max(30.0, 6 * self.heartbeat_s)  # heartbeats keep long trials alive
         row = self.projector.state.trials[trial]
         search = self.projector.state.searches.get(row.search_id)
         try:
@@ -129,7 +140,9 @@ class Worker:
         for row in list(self.projector.state.trials.values()):
             if row.status not in ("claimed", "finished") or row.claimed_at is None:
                 continue
-            if (now - row.claimed_at).total_seconds() <= row.lease_s:
+            deadline = row.claimed_at.timestamp() + row.lease_s
+            beat = self.ledger.lease_expiry(row.trial_id, row.runner or "")
+            if max(deadline, beat or 0.0) >= now.timestamp():
                 continue
             expired = ev.LeaseExpired(
                 originator_id=row.trial_id, originator_version=row.version + 1,
@@ -154,6 +167,31 @@ class Worker:
     # -- one trial ---------------------------------------------------------------------
 
     def execute(self, trial: str, claimed: ev.TrialClaimed) -> None:
+        beating = threading.Event()
+        heart = None
+        if self.heartbeat_s is not None:
+            heart = threading.Thread(target=self._heartbeat, args=(trial, claimed, beating), daemon=True)
+            heart.start()
+        try:
+            self._execute(trial, claimed)
+        except StaleLease:
+            pass  # the refusal is on the record; the trial belongs to another runner now
+        finally:
+            beating.set()
+            if heart is not None:
+                heart.join()
+
+    def _heartbeat(self, trial: str, claimed: ev.TrialClaimed, done: threading.Event) -> None:
+        lease = claimed.lease_s
+        while True:
+            try:
+                self.ledger.renew_lease(trial, self.name, time.time() + lease)
+            except ArlError:
+                pass  # a missed beat only shortens the lease; the next one may get through
+            if done.wait(self.heartbeat_s):
+                return
+
+    def _execute(self, trial: str, claimed: ev.TrialClaimed) -> None:
         events = self.ledger.stream(trial)
         proposed = next(e for e in events if isinstance(e, ev.TrialProposed))
         submitted = [e for e in events if isinstance(e, ev.TrialSubmitted)][-1]
@@ -172,6 +210,9 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="arl-trial-", dir=self.work_dir) as tmp:
             root = Path(tmp)
             runs = self._run_seeds(loaded, program, submitted.seeds, root)
+            if any(r.process.killed_for == "cancelled" for r in runs):
+                record.released(self.name)
+                return
             record.run_finished(self.name, runs, self._keep_artifacts(runs))
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
                                 wallclock_s=loaded.task.budgets.wallclock_s)
@@ -234,9 +275,10 @@ class Worker:
             process = run_process(
                 task.run.command, cwd=workspace, timeout_s=task.budgets.wallclock_s,
                 memory_mb=task.budgets.memory_mb, threads=task.budgets.threads,
-                env={"ARL_DATA": str(data.train), "ARL_OUT": str(out), "ARL_SEED": str(seed),
-                     "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
+                env={**self.env, "ARL_DATA": str(data.train), "ARL_OUT": str(out),
+                     "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 writable=[out], readable=[data.train], hidden=self._hidden(data),
+                cancel=self.release,
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
@@ -260,7 +302,7 @@ class Worker:
                 writable: Sequence[Path] = ()) -> Process:
             return run_process(
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
-                threads=task.budgets.threads, env=env, stdin=stdin,
+                threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
                 writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
                 hidden=hidden,
             )
@@ -346,6 +388,10 @@ class Worker:
         return kept
 
 
+class StaleLease(Exception):
+    """This runner's lease on a trial was taken over while it worked."""
+
+
 class _Recorder:
     """Appends a trial's events at consecutive versions after the claim."""
 
@@ -353,14 +399,41 @@ class _Recorder:
         self.ledger = ledger
         self.trial = trial
         self.search = claimed.search_id
-        self.version = claimed.originator_version
+        self.version = self.claimed_version = claimed.originator_version
+        self.runner = claimed.runner
+        self.attempt = claimed.attempt
 
     def _append(self, *events: ev.Event) -> None:
         try:
             self.ledger.append(*events)
         except ConflictError:
-            return  # our lease was taken over; the trial is someone else's now
+            self._refuse(events)
+            raise StaleLease(self.trial) from None
         self.version += len(events)
+
+    def _refuse(self, events: tuple[ev.Event, ...]) -> None:
+        """Our lease was taken over: put the late result on the record, marked unused."""
+        late = next((e for e in events if isinstance(e, ev.RunFinished)), None)
+        what = late or ev.RunFinished(originator_id=self.trial, originator_version=0,
+                                      search_id=self.search, runner=self.runner)
+        for _ in range(5):
+            version = self.ledger.version(self.trial)
+            try:
+                self.ledger.append(msgspec.structs.replace(
+                    what, originator_version=version + 1,
+                    refused=f"stale lease: {self.runner} lost this trial before recording "
+                            f"(claim at version {self.claimed_version})",
+                ))
+                return
+            except ConflictError:
+                continue
+
+    def released(self, runner: str) -> None:
+        """Give the trial back without a result (the runner is shutting down)."""
+        self._append(ev.LeaseExpired(
+            originator_id=self.trial, originator_version=self.version + 1, search_id=self.search,
+            runner=runner, attempt=self.attempt, reason=f"released by {runner}: shutting down",
+        ))
 
     def label(self, label: Label, reason: str, score: float | None = None) -> None:
         self._append(ev.TrialLabeled(originator_id=self.trial, originator_version=self.version + 1,

@@ -40,7 +40,8 @@ class Process(msgspec.Struct, kw_only=True):
     wall_s: float = 0.0
     cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
-    #: "wallclock" if killed at the hard limit, "memory" if killed for memory, else None.
+    #: "wallclock" if killed at the hard limit, "memory" if killed for memory,
+    #: "cancelled" if its runner shut down (the trial is released), else None.
     killed_for: str | None = None
     stdout_tail: str = ""
     stderr_tail: str = ""
