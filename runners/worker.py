@@ -404,12 +404,23 @@ class _Recorder:
         self.attempt = claimed.attempt
 
     def _append(self, *events: ev.Event) -> None:
-        try:
-            self.ledger.append(*events)
-        except ConflictError:
-            self._refuse(events)
-            raise StaleLease(self.trial) from None
-        self.version += len(events)
+        for _ in range(5):
+            try:
+                self.ledger.append(*events)
+            except ConflictError:
+                later = self.ledger.stream(self.trial, after=self.version)
+                if not later or not all(isinstance(e, ev.RunFinished) and e.refused for e in later):
+                    self._refuse(events)
+                    raise StaleLease(self.trial) from None
+                # Only refused late results of a runner that lost this trial came in between:
+                # they do not take the trial from us. Record after them.
+                self.version += len(later)
+                events = tuple(msgspec.structs.replace(e, originator_version=e.originator_version + len(later))
+                               for e in events)
+                continue
+            self.version += len(events)
+            return
+        raise StaleLease(self.trial)
 
     def _refuse(self, events: tuple[ev.Event, ...]) -> None:
         """Our lease was taken over: put the late result on the record, marked unused."""
