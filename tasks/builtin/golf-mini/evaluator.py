@@ -52,9 +52,10 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         code = sum(p.stat().st_size for p in _files(workspace))
         weights = sum(p.stat().st_size for p in _files(out))
         note("artifact_bytes", code + weights, f"seed {run.seed}: code {code} + weights {weights} bytes")
+        # The sandbox shows the harness the workspace and the scratch folder only.
         result = ctx.scratch / f"seed-{run.seed}"
-        result.mkdir(parents=True, exist_ok=True)
-        proc = ctx.run([sys.executable, str(HARNESS), str(out), str(val_file), str(result)],
+        shutil.copytree(out, result / "out")
+        proc = ctx.run([sys.executable, str(HARNESS), str(result / "out"), str(val_file), str(result)],
                        cwd=workspace, timeout_s=budgets.eval_s * EVAL_KILL_FACTOR, env={})
         note("eval_s", proc.wall_s, f"seed {run.seed}")
         if not proc.ok:

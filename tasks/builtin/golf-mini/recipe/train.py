@@ -99,14 +99,14 @@ def train(data, seed, budget_s):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = ByteLM()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                              {"params": rest, "weight_decay": 0.0}], lr=LR, betas=(0.9, BETA2))
     started = time.monotonic()
     train_for = budget_s - (started - STARTED) - TIME_MARGIN_S
-    step = 0
-    while (elapsed := time.monotonic() - started) < train_for:
+    step, step_s = 0, 0.0
+    while (elapsed := time.monotonic() - started) + step_s < train_for:  # stop before the step that would overrun
         for group in opt.param_groups:
             group["lr"] = lr_at(step, elapsed / train_for)
         starts = rng.integers(0, len(data) - CONTEXT - 1, BATCH_SIZE)
@@ -120,6 +120,7 @@ def train(data, seed, budget_s):
         if step % 100 == 0:
             print(f"step {step} loss {loss.item() / math.log(2):.3f} bpb {elapsed:.1f}s", flush=True)
         step += 1
+        step_s = time.monotonic() - started - elapsed
     print(f"trained {step} steps, {step * BATCH_SIZE * CONTEXT} bytes", flush=True)
     return model
 
@@ -155,12 +156,12 @@ def log_probs(model, data):
     Windows of CONTEXT inputs slide by EVAL_STRIDE; each scores its last EVAL_STRIDE
     positions. The input before the first byte is a newline.
     """
-    n = len(data)
-    m = -(-n // EVAL_STRIDE)
-    inputs = np.full(CONTEXT - EVAL_STRIDE + m * EVAL_STRIDE, 10, np.int64)
-    inputs[CONTEXT - EVAL_STRIDE + 1: CONTEXT - EVAL_STRIDE + n] = data[:-1]
-    windows = torch.from_numpy(inputs).unfold(0, CONTEXT, EVAL_STRIDE)
-    rows = [F.log_softmax(model(windows[i: i + EVAL_BATCH])[:, -EVAL_STRIDE:].float(), dim=-1)
+    n, stride = len(data), min(EVAL_STRIDE, CONTEXT)
+    m = -(-n // stride)
+    inputs = np.full(CONTEXT - stride + m * stride, 10, np.int64)
+    inputs[CONTEXT - stride + 1: CONTEXT - stride + n] = data[:-1]
+    windows = torch.from_numpy(inputs).unfold(0, CONTEXT, stride)
+    rows = [F.log_softmax(model(windows[i: i + EVAL_BATCH])[:, -stride:].float(), dim=-1)
             for i in range(0, m, EVAL_BATCH)]
     return torch.cat(rows).reshape(-1, 256)[:n]
 

@@ -1,0 +1,90 @@
+"""airbench-mini evaluator: the score is the training wallclock, legal only above the accuracy gate.
+
+Wallclock is the recipe process's wall time measured by the worker from outside,
+averaged over the seeds. Accuracy: for each seed the harness (task code, run in the
+sandbox) loads the saved model through the program's ``load`` and writes logits for
+the unlabeled test images; this module, which alone holds the labels, scores them.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tasks.evaluation import Check, EvalContext, Evaluation, Label
+
+VERSION = "1"
+HARNESS = Path(__file__).with_name("harness.py")
+#: The harness is killed at this multiple of the eval budget (the check fails long before).
+EVAL_KILL_FACTOR = 3.0
+
+
+def evaluate(ctx: EvalContext) -> Evaluation:
+    budgets, gates = ctx.task.budgets, ctx.task.gates
+    walls = {r.seed: r.process.wall_s for r in ctx.runs}
+    train_s = max(walls.values())
+    metrics: dict[str, float] = {"train_s": train_s, "mean_train_s": float(np.mean(list(walls.values())))}
+    for seed, wall in walls.items():
+        metrics[f"train_s_seed{seed}"] = wall
+    checks = [Check(name="train_s", passed=train_s <= budgets.train_s, value=round(train_s, 3),
+                    limit=budgets.train_s, detail=f"slowest of {len(walls)} seeds",
+                    fails_as=Label.TRAIN_BUDGET_OVERRUN)]
+    if not all(r.process.ok for r in ctx.runs):
+        return Evaluation(score=None, metrics=metrics, checks=checks)
+
+    images = ctx.scratch / "test_images.npy"
+    shutil.copyfile(ctx.heldout / "images.npy", images)  # images only: the labels stay here
+    labels = np.load(ctx.heldout / "labels.npy")
+    accuracy: dict[int, float] = {}
+    eval_s, problems = 0.0, []
+    for run in ctx.runs:
+        # The sandbox shows the harness the workspace and the scratch folder only.
+        out = ctx.scratch / f"seed-{run.seed}"
+        shutil.copytree(run.out, out / "out")
+        proc = ctx.run([sys.executable, str(HARNESS), str(out / "out"), str(images), str(out / "logits.npy")],
+                       cwd=Path(run.workspace), timeout_s=budgets.eval_s * EVAL_KILL_FACTOR, env={})
+        eval_s = max(eval_s, proc.wall_s)
+        if not proc.ok:
+            tail = (proc.stderr_tail.strip().splitlines() or [f"killed for {proc.killed_for}"])[-1]
+            problems.append(f"seed {run.seed}: evaluation failed: {tail[-300:]}")
+            continue
+        try:
+            logits = np.load(out / "logits.npy")
+        except (OSError, ValueError) as e:
+            problems.append(f"seed {run.seed}: unreadable logits ({e})")
+            continue
+        if logits.shape != (len(labels), 10):
+            problems.append(f"seed {run.seed}: logits have shape {logits.shape}, expected ({len(labels)}, 10)")
+            continue
+        if not np.isfinite(logits).all():
+            problems.append(f"seed {run.seed}: non-finite logits")
+            accuracy[run.seed] = math.nan
+            continue
+        accuracy[run.seed] = float((logits.argmax(axis=1) == labels).mean())
+
+    metrics["eval_s"] = eval_s
+    checks.append(Check(name="eval_s", passed=eval_s <= budgets.eval_s, value=round(eval_s, 3),
+                        limit=budgets.eval_s, detail="slowest seed", fails_as=Label.EVAL_BUDGET_OVERRUN))
+    broken = [p for p in problems if "non-finite" not in p]
+    checks.append(Check(name="harness", passed=not broken, value=float(len(broken)), limit=0.0,
+                        detail="; ".join(broken)[:500], fails_as=Label.CRASH))
+    finite = all(math.isfinite(a) for a in accuracy.values())
+    checks.append(Check(name="finite", passed=finite, value=0.0 if finite else 1.0, limit=0.0,
+                        detail="; ".join(p for p in problems if "non-finite" in p), fails_as=Label.DIVERGED))
+    if broken or not finite:
+        return Evaluation(score=None, metrics=metrics, checks=checks)
+
+    for seed, acc in accuracy.items():
+        metrics[f"accuracy_seed{seed}"] = acc
+    mean_acc = float(np.mean(list(accuracy.values())))
+    metrics["accuracy"] = mean_acc
+    if gates.accuracy is not None:
+        checks.append(Check(name="accuracy", passed=mean_acc >= gates.accuracy, value=round(mean_acc, 5),
+                            limit=gates.accuracy, detail=f"mean test accuracy over {len(accuracy)} seeds",
+                            fails_as=Label.GATE_MISS))
+    score = metrics["mean_train_s"]
+    return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=walls)
