@@ -16,10 +16,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import queue
+import threading
 import time
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -258,7 +260,7 @@ def refresh(
     start, loaded = position, 0
     con.execute("BEGIN")
     try:
-        while rows := ledger.read_raw(position, PAGE):
+        for rows in _pages(ledger, position, PAGE):
             _load_page(con, ledger, rows)
             position = rows[-1][0]
             loaded += len(rows)
@@ -280,6 +282,38 @@ def refresh(
         con.execute("ROLLBACK")
         raise
     return LoadStats(loaded, position, time.perf_counter() - t0, rebuilt)
+
+
+def _pages(ledger: Ledger, after: int, size: int) -> Iterator[list[tuple]]:
+    """Pages of raw log rows; the next page is read from the store while DuckDB parses this one."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def read() -> None:
+        position = after
+        try:
+            while not stop.is_set() and (rows := ledger.read_raw(position, size)):
+                ready.put(rows)
+                position = rows[-1][0]
+            ready.put(None)
+        except BaseException as e:  # handed to the loading thread, which raises it
+            ready.put(e)
+
+    reader = threading.Thread(target=read, name="arl-query-load", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting to hand over a page
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        reader.join()
 
 
 def _load_page(con: duckdb.DuckDBPyConnection, ledger: Ledger, rows: Sequence[tuple]) -> None:
