@@ -170,6 +170,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from runners.evaluate import evaluate_folder, exit_code, render_table
+
+    result = evaluate_folder(args.task, args.dir)
+    print(json.dumps(result.to_json(), indent=1) if args.format == "json" else render_table(result))
+    return exit_code(result)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arl", description="arl — the auto-research ledger"
@@ -230,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument("trial", help="trial id prefix, or SEARCH#SEQ (e.g. 3f2a#12), or #SEQ in the latest search")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("evaluate", help="judge the logs and artifacts of a run made elsewhere, running nothing")
+    p.add_argument("task", help="built-in task name or task folder")
+    p.add_argument("dir", help="folder with the run's logs (*.log, *.txt) and/or seed<N>/ output folders")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
     p.set_defaults(func=cmd_tasks)

@@ -105,6 +105,46 @@ class Gates(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     accuracy_seeds: int = 1
 
 
+class Source(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An adapter task's base program lives in the user's checkout of a public repository.
+
+    arl ships only the task code (manifest, evaluator, data check, launcher); the
+    recipe files are copied from the checkout when a search starts
+    (``tasks.adapters.bind``), with ``adapt`` edits applied, plus the task's own
+    ``recipe/`` files (e.g. a protected launcher) laid over them.
+    """
+
+    #: Where users get the checkout (shown in every "checkout missing" message).
+    repository: str
+    #: Files of the checkout that become the program (agents edit these within surfaces).
+    recipe_files: list[str]
+    #: Files the checkout must have to be recognised as one (checked, not copied).
+    markers: list[str] = []
+    #: Edits arl makes to the checkout's files to run them as trials (each must match once).
+    adapt: list[Replace] = []
+
+
+class Needs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: GPUs one trial runs on (a worker gives each trial a disjoint set of its --devices).
+    gpus: int = 0
+
+
+class Pin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A line of a program file that must stay as the task has it (e.g. a fixed model depth)."""
+
+    file: str
+    #: Regular expression that must match exactly one line of the file (multiline mode).
+    pattern: str
+    why: str
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A rule of the task that code cannot check; recorded on every evaluation as declared."""
+
+    name: str
+    text: str
+
+
 class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str
@@ -121,8 +161,18 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     #: "within_noise": re-run keeps that beat the best by less than the noise floor;
     #: "always": re-run every candidate keep (tasks whose seeds can be overfit).
     confirm: Literal["within_noise", "always"] = "within_noise"
+    #: Adapter tasks: the base program comes from the user's checkout (see Source).
+    source: Source | None = None
+    needs: Needs = Needs()
+    #: Lines every program must keep unchanged (an edit breaking one is illegal_edit).
+    pins: list[Pin] = []
+    #: Rules recorded on every evaluation as declared but not checked by code.
+    declared: list[Rule] = []
     #: Filled in by the loader, not read from the file.
     root: str = ""
+    #: Filled in by ``tasks.adapters.bind``: the materialized base program and the user's data.
+    recipe_root: str = ""
+    data_root: str = ""
 
     @property
     def folder(self) -> Path:
@@ -130,7 +180,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     @property
     def recipe_dir(self) -> Path:
-        return self.folder / "recipe"
+        """The base program: ``recipe/``, or for a bound adapter task its materialized copy."""
+        return Path(self.recipe_root) if self.recipe_root else self.folder / "recipe"
 
     def budget(self) -> Budget:
         b = self.budgets
@@ -252,7 +303,45 @@ def _check(task: Task, manifest: Path) -> None:
         fail("surfaces", "declare at least one surface")
     if len(set(names)) != len(names):
         fail("surfaces", "surface names must be unique")
+    if task.needs.gpus < 0:
+        fail("needs.gpus", "must be >= 0")
+    for pin in task.pins:
+        try:
+            re.compile(pin.pattern)
+        except re.error as e:
+            fail(f"pins.{pin.file}", f"pattern is not a regular expression ({e})")
+    if task.source is not None and not task.recipe_root:
+        # The program files are in the user's checkout; tasks.adapters.bind checks them there.
+        _check_source(task, task.source, fail)
+        return
+    check_recipe(task, fail)
+
+
+def _check_source(task: Task, source: Source, fail: typing.Callable[[str, str], None]) -> None:
+    if not source.recipe_files:
+        fail("source.recipe_files", "list the checkout files that make up the program")
+    overlay = {str(p.relative_to(task.folder / "recipe")) for p in (task.folder / "recipe").rglob("*") if p.is_file()}
+    known = set(source.recipe_files) | overlay
+    for s in task.surfaces:
+        for f in s.files:
+            if f not in known:
+                fail(f"surfaces.{s.name}.files", f"{f} is neither in source.recipe_files nor in recipe/")
+            if task.is_protected(f):
+                fail(f"surfaces.{s.name}.files", f"{f} is protected; a surface cannot own it")
+    for e in source.adapt:
+        if e.file not in source.recipe_files:
+            fail("source.adapt", f"edits {e.file}, which is not in source.recipe_files")
+
+
+def check_recipe(task: Task, fail: typing.Callable[[str, str], None]) -> None:
+    """Surface files, knobs and pins against the base program in ``task.recipe_dir``."""
     recipe_files = {str(p.relative_to(task.recipe_dir)) for p in task.recipe_dir.rglob("*") if p.is_file()}
+    for pin in task.pins:
+        if pin.file not in recipe_files:
+            fail(f"pins.{pin.file}", "is not a file of the program")
+        found = len(re.findall(pin.pattern, (task.recipe_dir / pin.file).read_text(), re.M))
+        if found != 1:
+            fail(f"pins.{pin.file}", f"pattern {pin.pattern!r} matches {found} lines of the base program, not 1")
     for s in task.surfaces:
         for f in s.files:
             if f not in recipe_files:
