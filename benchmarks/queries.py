@@ -12,6 +12,7 @@ beside its target: load ≤ 10 s, each named query ≤ 1 s.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +36,10 @@ def build(ledger: Ledger, trials: int, *, seed: int, batch: int = 5_000) -> int:
     return len(events)
 
 
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def _verdict(seconds: float, target: float) -> str:
     return "ok" if seconds <= target else "OVER TARGET"
 
@@ -54,12 +59,16 @@ def main() -> None:
                 print(f"built a synthetic ledger: {args.trials:,} trials, {n:,} events "
                       f"in {time.perf_counter() - t0:.1f} s ({ledger.url.kind})\n")
 
+            print(f"machine: {os.cpu_count()} cores, load average {_load():.1f} "
+                  "(other work on the machine slows every wall-clock figure below)\n")
+            cpu0 = time.process_time()
             con, stats = connect_with_stats(ledger)
+            cpu = time.process_time() - cpu0
             trials = con.execute("SELECT count(*) FROM trials").fetchall()[0][0]
             print(f"{'load into DuckDB (memory)':<34}{stats.seconds:8.2f} s   target ≤ {LOAD_TARGET_S:.0f} s   "
                   f"{_verdict(stats.seconds, LOAD_TARGET_S)}   "
                   f"({stats.events:,} events, {trials:,} trials, "
-                  f"{stats.events / stats.seconds:,.0f} events/s)")
+                  f"{stats.events / stats.seconds:,.0f} events/s; {cpu:.1f} CPU-s in all threads)")
 
             cache = Path(d) / "cache.duckdb"
             cached, full = connect_with_stats(ledger, cache)

@@ -1,1 +1,39 @@
-"""arl: queries."""
+"""arl forensics: the ledger in DuckDB, named queries, reports, export and import.
+
+    from ledger import Ledger
+    from queries import connect, run_named, run_sql
+
+    with Ledger.open("sqlite:///runs/ledger.db", create=False) as ledger:
+        con = connect(ledger)               # or connect(ledger, "cache.duckdb")
+    print(run_named(con, "leaderboard").records())
+"""
+
+from queries.errors import QueryError
+from queries.export import export
+from queries.imports import ImportResult, SourceError, import_autoresearch, import_recipes
+from queries.load import LoadStats, connect, connect_with_stats, refresh
+from queries.named import NAMED, resolve_search, run_named
+from queries.report import write_report
+from queries.table import Table, render, run_sql
+from queries.views import VIEWS
+
+__all__ = [
+    "NAMED",
+    "VIEWS",
+    "ImportResult",
+    "LoadStats",
+    "QueryError",
+    "SourceError",
+    "Table",
+    "connect",
+    "connect_with_stats",
+    "export",
+    "import_autoresearch",
+    "import_recipes",
+    "refresh",
+    "render",
+    "resolve_search",
+    "run_named",
+    "run_sql",
+    "write_report",
+]

@@ -228,21 +228,30 @@ def _recover(rec: _Record, header: list[str], fmt: _Format) -> _Row | Flagged:
         candidates.append(
             (padded, f"row has {len(fields)} of {width} fields (truncated); the rest left empty")
         )
+    # Of the readings that keep the row's id and status sensible, take the one with
+    # the fewest measured fields that are not numbers (a misaligned reading has many).
+    best: tuple[int, dict[str, str | None], str | None] | None = None
     first_problem = None
     for values_list, note in candidates:
         values = dict(zip(header, values_list, strict=True))
         problem = fmt.fatal(values)
-        if problem is None:
-            problems = list(rec.problems) + ([note] if note else [])
-            for col, v in values.items():
-                if v and col not in fmt.text_columns and not _is_number(v):
-                    problems.append(f"{col}={v[:20]!r} is not a number; left empty")
-                    values[col] = None
-            return _Row(rec.line, rec.raw, values, problems)
-        first_problem = first_problem or problem
-    if len(fields) != width:
-        first_problem = f"{first_problem} (row has {len(fields)} fields, header {width})"
-    return Flagged(rec.line, first_problem or "unreadable row", rec.raw, _first_field(rec))
+        if problem is not None:
+            first_problem = first_problem or problem
+            continue
+        bad = sum(1 for c, v in values.items() if v and c not in fmt.text_columns and not _is_number(v))
+        if best is None or bad < best[0]:
+            best = (bad, values, note)
+    if best is None:
+        if len(fields) != width:
+            first_problem = f"{first_problem} (row has {len(fields)} fields, header {width})"
+        return Flagged(rec.line, first_problem or "unreadable row", rec.raw, _first_field(rec))
+    _, values, note = best
+    problems = list(rec.problems) + ([note] if note else [])
+    for col, v in values.items():
+        if v and col not in fmt.text_columns and not _is_number(v):
+            problems.append(f"{col}={v[:20]!r} is not a number; left empty")
+            values[col] = None
+    return _Row(rec.line, rec.raw, values, problems)
 
 
 def _first_field(rec: _Record) -> str | None:
@@ -309,9 +318,6 @@ class _Recipes(_Format):
         ts = values.get("timestamp")
         if ts and _parse_time(ts) is None:
             return f"timestamp {ts[:30]!r} of exp {exp_id} is not ISO 8601"
-        for col, v in values.items():
-            if v and col not in self.text_columns and not _is_number(v) and "\t" in v:
-                return f"{col} holds a tab"
         return None
 
 

@@ -19,7 +19,12 @@ _STATE = """CASE e.type
 
 
 def _latest(table: str, only: str) -> str:
-    return f"(SELECT DISTINCT ON (stream) * FROM log.{table} {only} ORDER BY stream, id DESC)"
+    """Each stream's latest row of an event table (a semi-join: cheaper than DISTINCT ON)."""
+    narrowed = only.replace("WHERE", "AND") if only else ""
+    return (
+        f"(SELECT * FROM log.{table} WHERE id IN "
+        f"(SELECT max(id) FROM log.{table} {only} GROUP BY stream) {narrowed})"
+    )
 
 
 def _trial_rows(only: str) -> str:
