@@ -106,7 +106,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_task_check(args: argparse.Namespace) -> int:
     from runners.taskcheck import check_task
 
-    task, report = check_task(args.path, run=not args.no_run)
+    task, report = check_task(args.path, run=not args.no_run, recipe_from=args.recipe_from, data=args.data)
     print(f"{task.name}: manifest, evaluator and data ok ({task.folder})")
     if args.no_run:
         return 0
@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = task_sub.add_parser("check", help="validate a task folder and dry-run its base program")
     p.add_argument("path", help="task folder or built-in task name")
     p.add_argument("--no-run", action="store_true", help="validate only; do not run the base program")
+    p.add_argument("--recipe-from", metavar="PATH",
+                   help="adapter tasks: your checkout of the recipe's repository (else ARL_RECIPE_FROM_<TASK>, arl.toml)")
+    p.add_argument("--data", metavar="PATH", help="adapter tasks: your data folder (else ARL_DATA_<TASK>, arl.toml)")
     p.set_defaults(func=cmd_task_check)
 
     try:

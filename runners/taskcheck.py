@@ -12,6 +12,7 @@ from ledger import events as ev
 from ledger.programs import read_folder
 from runners.submit import start_search, submit
 from runners.worker import Worker
+from tasks.adapters import bind
 from tasks.code import load_evaluator, prepare_data
 from tasks.manifest import Task
 from tasks.registry import resolve
@@ -26,9 +27,14 @@ class CheckReport(msgspec.Struct, kw_only=True):
     checks: list[ev.Check] = []
 
 
-def check_task(name_or_path: str, *, run: bool = True) -> tuple[Task, CheckReport]:
-    """Load and validate the manifest, the evaluator and the data; then run the base program once."""
-    task = resolve(name_or_path)
+def check_task(name_or_path: str, *, run: bool = True, recipe_from: str | None = None,
+               data: str | None = None) -> tuple[Task, CheckReport]:
+    """Load and validate the manifest, the evaluator and the data; then run the base program once.
+
+    Adapter tasks are bound first: their base program copied from the checkout
+    (``recipe_from``), their data linked (``data``); see ``tasks.adapters``.
+    """
+    task = bind(resolve(name_or_path), recipe_from=recipe_from, data=data)
     load_evaluator(task)
     prepare_data(task)
     report = CheckReport(task=task.name)
