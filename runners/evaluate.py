@@ -43,6 +43,9 @@ class RecordedLog(msgspec.Struct, kw_only=True):
     wall_s: float | None
     #: Other files in DIR with the same bytes, counted once.
     copies: list[str] = []
+    #: This run judged alone (the evaluator's score and metrics for it), when DIR holds several.
+    score: float | None = None
+    metrics: dict[str, float] = {}
 
 
 class EvaluateResult(msgspec.Struct, kw_only=True):
@@ -83,14 +86,24 @@ def evaluate_folder(task_ref: str, folder: str | Path) -> EvaluateResult:
                            "give the folder a run left its logs in")
         for empty in ("heldout", "train", "scratch"):
             (root / empty).mkdir()
-        ctx = EvalContext(task=task, runs=runs, heldout=root / "heldout", train_data=root / "train",
-                          run=_refuse, scratch=root / "scratch")
-        try:
-            evaluation = evaluator.evaluate(ctx)
-        except ArlError:
-            raise
-        except Exception as e:
-            raise ArlError(f"task {task.name}'s evaluator cannot judge {folder}: {type(e).__name__}: {e}") from None
+        def judge(some: list[SeedRun]) -> Evaluation:
+            ctx = EvalContext(task=task, runs=some, heldout=root / "heldout", train_data=root / "train",
+                              run=_refuse, scratch=root / "scratch")
+            try:
+                return evaluator.evaluate(ctx)
+            except ArlError:
+                raise
+            except Exception as e:
+                raise ArlError(f"task {task.name}'s evaluator cannot judge {folder}: "
+                               f"{type(e).__name__}: {e}") from None
+
+        evaluation = judge(runs)
+        if len(runs) > 1:  # each log alone too, so that a person sees which run says what
+            for run, log in zip(runs, found):
+                alone = judge([run])
+                if isinstance(alone, Evaluation):
+                    log.score = alone.score
+                    log.metrics = {k: float(v) for k, v in alone.metrics.items()}
     if not isinstance(evaluation, Evaluation):
         raise ArlError(f"task {task.name}'s evaluator returned {type(evaluation).__name__}, not an Evaluation")
     verdict = label_evaluation(evaluation)
@@ -156,6 +169,8 @@ def render_table(result: EvaluateResult) -> str:
         copies = f" (same bytes: {', '.join(run.copies)})" if run.copies else ""
         wall = f"{run.wall_s:.1f} s" if run.wall_s is not None else "-"
         lines.append(f"  {run.path:32} seed {run.seed:<6} wallclock (as logged) {wall}{copies}")
+        if run.metrics:
+            lines.append("      " + "  ".join(f"{k} {v:.10g}" for k, v in run.metrics.items()))
     score = f"{result.score:.8g}" if result.score is not None else "none"
     lines.append(f"score: {result.metric} = {score}")
     for s in result.seeds:

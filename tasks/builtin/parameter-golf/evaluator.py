@@ -16,7 +16,8 @@ The log format changed during the challenge; what is read, from any version:
   line is the raw, uncompressed model), or the ternary record's ``budget:N/16000000``;
 * training time: the last ``train_time:Nms`` of a ``step:`` or ``stopping_early:`` line;
 * evaluation time: the ``eval_time:Nms`` of every line after training ends, summed;
-* the seed: ``seed:N``, else ``seed=N`` among logged hyperparameters.
+* the seed: ``seed:N``, else ``seed=N`` among logged hyperparameters;
+* the GPUs: ``world_size:N`` (``ws:N`` in the ternary record).
 
 Lines indented in the log are the recipe's source code, which the recipe echoes
 at its top; they are never read as results.
@@ -48,6 +49,7 @@ _TRAIN = re.compile(r"^(?:step:\d+/\d+|stopping_early:).*?\btrain_time:(?P<ms>\d
 _EVAL = re.compile(r"\beval_time:(?P<ms>\d+(?:\.\d+)?)ms")
 _SEED = re.compile(r"^seed:(?P<n>\d+)\s*$")
 _SEED_HP = re.compile(r"\bseed=(?P<n>\d+)\b")
+_WORLD = re.compile(r"^(?:world_size:|params:.*\bws:)(?P<n>\d+)")
 
 
 class GolfLog(msgspec.Struct, kw_only=True):
@@ -60,6 +62,8 @@ class GolfLog(msgspec.Struct, kw_only=True):
     train_s: float | None = None
     eval_s: float | None = None
     seed: int | None = None
+    #: GPUs the run used (``world_size:N``, or ``ws:N`` in the ternary record's summary line).
+    world_size: int | None = None
 
 
 def read_log(text: str) -> GolfLog:
@@ -83,10 +87,13 @@ def read_log(text: str) -> GolfLog:
         if m := _TRAIN.match(line):
             log.train_s = float(m["ms"]) / 1000
             train_end = i
+        if log.world_size is None and (m := _WORLD.match(line)):
+            log.world_size = int(m["n"])
         if log.seed is None and (m := _SEED.match(line)):
             log.seed = int(m["n"])
-    if log.seed is None and (m := _SEED_HP.search(text)):
-        log.seed = int(m["n"])
+    if log.seed is None:  # the ternary record logs its hyperparameters as name=value on one line
+        found = next((m for line in lines if line and not line[0].isspace() for m in [_SEED_HP.search(line)] if m), None)
+        log.seed = int(found["n"]) if found else None
     if finals:
         name, value = finals[-1]
         exact = dict(finals).get(f"{name}_exact")
@@ -141,27 +148,27 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         metrics["val_bpb"] = score
         checks.append(Check(name="finite", passed=math.isfinite(score), value=score, fails_as=Label.DIVERGED))
 
-    sizes: list[tuple[int, str]] = []
+    sizes: list[int] = []
+    said: list[str] = []
     unstated: list[str] = []
     for run, log in zip(ctx.runs, logs):
         measured = None if recorded else _artifact(Path(run.workspace))
-        if measured is not None:
-            sizes.append((max(measured, log.artifact_bytes or 0), f"seed {run.seed}: measured {measured} B"
-                          + (f", log states {log.artifact_bytes} B" if log.artifact_bytes else "")))
-        elif log.artifact_bytes is not None:
-            sizes.append((log.artifact_bytes, f"seed {run.seed}: as the log states"))
-        else:
+        if measured is None and log.artifact_bytes is None:
             unstated.append(f"seed {run.seed}")
+            continue
+        sizes.append(max(measured or 0, log.artifact_bytes or 0))
+        said.append(f"seed {run.seed}: " + ", ".join(
+            ([f"measured {measured} B"] if measured is not None else [])
+            + ([f"log states {log.artifact_bytes} B"] if log.artifact_bytes is not None else [])))
     if cap is not None:
         if unstated:
             # Unknown is not over the cap: the run is incomplete, which is a crash, not a size violation.
             checks.append(Check(name="artifact_bytes", passed=False, limit=float(cap), fails_as=Label.CRASH,
                                 detail=f"{', '.join(unstated)}: the log states no artifact size and none was measured"))
         elif sizes:
-            value, detail = max(sizes)
-            checks.append(Check(name="artifact_bytes", passed=value <= cap, value=float(value), limit=float(cap),
-                                detail=detail, fails_as=Label.SIZE_VIOLATION))
-            metrics["artifact_bytes"] = float(value)
+            checks.append(Check(name="artifact_bytes", passed=max(sizes) <= cap, value=float(max(sizes)),
+                                limit=float(cap), detail="; ".join(said), fails_as=Label.SIZE_VIOLATION))
+            metrics["artifact_bytes"] = float(max(sizes))
 
     checks += _time_check("train_s", [(r.seed, g.train_s) for r, g in zip(ctx.runs, logs)],
                           budgets.train_s + STOP_GRACE_S, Label.TRAIN_BUDGET_OVERRUN,
@@ -180,7 +187,9 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         known = [v for v in values if v is not None]
         if known:
             metrics[name] = max(known)
-    metrics["runs"] = float(len(ctx.runs))
+    gpus = [g.world_size for g in logs if g.world_size is not None]
+    if gpus:
+        metrics["world_size"] = float(min(gpus))  # fewer GPUs than the challenge's 8 shows here
     checks += declared_checks(task)
     return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=per_seed)
 
