@@ -35,7 +35,7 @@ import pyarrow as pa
 from ledger import ArlError, Ledger
 from ledger import events as ev
 from queries.errors import QueryError
-from queries.views import create_views, refresh_trials
+from queries.views import create_views, refresh_trials, trial_rows_sql
 
 #: Bump when the layout of the ``log`` tables changes in a way fields do not show.
 LOAD_VERSION = 1
@@ -147,6 +147,7 @@ def schema_fingerprint() -> str:
     """Changes whenever an event struct gains a field: a cache built before is rebuilt."""
     parts = [str(LOAD_VERSION), _EVENTS_DDL, _CHECKS_DDL, _CHECKS_INSERT, _AGENT_CALLS_DDL]
     parts += [t.ddl() + t.insert() for t in _TABLES.values()]
+    parts.append(trial_rows_sql())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -56,6 +56,11 @@ LEFT JOIN log.trial_proposed pp ON pp.stream = p.parents[1]
 """
 
 
+def trial_rows_sql() -> str:
+    """The SQL that builds ``log.trials``: part of a cache file's fingerprint."""
+    return _trial_rows("")
+
+
 def refresh_trials(con: duckdb.DuckDBPyConnection, after: int) -> None:
     """Bring ``log.trials`` (one row per trial) up to date with events after ``after``.
 
