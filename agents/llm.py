@@ -232,9 +232,11 @@ class ChatClient:
                     "check that it is running and the --llm-url, or raise the timeouts", call)
             wait = retry_after if retry_after is not None else self._backoff(call.attempts)
             if wait > left:
+                who = "the server asked for" if retry_after is not None else "the backoff is"
                 raise LLMUnavailable(
-                    f"the model server at {self.url} asked to wait {wait:.1f} s, past the call "
-                    f"deadline of {self.deadline_s:g} s (last: {problem}); retry later", call)
+                    f"the model server at {self.url} failed {call.attempts} attempt(s), last: {problem}; "
+                    f"{who} {wait:.1f} s more, past the call deadline of {self.deadline_s:g} s; "
+                    "retry later or raise the deadline", call)
             call.retries.append(Retry(attempt=call.attempts, reason=problem, wait_s=round(wait, 3)))
             time.sleep(wait)
 

@@ -401,3 +401,11 @@ def test_replay_gives_the_same_proposals_and_blobs_without_a_model(server, task,
 
     exhausted = specialist(task, ledger, replay).propose(view)
     assert exhausted.rejected is not None and "no more recorded calls" in exhausted.rejected[1]
+
+
+def test_a_retry_after_past_the_deadline_gives_up_at_once(server):
+    server.play(Reply(status=429, body=b"busy", headers={"Retry-After": "120"}))
+    with client(server, deadline_s=5) as c, pytest.raises(LLMUnavailable) as err:
+        c.complete([{"role": "user", "content": "hi"}])
+    assert "the server asked for 120.0 s more, past the call deadline of 5 s" in str(err.value)
+    assert len(server.requests) == 1 and err.value.call.retries == []
