@@ -167,6 +167,8 @@ class RunFinished(Event, frozen=True, kw_only=True):
     artifacts: dict[str, str] = {}
     log_digest: str | None = None
     sandbox: str = "none"
+    #: Unix time the first recipe process was spawned.
+    started_at: float | None = None
     #: Set when the result came from a runner whose lease had already expired: it
     #: is kept on the record but not used (no evaluation, no label follow it).
     refused: str | None = None

@@ -52,7 +52,8 @@ def get_program(ledger: Ledger, digest: str) -> Program:
         manifest = json.loads(ledger.get_blob(digest))["files"]
     except (ValueError, KeyError, TypeError) as e:
         raise BlobError(f"blob {digest[:16]}… is not a program manifest") from e
-    return {path: ledger.get_blob(file_digest) for path, file_digest in manifest.items()}
+    blobs = ledger.get_blobs(list(manifest.values()))
+    return {path: blobs[file_digest] for path, file_digest in manifest.items()}
 
 
 def read_folder(folder: Path) -> Program:

@@ -308,8 +308,8 @@ class Projector:
     """Keeps a :class:`State` current against a ledger, with durable checkpoints.
 
     The checkpoint (state + position, one row, one transaction) is written at
-    most every ``checkpoint_s`` seconds while catching up and whenever a catch-up
-    ends, so a restart re-applies at most that much of the log.
+    most every ``checkpoint_s`` seconds, so a restart re-applies at most the
+    events of that long; call :meth:`checkpoint` to write one now.
     """
 
     def __init__(self, ledger: Ledger, *, name: str = "state", checkpoint_s: float = 2.0) -> None:
@@ -317,6 +317,7 @@ class Projector:
         self.name = f"{name}/v{PROJECTION_VERSION}"
         self.checkpoint_s = checkpoint_s
         self.state = self._load()
+        self._checkpointed = time.monotonic()
 
     def _load(self) -> State:
         stored = self.ledger.load_checkpoint(self.name)
@@ -332,12 +333,14 @@ class Projector:
         return state if state.position == position else State()
 
     def catch_up(self, *, page: int = 50_000) -> State:
-        """Apply everything recorded so far, checkpointing as it goes."""
+        """Apply everything recorded so far; checkpoint at most every ``checkpoint_s``."""
         while _advance(self.ledger, self.state, page, until=time.monotonic() + self.checkpoint_s):
-            self.checkpoint()
+            if time.monotonic() - self._checkpointed >= self.checkpoint_s:
+                self.checkpoint()
         return self.state
 
     def checkpoint(self) -> None:
+        self._checkpointed = time.monotonic()
         data = self.state.to_bytes()
         self.ledger.save_checkpoint(
             self.name, self.state.position, hashlib.sha256(data).hexdigest(), data

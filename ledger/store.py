@@ -628,6 +628,23 @@ class Ledger:
             c.execute(self._backend.sql("SELECT 1 FROM arl_blobs WHERE digest = ?"), (digest,))
             return c.fetchone() is not None
 
+    def get_blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        """Many blobs in one query, each checked against its digest."""
+        wanted = sorted(set(digests))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        with self._backend.read() as c:
+            c.execute(self._backend.sql(f"SELECT digest, data FROM arl_blobs WHERE digest IN ({marks})"), wanted)
+            found = {_col(r, "digest"): bytes(_col(r, "data")) for r in c.fetchall()}
+        for digest in wanted:
+            data = found.get(digest)
+            if data is None:
+                raise BlobError(f"blob {digest[:16]}… is not in {self.url.display()}; run `arl verify`")
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise BlobError(f"blob {digest[:16]}… was altered in {self.url.display()}; run `arl verify`")
+        return found
+
     def get_blob(self, digest: str) -> bytes:
         """The bytes stored under ``digest``, checked against it on the way out."""
         with self._backend.read() as c:

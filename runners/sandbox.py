@@ -105,6 +105,7 @@ def run_process(
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             start_new_session=True,
         )
+        spawned_at = time.time()
         if stdin is not None:
             threading.Thread(target=_feed, args=(proc, stdin), daemon=True).start()
         killed_for, peak_sampled = _watch(proc, started + timeout_s, memory_mb, cancel)
@@ -121,6 +122,7 @@ def run_process(
             stdout_tail=_tail(out, tail_bytes),
             stderr_tail=_tail(err, tail_bytes),
             sandbox=sandbox,
+            started_at=spawned_at,
         )
     return result
 
@@ -137,6 +139,7 @@ def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int,
            cancel: threading.Event | None) -> tuple[str | None, float]:
     """Poll until exit; kill the group at the deadline, above the memory limit, or on cancel."""
     peak = 0.0
+    started = time.monotonic()
     while True:
         try:
             exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -155,7 +158,8 @@ def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int,
         if cancel is not None and cancel.is_set():
             _kill_group(proc.pid)
             return "cancelled", peak
-        time.sleep(0.05)
+        # Poll fast at first (short runs end soon), then every 50 ms.
+        time.sleep(0.005 if time.monotonic() - started < 0.5 else 0.05)
 
 
 def _kill_group(pid: int) -> None:

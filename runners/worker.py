@@ -86,6 +86,7 @@ class Worker:
         self.poll_s = poll_s
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
         self._tasks: dict[str, _Loaded] = {}
+        self._started: dict[str, ev.SearchStarted] = {}
         self._stop = threading.Event()
 
     # -- the loop --------------------------------------------------------------------
@@ -196,7 +197,7 @@ class Worker:
         proposed = next(e for e in events if isinstance(e, ev.TrialProposed))
         submitted = [e for e in events if isinstance(e, ev.TrialSubmitted)][-1]
         record = _Recorder(self.ledger, trial, claimed)
-        search = self.ledger.stream(proposed.search_id)[0]
+        search = self._search_started(proposed.search_id)
         try:
             loaded = self._load(search.task, proposed.search_id, expect_digest=search.task_digest)
             program = get_program(self.ledger, submitted.program_digest)
@@ -226,10 +227,15 @@ class Worker:
             label, reason, evaluation = self._judge(loaded, proposed, program, runs, evaluation, root)
         record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason, self._deltas(proposed, evaluation.score))
 
+    def _search_started(self, search_id: str) -> ev.SearchStarted:
+        if search_id not in self._started:
+            self._started[search_id] = self.ledger.stream(search_id)[0]
+        return self._started[search_id]
+
     def _load(self, task_ref: str, search_id: str, expect_digest: str | None = None) -> _Loaded:
         key = search_id
         if key not in self._tasks:
-            started = self.ledger.stream(search_id)[0]
+            started = self._search_started(search_id)
             task = resolve(started.config.get("task_path") or task_ref)
             if expect_digest and task.digest() != expect_digest:
                 raise ArlError(
@@ -462,7 +468,7 @@ class _Recorder:
             timed_out="train" if failing.killed_for == "wallclock" else None,
             stdout_tail=failing.stdout_tail[-EVENT_TAIL:], stderr_tail=failing.stderr_tail[-EVENT_TAIL:],
             artifacts=artifacts, log_digest=self.ledger.put_blob(log.encode()),
-            sandbox=failing.sandbox,
+            sandbox=failing.sandbox, started_at=runs[0].process.started_at,
         ))
 
     def evaluated_and_labeled(self, evaluator: Evaluator, evaluation: Evaluation, label: Label,

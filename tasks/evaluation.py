@@ -46,6 +46,8 @@ class Process(msgspec.Struct, kw_only=True):
     stdout_tail: str = ""
     stderr_tail: str = ""
     sandbox: str = "none"
+    #: Unix time the process was spawned.
+    started_at: float | None = None
 
     @property
     def ok(self) -> bool:
