@@ -358,13 +358,20 @@ def _page_table(
     return pa.Table.from_arrays(
         [
             pa.array(np.fromiter(ids, dtype=np.int64, count=n)),
-            pa.array([s if isinstance(s, str) else str(s) for s in streams], pa.string()),
+            _strings(streams),
             pa.array(np.fromiter(versions, dtype=np.int64, count=n)),
             pa.array(topics, pa.string()),
             payload,
         ],
         names=["id", "stream", "version", "topic", "payload"],
     )
+
+
+def _strings(values: Sequence[Any]) -> pa.Array:
+    try:
+        return pa.array(values, pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # stream ids stored as UUID objects
+        return pa.array([str(v) for v in values], pa.string())
 
 
 class _Usage(msgspec.Struct):
