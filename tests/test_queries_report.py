@@ -107,3 +107,23 @@ def test_report_of_every_search_and_bad_requests(sqlite_url, tmp_path):
     drawn = _drawn(dom)
     assert set(drawn) == {f"{k}-{n}" for k in ("progress", "tree", "mix") for n in (0, 1)}
     assert all(v > 0 for v in drawn.values())
+
+
+def test_report_of_the_papers_run_draws_every_trial(tmp_path, sqlite_url):
+    from tests.test_queries_import import FIXTURES
+
+    if not FIXTURES.is_dir():
+        pytest.skip(f"fixtures not found at {FIXTURES}")
+    from queries.imports import import_recipes
+
+    with Ledger.open(sqlite_url) as ledger:
+        import_recipes(ledger, FIXTURES / "pg_ablation_lineage_on")
+        con = connect(ledger)
+        write_report(con, tmp_path / "pg.html")
+    dom = _browser_dom(tmp_path / "pg.html", tmp_path / "profile")
+    # 201 rows: 190 with a score as circles, the 11 crashes as ticks; baseline + 16 keeps
+    drawn = _drawn(dom)
+    assert drawn["progress-0"] == 201 and drawn["tree-0"] == 17
+    progress = dom[dom.index('id="progress-0"'): dom.index('id="tree-0"')]
+    assert progress.count('class="mark"') == 190
+    assert progress.count('class="mark unscored"') == 11
