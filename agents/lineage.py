@@ -58,6 +58,12 @@ class LineageView(msgspec.Struct, kw_only=True):
     other_keeps: list[TrialLine] = []
     flat_streak: int = 0
     trials_so_far: int = 0
+    #: The log position the view was built at (recorded on the proposal, for replay).
+    position: int = 0
+    #: Digests of every program the search has submitted (to avoid proposing duplicates).
+    known_programs: frozenset[str] = frozenset()
+    #: How the search's starting program was reached, when the search is a fork.
+    origin: list[TrialLine] = []
 
     @property
     def saturated(self) -> bool:
@@ -75,6 +81,9 @@ class LineageView(msgspec.Struct, kw_only=True):
                    f"{self.metric} = {_num(self.best.score)}{base}.")
         if not self.lineage:
             return "\n".join(out)
+        if self.origin:
+            out.append("\n## This search forks another; how its starting program was reached")
+            out += [_line(t, self.metric, with_reason=False) for t in self.origin]
         if self.chain:
             out.append("\n## How the best was reached (root → best)")
             out += [_line(t, self.metric, with_reason=False) for t in self.chain]
@@ -123,7 +132,8 @@ def build_view(
     view = LineageView(
         search_id=search_id, task=search.task, metric=metric, direction=search.direction,
         noise_floor=search.noise_floor, specialist=specialist, surface=surface, lineage=lineage,
-        baseline_score=search.baseline_score, trials_so_far=len(rows),
+        baseline_score=search.baseline_score, trials_so_far=len(rows), position=state.position,
+        known_programs=frozenset(r.program_digest for r in rows if r.program_digest),
     )
     if search.best_trial is None:
         return view
@@ -166,7 +176,8 @@ def build_view(
                 and not r.label.legal and r.label not in (Label.DUPLICATE,)]
     view.others_failures = [line(r, with_changes=False) for r in failures[-RECENT // 2 - 2:]]
     ancestors = set(state.lineage(best.trial_id))
+    merged = {p for r in rows for p in r.parents[1:]}
     keeps = [r for r in rows if r.label is Label.KEEP and r.trial_id not in ancestors
-             and r.agent != best.agent]
+             and r.trial_id not in merged and r.agent != best.agent]
     view.other_keeps = [line(r, with_changes=False) for r in keeps[-3:]]
     return view

@@ -29,6 +29,7 @@ from agents.edits import constants
 from agents.lineage import LineageView, TrialLine
 from agents.merge import MergeConflict, merge_programs
 from ledger.events import Label
+from ledger.programs import program_digest
 from tasks.manifest import Knob, Surface, Task, Technique
 
 _REACTIONS: dict[str, str] = {
@@ -62,16 +63,18 @@ class Tuner:
         self.surface = surface
         self.name = surface.name
         self.lineage = lineage
+        self.seed = seed
         self.rng = random.Random(f"{seed}/{surface.name}")
         self.program_of = program_of
-        self._merged: set[str] = set()
-        self._proposed: set[tuple] = set()
 
     # -- the decision ----------------------------------------------------------------
 
     def propose(self, view: LineageView) -> Proposal | None:
+        """A pure function of the seed and the view: a replay from the same views gets
+        the same proposals, whatever else was asked in between."""
         if view.best is None:
             return None
+        self.rng = random.Random(f"{self.seed}/{self.surface.name}/{view.position}/{view.trials_so_far}")
         if self.lineage and self.program_of is not None:
             merge = self._merge(view)
             if merge is not None:
@@ -80,23 +83,17 @@ class Tuner:
         current = self._values(program)
         moves = self._candidates(current, view)
         if self.lineage:
-            # Never propose a program state this specialist already proposed.
-            moves = [m for m in moves if self._state_after(current, m) not in self._proposed]
+            # Never propose a program the search has already run (the view lists them).
+            moves = [m for m in moves if program_digest(self._apply(program, m)) not in view.known_programs]
         if not moves:
             return None
         move = self._choose(moves, view)
-        self._proposed.add(self._state_after(current, move))
         child = self._apply(program, move)
         return Proposal(
             agent=self.name, surface=self.surface.name, hypothesis=move.why,
             expected_delta=self._expected(move, view), parents=(view.best.trial_id,),
             program=child, backend=self.backend,
         )
-
-    def _state_after(self, current: dict[str, str], move: Move) -> tuple:
-        values = dict(current)
-        values.update({k: _fmt(v) for k, v in move.values.items()})
-        return (tuple(sorted(values.items())), move.technique.name if move.technique else None)
 
     def _values(self, program: dict[str, bytes]) -> dict[str, str]:
         values: dict[str, str] = {}
@@ -254,10 +251,9 @@ class Tuner:
         return child
 
     def _merge(self, view: LineageView) -> Proposal | None:
-        for keep in view.other_keeps:
-            if keep.trial_id in self._merged or keep.surface == self.surface.name:
+        for keep in view.other_keeps:  # the view leaves out keeps already merged
+            if keep.surface == self.surface.name:
                 continue
-            self._merged.add(keep.trial_id)
             base_id = _common_ancestor(view, keep)
             if base_id is None:
                 continue
@@ -268,7 +264,7 @@ class Tuner:
                 return Proposal(agent=self.name, surface=self.surface.name, hypothesis=hypothesis,
                                 parents=(view.best.trial_id, keep.trial_id), backend=self.backend,
                                 rejected=(Label.INVALID_EDIT, f"merge conflict: {e}"))
-            if child == view.best_program:
+            if child == view.best_program or program_digest(child) in view.known_programs:
                 continue
             return Proposal(agent=self.name, surface=self.surface.name, hypothesis=hypothesis,
                             parents=(view.best.trial_id, keep.trial_id), program=child,

@@ -130,6 +130,8 @@ class TrialProposed(Event, frozen=True, kw_only=True):
     agent_call_digest: str | None = None
     #: For imported trials: the original id, status and raw row.
     source: dict[str, Any] | None = None
+    #: The log position of the state the proposer's view was built from (for replay).
+    seen_position: int | None = None
 
 
 class EditRejected(Event, frozen=True, kw_only=True):

@@ -257,16 +257,16 @@ class Search:
             proposal = specialist.propose(view)
             if proposal is None:
                 continue
-            self._record(state, proposal)
+            self._record(state, proposal, view.position)
             self._proposals += 1
             return True
         return False
 
-    def _record(self, state: State, p: Proposal) -> None:
+    def _record(self, state: State, p: Proposal, seen_position: int) -> None:
         seq = max((r.seq for r in state.trials_of(self.search_id)), default=0) + 1
         common = dict(agent=p.agent, surface=p.surface, parents=p.parents, hypothesis=p.hypothesis,
                       expected_delta=p.expected_delta, backend=p.backend,
-                      agent_call_digest=p.agent_call_digest)
+                      agent_call_digest=p.agent_call_digest, seen_position=seen_position)
         if p.program is None:
             label, reason = p.rejected or (ev.Label.INVALID_EDIT, "the agent produced no program")
             record_rejection(self.ledger, self.search_id, seq, label=label, reason=reason, **common)

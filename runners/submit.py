@@ -55,6 +55,7 @@ def submit(
     agent_call_digest: str | None = None,
     seeds: tuple[int, ...] | None = None,
     also_surfaces: tuple[str, ...] = (),
+    seen_position: int | None = None,
 ) -> str:
     """Record a proposal; submit it for running, or reject it if it breaks scope.
 
@@ -68,6 +69,7 @@ def submit(
         originator_id=trial, originator_version=1, search_id=search, seq=seq, agent=agent,
         surface=surface, parents=parents, hypothesis=hypothesis, expected_delta=expected_delta,
         backend=backend, edit_digest=edit_digest, agent_call_digest=agent_call_digest,
+        seen_position=seen_position,
     )
     violation = (
         scope_violation(task, surface, parent_program, program, also=also_surfaces) if seq != 0 else None
@@ -108,6 +110,7 @@ def record_rejection(
     backend: str = "",
     agent_call_digest: str | None = None,
     check: str = "edit",
+    seen_position: int | None = None,
 ) -> str:
     """Record a proposal whose output never became a program, with its label and reason."""
     trial = ev.trial_id(search, seq)
@@ -115,7 +118,7 @@ def record_rejection(
         ev.TrialProposed(
             originator_id=trial, originator_version=1, search_id=search, seq=seq, agent=agent,
             surface=surface, parents=parents, hypothesis=hypothesis, expected_delta=expected_delta,
-            backend=backend, agent_call_digest=agent_call_digest,
+            backend=backend, agent_call_digest=agent_call_digest, seen_position=seen_position,
         ),
         ev.EditRejected(originator_id=trial, originator_version=2, search_id=search,
                         check=check, reason=reason),
