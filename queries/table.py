@@ -15,6 +15,7 @@ from uuid import UUID
 import duckdb
 
 from queries.errors import QueryError
+from queries.views import VIEWS
 
 FORMATS = ("table", "csv", "json")
 _CELL = 60  # table cells are cut to this width; csv and json are never cut
@@ -45,7 +46,7 @@ def run_sql(
         message = " ".join(str(e).split())
         raise QueryError(
             f"SQL failed: {message[:300]}; fix the statement "
-            "(views: events, searches, trials, lineage, checks, agent_calls)"
+            f"(views: {', '.join(VIEWS)})"
         ) from None
     return Table(columns, rows)
 

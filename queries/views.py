@@ -126,6 +126,12 @@ FROM log.checks c
 JOIN (SELECT stream, max(id) AS id FROM log.trial_evaluated GROUP BY stream) latest
   USING (stream, id)
 """,
+    "quarantined": """
+SELECT stream AS search, q.line, q.id AS source_id, q.reason, q.raw
+FROM (SELECT stream, unnest(from_json(summary->'quarantined',
+        '[{"line": "BIGINT", "id": "VARCHAR", "reason": "VARCHAR", "raw": "VARCHAR"}]')) AS q
+      FROM log.search_stopped WHERE (summary->'quarantined') IS NOT NULL)
+""",
     "agent_calls": """
 SELECT p.search_id AS search, p.stream AS trial_id, p.seq, p.agent, p.backend,
        p.agent_call_digest AS digest, a.model, a.prompt_tokens, a.completion_tokens,

@@ -247,6 +247,11 @@ def test_damaged_rows_are_salvaged_or_quarantined_never_dropped(tmp_path, sqlite
             "777\tgarbage",
         ]
         assert summary["salvaged"] == 5 and summary["trials"] == 8
+        view = run_sql(con, "SELECT line, source_id, reason, raw FROM quarantined ORDER BY line").rows
+        assert [(r[0], r[1], r[3]) for r in view] == [
+            (q["line"], q["id"], q["raw"]) for q in summary["quarantined"]
+        ]
+        assert view[1][2] == quarantined[11].reason
 
 
 def test_autoresearch_results_become_a_search(tmp_path, sqlite_url):
