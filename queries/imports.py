@@ -315,9 +315,6 @@ class _Recipes(_Format):
         status = (values.get("status") or "").strip()
         if status not in RECIPES_LABELS:
             return f"status {status[:30]!r} of exp {exp_id} is unknown (known: {', '.join(RECIPES_LABELS)})"
-        ts = values.get("timestamp")
-        if ts and _parse_time(ts) is None:
-            return f"timestamp {ts[:30]!r} of exp {exp_id} is not ISO 8601"
         return None
 
 
@@ -652,6 +649,9 @@ def import_recipes(
         total = _num(v.get("total_s"))
         if total is None and (t_s := _num(v.get("train_s"))) is not None:
             total = t_s + (_num(v.get("eval_s")) or 0.0)
+        at = _parse_time(v.get("timestamp") or "")
+        if at is None:
+            row.problems.append(f"timestamp {(v.get('timestamp') or '')[:30]!r} is not ISO 8601; import time used")
         parent = (v.get("parent_exp") or "").strip() or tree_parents.get(exp_id)
         if parent and parent not in seen:
             row.problems.append(f"parent {parent[:20]!r} is not an earlier row; imported without parent")
@@ -665,7 +665,7 @@ def import_recipes(
                 hypothesis=v.get("hypothesis") or "", parent_id=parent or None,
                 expected_delta=_num(v.get("expected_delta")), score=_num(v.get(score_col)),
                 metrics=metrics, checks=checks, delta_vs_best=_num(v.get("delta_vs_best")),
-                at=_parse_time(v.get("timestamp") or "") or ev.now(),
+                at=at or ev.now(),
                 wall_s=total if total else None, notes=notes,
                 extra={k: v[k] for k in ("baseline_exp", "job_name", "snapshot_path") if v.get(k)},
             )

@@ -204,6 +204,8 @@ def test_damaged_rows_are_salvaged_or_quarantined_never_dropped(tmp_path, sqlite
         _row("007", "keep", "1.085", "after the broken quote", parent="001"),
         # a truncated tail (the writer died mid-row)
         "008\t2026-05-01T04:08:00Z\topt\t007\t000\topt\tcut short\t-0.001\tdiscard",
+        # a time that is not a time
+        _row("009", "discard", "1.099", "late", parent="007").replace("2026-05-01T04:09:00Z", "yesterday"),
     ]
     run = tmp_path / "run"
     run.mkdir()
@@ -212,20 +214,21 @@ def test_damaged_rows_are_salvaged_or_quarantined_never_dropped(tmp_path, sqlite
         result = import_recipes(ledger, run, name="damaged", direction="min")
         salvaged = {f.id: f.reason for f in result.salvaged}
         quarantined = {f.line: f for f in result.quarantined}
-        assert result.trials == 8 and result.rows == 11
-        assert set(salvaged) == {"002", "003", "004", "006", "008"}
+        assert result.trials == 9 and result.rows == 12
+        assert set(salvaged) == {"002", "003", "004", "006", "008", "009"}
         assert "unquoted tab" in salvaged["002"]
         assert "line break" in salvaged["003"]
         assert "val_bpb='not-a-number' is not a number" in salvaged["004"]
         assert "unterminated quote" in salvaged["006"]
         assert "truncated" in salvaged["008"]
+        assert "timestamp 'yesterday' is not ISO 8601; import time used" in salvaged["009"]
         assert sorted(quarantined) == [2, 11, 12]  # file lines (quoted newlines count)
         assert "exp_id '@@@ garbage line tha' is not a number" in quarantined[2].reason
         assert "status 'exploded' of exp 005 is unknown" in quarantined[11].reason
         assert "status '' of exp 777 is unknown" in quarantined[12].reason
         assert "row has 2 fields, header 13" in quarantined[12].reason
         summary = result.summary()
-        assert "11 rows → 8 trials; 5 salvaged, 3 quarantined" in summary
+        assert "12 rows → 9 trials; 6 salvaged, 3 quarantined" in summary
 
         con = connect(ledger)
         t = {r["source_id"]: r for r in run_sql(con, "SELECT * FROM trials ORDER BY seq").records()}
@@ -246,7 +249,7 @@ def test_damaged_rows_are_salvaged_or_quarantined_never_dropped(tmp_path, sqlite
             _row("005", "exploded", "1.2", "mystery"),
             "777\tgarbage",
         ]
-        assert summary["salvaged"] == 5 and summary["trials"] == 8
+        assert summary["salvaged"] == 6 and summary["trials"] == 9
         view = run_sql(con, "SELECT line, source_id, reason, raw FROM quarantined ORDER BY line").rows
         assert [(r[0], r[1], r[3]) for r in view] == [
             (q["line"], q["id"], q["raw"]) for q in summary["quarantined"]
