@@ -237,7 +237,9 @@ function drawProgress(svg, s) {
   const trials = s.trials, n = Math.max(trials.length - 1, 1);
   const legal = trials.filter(t => ["baseline", "keep", "discard"].includes(t.label) && t.score !== null);
   const scored = legal.length ? legal : trials.filter(t => t.score !== null);
-  let lo = Math.min(...scored.map(t => t.score)), hi = Math.max(...scored.map(t => t.score));
+  // a loop, not Math.min(...xs): spreading 100,000 arguments overflows the stack
+  let lo = Infinity, hi = -Infinity;
+  for (const t of scored) { lo = Math.min(lo, t.score); hi = Math.max(hi, t.score); }
   if (!isFinite(lo)) { lo = 0; hi = 1; }
   if (lo === hi) { lo -= 1e-9 + Math.abs(lo) * 0.01; hi += 1e-9 + Math.abs(hi) * 0.01; }
   const pad = (hi - lo) * 0.05; lo -= pad; hi += pad;
