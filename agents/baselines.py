@@ -72,6 +72,7 @@ class _Baseline:
         self.surface = task.surfaces[0]
         self.base = base
         self.state = state
+        self.seed = seed
         self.rng = random.Random(f"{seed}/{self.backend}")
 
     def _proposal(self, view: LineageView, config: dict[str, object]) -> tuple[Proposal, str]:
@@ -98,6 +99,8 @@ class RandomSearch(_Baseline):
     def propose(self, view: LineageView) -> Proposal | None:
         if view.best is None:
             return None
+        # A function of seed and view position, so a replay draws the same samples.
+        self.rng = random.Random(f"{self.seed}/random/{view.position}/{view.trials_so_far}")
         config: dict[str, object] = {k.name: _sample(k, self.rng) for k in self.space.knobs}
         for t in self.space.techniques:
             config[f"technique:{t.name}"] = self.rng.random() < 0.5

@@ -707,6 +707,11 @@ class Ledger:
                 (name, position, digest, state),
             )
 
+    def checkpoint_names(self) -> list[str]:
+        with self._backend.read() as c:
+            c.execute("SELECT name FROM arl_projections ORDER BY name")
+            return [_col(r, "name") for r in c.fetchall()]
+
     def load_checkpoint(self, name: str) -> tuple[int, str, bytes] | None:
         with self._backend.read() as c:
             c.execute(

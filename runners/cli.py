@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = SearchConfig(
         trials=args.trials, workers=args.workers, agents=args.agents,
         lineage=args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
-        llm_model=args.llm_model, inbox=args.inbox,
+        llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
     )
     with Ledger.open(args.store) as ledger:
         summary = run_search(ledger, args.task, config, name=args.name, resume=args.resume)
@@ -180,6 +180,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return exit_code(result)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from runners import replay
+
+    modes = [m for m in ("verify", "rerun", "agents") if getattr(args, m)]
+    if len(modes) != 1:
+        raise ArlError("choose one of --verify, --rerun or --agents")
+    with Ledger.open(args.store, create=False) as ledger:
+        if args.verify:
+            checks = replay.verify(ledger, args.search)
+            bad = [c for c in checks if not c.same]
+            for c in checks:
+                print(f"{'same' if c.same else 'DIFFERENT':9} {c.projection:32} {c.view:9} "
+                      f"live {c.live}  rebuilt {c.rebuilt}")
+            print(f"{len(checks) - len(bad)}/{len(checks)} views identical to a rebuild from the first event")
+            return 1 if bad else 0
+        if args.rerun:
+            report = replay.rerun(ledger, args.search, trials=args.trials, workers=args.workers)
+            print(report.render())
+            return 0
+        report = replay.redrive(ledger, args.search)
+        print(report.render())
+        return 1 if report.mismatches else 0
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from runners import replay
+    from runners.search import SearchConfig, render_summary
+
+    config = SearchConfig(trials=args.trials, workers=args.workers, agents=args.agents,
+                          lineage=args.lineage == "on", seed=args.seed)
+    with Ledger.open(args.store) as ledger:
+        summary = replay.fork(ledger, args.trial, config, name=args.name)
+        print(render_summary(summary, ledger.url.display()))
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from runners.mcp_server import serve
+
+    # stdout is the protocol's channel on stdio: nothing else may be printed there.
+    with Ledger.open(args.store, create=False) as ledger:
+        serve(ledger, args.search, args.specialist, transport=args.transport, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arl", description="arl — the auto-research ledger"
@@ -219,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=30, help="trials charged to the budget (default 30)")
     p.add_argument("--workers", type=int, default=1,
                    help="in-process workers (0: run `arl worker` elsewhere; default 1)")
-    p.add_argument("--agents", choices=["tuner", "llm", "inbox", "random", "tpe"], default="tuner",
-                   help="specialist backend; random and tpe (Optuna) are baselines over the same knobs")
+    p.add_argument("--agents", choices=["tuner", "llm", "agentic", "mcp", "inbox", "random", "tpe"],
+                   default="tuner",
+                   help="specialist backend; agentic: multi-turn tool-using model sessions; mcp: specialists "
+                        "connect through `arl mcp`; random and tpe (Optuna) are baselines over the same knobs")
     p.add_argument("--lineage", choices=["on", "off"], default="on",
                    help="off: specialists see only the best program (the control arm)")
     p.add_argument("--seed", type=int, default=0)
@@ -229,7 +276,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--llm-model", help="model name to ask for")
     p.add_argument("--inbox", metavar="FOLDER", help="folder watched for proposal files (--agents inbox)")
+    p.add_argument("--budget-tokens", type=int, metavar="N",
+                   help="stop cleanly once the search's recorded model usage reaches N tokens")
+    p.add_argument("--turns", type=int, default=8, help="turn limit of one agentic session (default 8)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replay", help="replay a search: verify projections, re-run trials, re-drive agents")
+    _store_arg(p)
+    p.add_argument("search", help="search id prefix or name")
+    p.add_argument("--verify", action="store_true", help="rebuild every projection and compare with the live ones")
+    p.add_argument("--rerun", action="store_true", help="re-execute the recorded programs as a new search")
+    p.add_argument("--agents", action="store_true", help="re-drive the agents from recorded views and replies")
+    p.add_argument("--trials", metavar="A..B", help="with --rerun: only these trial numbers")
+    p.add_argument("--workers", type=int, default=1, help="with --rerun: in-process workers")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("fork", help="start a new search from one trial's program")
+    _store_arg(p)
+    p.add_argument("trial", help="trial id prefix, or SEARCH#SEQ")
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--agents", choices=["tuner", "random", "tpe"], default="tuner")
+    p.add_argument("--lineage", choices=["on", "off"], default="on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_fork)
 
     p = sub.add_parser("status", help="progress and outcome of a search (default: the latest)")
     _store_arg(p)
@@ -246,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="folder with the run's logs (*.log, *.txt) and/or seed<N>/ output folders")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mcp", help="serve the ledger tools over MCP: an MCP client (Claude Code, Codex, …) "
+                                   "becomes a specialist of a search")
+    _store_arg(p)
+    p.add_argument("--search", metavar="S", help="search id prefix or name (default: the latest)")
+    p.add_argument("--specialist", required=True, metavar="NAME",
+                   help="the specialist (a surface of the search's task) the client acts as")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                   help="stdio (the client starts `arl mcp`) or streamable HTTP for remote agents")
+    p.add_argument("--host", default="127.0.0.1", help="with --transport http: address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="with --transport http: port (default 8000)")
+    p.set_defaults(func=cmd_mcp)
 
     p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
     p.set_defaults(func=cmd_tasks)

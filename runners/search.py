@@ -22,9 +22,10 @@ import msgspec
 
 from agents.base import Proposal, Specialist
 from agents.lineage import build_view
+from agents.usage import TokenMeter
 from ledger import events as ev
 from ledger.errors import ArlError
-from ledger.programs import get_program, read_folder
+from ledger.programs import get_program, put_program, read_folder
 from ledger.projections import Projector, SearchRow, State
 from ledger.store import Ledger
 from runners.submit import record_rejection, start_search, submit
@@ -44,6 +45,10 @@ class SearchConfig(msgspec.Struct, kw_only=True):
     llm_url: str | None = None
     llm_model: str | None = None
     inbox: str | None = None
+    #: Stop cleanly once the search's recorded model usage reaches this many tokens (None: no limit).
+    budget_tokens: int | None = None
+    #: Turn limit of one agentic session.
+    turns: int = 8
 
 
 class SearchError(ArlError):
@@ -123,13 +128,17 @@ class Search:
     """One search being driven. Build with :meth:`start` or :meth:`resume`, then :meth:`run`."""
 
     def __init__(self, ledger: Ledger, task: Task, search_id: str, config: SearchConfig,
-                 team: list[Specialist], *, out: TextIO = sys.stderr) -> None:
+                 team: list[Specialist], *, out: TextIO = sys.stderr,
+                 base_program: dict[str, bytes] | None = None) -> None:
         self.ledger = ledger
         self.task = task
         self.search_id = search_id
         self.config = config
         self.team = team
         self.out = out
+        #: The starting program: the task's recipe, or a forked trial's program.
+        self.base_program = base_program if base_program is not None else read_folder(task.recipe_dir)
+        self.origin: list = []
         self.projector = Projector(ledger, name=f"search/{search_id}", checkpoint_s=30.0)
         self._programs: dict[str, dict[str, bytes]] = {}
         self._turn = 0
@@ -140,29 +149,52 @@ class Search:
     @classmethod
     def start(cls, ledger: Ledger, task: Task, config: SearchConfig, *, name: str | None = None,
               team_factory: Callable[..., list[Specialist]] | None = None, out: TextIO = sys.stderr,
-              kind: str = "search", origin: tuple[str | None, str | None] = (None, None)) -> Search:
+              kind: str = "search", origin: tuple[str | None, str | None] = (None, None),
+              base_program: dict[str, bytes] | None = None) -> Search:
+        extra = {}
+        if base_program is not None:
+            extra["base_program"] = put_program(ledger, base_program)
         search_id = start_search(
             ledger, task, name=name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            config=msgspec.to_builtins(config), kind=kind, origin_search=origin[0], origin_trial=origin[1],
+            config={**msgspec.to_builtins(config), **extra}, kind=kind,
+            origin_search=origin[0], origin_trial=origin[1],
         )
-        search = cls(ledger, task, search_id, config, [], out=out)
+        search = cls(ledger, task, search_id, config, [], out=out, base_program=base_program)
+        search._load_origin(origin[1])
         search.team = (team_factory or build_team)(task, config, search)
         return search
+
+    def _load_origin(self, trial: str | None) -> None:
+        """For a fork: the chain that led to its starting program, shown to its agents."""
+        if trial is None:
+            return
+        from agents.lineage import TrialLine
+
+        state = self.projector.catch_up()
+        self.origin = [
+            TrialLine(seq=r.seq, trial_id=r.trial_id, agent=r.agent, surface=r.surface,
+                      hypothesis=r.hypothesis, label=r.label.value if r.label else None,
+                      score=r.score, delta_vs_best=r.delta_vs_best, reason=r.reason, parents=r.parents)
+            for r in (state.trials[t] for t in state.lineage(trial))
+        ]
 
     @classmethod
     def resume(cls, ledger: Ledger, search_ref: str, *, team_factory: Callable[..., list[Specialist]] | None = None,
                out: TextIO = sys.stderr) -> Search:
         search_id = find_search(ledger, search_ref)
         started = ledger.stream(search_id)[0]
-        config = msgspec.convert({k: v for k, v in started.config.items() if k != "task_path"},
-                                 SearchConfig)
+        config = msgspec.convert({k: v for k, v in started.config.items()
+                                  if k in SearchConfig.__struct_fields__}, SearchConfig)
         task = resolve(started.config.get("task_path") or started.task)
         if task.digest() != started.task_digest:
             raise SearchError(
                 f"task {task.name} changed since search {search_id[:8]} started; "
                 "restore the task folder or start a new search"
             )
-        search = cls(ledger, task, search_id, config, [], out=out)
+        base = started.config.get("base_program")
+        search = cls(ledger, task, search_id, config, [], out=out,
+                     base_program=get_program(ledger, base) if base else None)
+        search._load_origin(started.origin_trial)
         search.team = (team_factory or build_team)(task, config, search)
         return search
 
@@ -204,19 +236,27 @@ class Search:
         except KeyboardInterrupt:
             pass  # their leases expire and a resumed search re-runs them
         state = self.projector.catch_up()
+        self.projector.checkpoint()  # the live projection, kept for `arl replay --verify`
         return summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
 
     def _loop(self) -> None:
         state = self.projector.catch_up()
         if not state.trials_of(self.search_id):
             submit(self.ledger, self.task, self.search_id, 0, agent="baseline", surface="",
-                   program=read_folder(self.task.recipe_dir), hypothesis="the base program")
+                   program=self.base_program, hypothesis="the starting program")
         limit = 3 * self.config.trials + 10  # duplicates and infra errors are free, but not endless
+        meter = TokenMeter(self.ledger, self.search_id) if self.config.budget_tokens else None
         while True:
             state = self.projector.catch_up()
             search = state.searches[self.search_id]
             in_flight = self._in_flight()
             self._progress(state)
+            if meter is not None and self.config.budget_tokens and meter.spent() >= self.config.budget_tokens:
+                self._exhausted = "token budget spent"  # no more proposals; the running trials finish
+                if in_flight == 0:
+                    return
+                self.ledger.wait(state.position, 0.5)
+                continue
             if search.charged >= self.config.trials:
                 if in_flight == 0:
                     return
@@ -254,6 +294,8 @@ class Search:
             view = build_view(state, self.search_id, specialist=specialist.name,
                               surface=specialist.surface.name, metric=self.task.objective.metric,
                               program_of=self.program_of, lineage=self.config.lineage)
+            if self.config.lineage:
+                view.origin = self.origin
             proposal = specialist.propose(view)
             if proposal is None:
                 continue
@@ -271,7 +313,7 @@ class Search:
             label, reason = p.rejected or (ev.Label.INVALID_EDIT, "the agent produced no program")
             record_rejection(self.ledger, self.search_id, seq, label=label, reason=reason, **common)
             return
-        parent = self.program_of(p.parents[0]) if p.parents else read_folder(self.task.recipe_dir)
+        parent = self.program_of(p.parents[0]) if p.parents else self.base_program
         also = p.also_surfaces + tuple(state.trials[t].surface for t in p.parents[1:] if t in state.trials)
         submit(self.ledger, self.task, self.search_id, seq, program=p.program,
                parent_program=parent, also_surfaces=also, **common)
@@ -310,7 +352,7 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
         from agents.baselines import RandomSearch, TPESearch
 
         cls = RandomSearch if config.agents == "random" else TPESearch
-        return [cls(task, seed=config.seed, base=read_folder(task.recipe_dir),
+        return [cls(task, seed=config.seed, base=search.base_program,
                     state=lambda: search.projector.state)]
     if config.agents == "llm":
         from agents.llm import ChatClient, LLMSpecialist
@@ -319,13 +361,27 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
             raise SearchError("--agents llm needs --llm-url and --llm-model (key from ARL_LLM_API_KEY)")
         client = ChatClient(config.llm_url, config.llm_model)
         return [LLMSpecialist(s.name, s, task, client, search.ledger.put_blob) for s in task.surfaces]
+    if config.agents == "agentic":
+        from agents.agentic import agentic_team
+        from agents.llm import ChatClient
+
+        if not config.llm_url or not config.llm_model:
+            raise SearchError("--agents agentic needs --llm-url and --llm-model of a server with tool calling "
+                              "(key from ARL_LLM_API_KEY)")
+        return agentic_team(task, search.ledger, search.search_id, ChatClient(config.llm_url, config.llm_model),
+                            projector=search.projector, lineage=config.lineage, turns=config.turns,
+                            budget_tokens=config.budget_tokens)
+    if config.agents == "mcp":
+        from runners.mcp_server import McpSeat
+
+        return [McpSeat(s, search.ledger) for s in task.surfaces]
     if config.agents == "inbox":
         from agents.inbox import InboxTeam
 
         if not config.inbox:
             raise SearchError("--agents inbox needs --inbox FOLDER")
         return InboxTeam.build(task, Path(config.inbox), search)
-    raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm, inbox, random or tpe")
+    raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm, agentic, mcp, inbox, random or tpe")
 
 
 def find_search(ledger: Ledger, ref: str | None) -> str:

@@ -1,0 +1,149 @@
+"""Replay and fork: projections verified, trials re-run, agents re-driven, searches forked."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from ledger import Ledger, events as ev
+from ledger.programs import get_program, read_folder
+from ledger.projections import Projector, rebuild
+from runners import replay
+from runners.search import SearchConfig, run_search
+from runners.submit import start_search, submit
+from runners.worker import Worker
+from tasks.manifest import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "tasks" / "tiny"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
+
+
+def _every_label_search(ledger) -> str:
+    task = load_task(TINY)
+    base = read_folder(task.recipe_dir)
+
+    def edit(**constants):
+        program = dict(base)
+        src = program["train.py"].decode()
+        for name, value in constants.items():
+            src = re.sub(rf"^{name} = .*$", f"{name} = {value!r}", src, flags=re.M)
+        program["train.py"] = src.encode()
+        return program
+
+    search = start_search(ledger, task, name="labels")
+    submit(ledger, task, search, 0, agent="baseline", surface="", program=base)
+    cases = [dict(SHRINK=1.0), dict(SHRINK=0.9), dict(MODE="crash"), dict(MODE="oom"), dict(MODE="nan"),
+             dict(SLEEP_S=3.0), dict(EVAL_SLEEP_S=3.0), dict(PAD_BYTES=5000), dict(SHRINK=0.3),
+             dict(SHRINK=1.0)]
+    for seq, constants in enumerate(cases, 1):
+        submit(ledger, task, search, seq, agent="t", surface="fit", program=edit(**constants),
+               parent_program=base, parents=(ev.trial_id(search, 0),))
+    broken = dict(base, **{"train.py": base["train.py"].replace(b"def main():", b"def main(:")})
+    submit(ledger, task, search, 11, agent="t", surface="fit", program=broken, parent_program=base)
+    submit(ledger, task, search, 12, agent="t", surface="notes", program=edit(SHRINK=0.95), parent_program=base)
+    Worker(ledger, name="w").run(exit_when_idle=True)
+    return search
+
+
+def test_verify_on_a_search_with_every_label(sqlite_url):
+    with Ledger.open(sqlite_url) as ledger:
+        search = _every_label_search(ledger)
+        live = Projector(ledger, name="live", checkpoint_s=0.0)
+        live.catch_up()
+        labels = {r.label.value for r in rebuild(ledger).trials_of(search)}
+        assert {"baseline", "keep", "discard", "crash", "oom", "diverged", "train_budget_overrun",
+                "eval_budget_overrun", "size_violation", "gate_miss", "duplicate", "invalid_edit",
+                "out_of_surface"} <= labels
+        checks = replay.verify(ledger, search)
+        assert checks and all(c.same for c in checks)
+        assert {c.projection for c in checks} >= {"live/v1"}
+        # A live projection that drifted from the log is caught, view by view.
+        live.state.trials[ev.trial_id(search, 3)].reason = "edited behind the log's back"
+        drifted = Projector(ledger, name="drifted", checkpoint_s=0.0)
+        drifted.state = live.state
+        drifted.checkpoint()
+        bad = [c for c in replay.verify(ledger, search) if not c.same]
+    assert [(c.projection, c.view) for c in bad] == [("drifted/v1", "trials")]
+
+
+def test_rerun_reproduces_labels_and_reports_drift(sqlite_url):
+    with Ledger.open(sqlite_url) as ledger:
+        summary = run_search(ledger, str(TINY), SearchConfig(trials=6, workers=2, seed=2), out=io.StringIO())
+        report = replay.rerun(ledger, summary.search_id, workers=1, out=io.StringIO())
+        started = ledger.stream(report.replay)[0]
+        stopped = ledger.stream(report.replay)[-1]
+    assert started.kind == "replay" and started.origin_search == summary.search_id
+    assert report.trials == 7 and report.same_label == 7 and not report.disagreements
+    assert len(report.score_diffs) >= 5 and max(report.score_diffs) < 1e-9  # deterministic recipe
+    assert "identical labels: 7/7 (100%)" in report.render()
+    assert stopped.summary["agreement"]["same_label"] == 7
+
+
+def test_rerun_of_a_range_and_a_bad_range(sqlite_url):
+    with Ledger.open(sqlite_url) as ledger:
+        summary = run_search(ledger, str(TINY), SearchConfig(trials=4, workers=1), out=io.StringIO())
+        report = replay.rerun(ledger, summary.search_id, trials="0..2", out=io.StringIO())
+        assert report.trials == 3
+        with pytest.raises(replay.ReplayError, match="range of trial numbers"):
+            replay.rerun(ledger, summary.search_id, trials="two..five", out=io.StringIO())
+
+
+@pytest.mark.parametrize("agents", ["tuner", "random"])
+def test_redrive_reproduces_every_proposal(sqlite_url, agents):
+    with Ledger.open(sqlite_url) as ledger:
+        summary = run_search(ledger, str(TINY), SearchConfig(trials=8, workers=2, agents=agents, seed=4),
+                             out=io.StringIO())
+        report = replay.redrive(ledger, summary.search_id)
+    assert report.proposals >= 8 and report.identical == report.proposals, report.render()
+    assert report.skipped == 0
+
+
+def test_fork_continues_from_the_chosen_trial(sqlite_url):
+    with Ledger.open(sqlite_url) as ledger:
+        first = run_search(ledger, str(TINY), SearchConfig(trials=5, workers=1, seed=1), out=io.StringIO())
+        state = rebuild(ledger)
+        origin = next(r for r in state.trials_of(first.search_id) if r.label.value == "keep")
+        summary = replay.fork(ledger, f"{first.search_id[:8]}#{origin.seq}",
+                              SearchConfig(trials=3, workers=1, seed=9), out=io.StringIO())
+        state = rebuild(ledger)
+        started = ledger.stream(summary.search_id)[0]
+        fork_baseline = state.trials[ev.trial_id(summary.search_id, 0)]
+        forked_program = get_program(ledger, fork_baseline.program_digest)
+        original_program = get_program(ledger, origin.program_digest)
+    assert started.kind == "fork" and started.origin_trial == origin.trial_id
+    assert started.origin_search == first.search_id
+    assert forked_program == original_program
+    assert fork_baseline.label.value == "baseline" and summary.charged == 3
+    assert state.searches[summary.search_id].baseline_score == pytest.approx(origin.score)
+
+
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("re-driving must not call the model")
+
+
+def test_redrive_with_recorded_llm_replies(sqlite_url, llama_server, monkeypatch):
+    with Ledger.open(sqlite_url) as ledger:
+        config = SearchConfig(trials=3, workers=1, agents="llm", llm_url=llama_server.url,
+                              llm_model=llama_server.model, seed=0)
+        summary = run_search(ledger, str(TINY), config, out=io.StringIO())
+        monkeypatch.setattr(httpx.Client, "send", _no_network)
+        report = replay.redrive(ledger, summary.search_id)
+        calls = [e.agent_call_digest for _, e in ledger.iter_events()
+                 if isinstance(e, ev.TrialProposed) and e.search_id == summary.search_id and e.seq > 0]
+    assert all(calls) and report.proposals == len(calls)
+    assert report.identical == report.proposals, report.render()
+
+
+from tests.test_llm_server import llama_server  # noqa: E402,F401 - session fixture shared with that module
