@@ -117,7 +117,7 @@ class ChatBackend(Protocol):
     url: str
     model: str
 
-    def complete(self, messages: list[dict[str, str]]) -> ChatCall: ...
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall: ...
 
 
 def endpoint_base(url: str) -> str:
@@ -188,17 +188,23 @@ class ChatClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request_body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens}
+        if tools:  # OpenAI tool calling: the model may answer with tool_calls instead of content
+            body["tools"] = tools
+            body["tool_choice"] = "auto"
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.seed is not None:
             body["seed"] = self.seed
         return body
 
-    def complete(self, messages: list[dict[str, str]]) -> ChatCall:
-        """One chat completion; raises :class:`LLMUnavailable` or :class:`ReplyTooLarge`."""
-        call = ChatCall(url=self.url, model=self.model, request=self.request_body(messages))
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall:
+        """One chat completion; raises :class:`LLMUnavailable` or :class:`ReplyTooLarge`.
+
+        ``tools``: OpenAI function specs offered to the model (multi-turn agents).
+        """
+        call = ChatCall(url=self.url, model=self.model, request=self.request_body(messages, tools))
         started = time.monotonic()
         deadline = started + self.deadline_s
         try:
@@ -360,7 +366,7 @@ class ReplayClient:
             raise ArlError(f"blob {digest[:16]}… is not a recorded model call; "
                            "replay needs the llm backend's agent-call blobs") from None
 
-    def complete(self, messages: list[dict[str, str]]) -> ChatCall:
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall:
         if self._next >= len(self._digests):
             raise LLMUnavailable(
                 f"the replay has no more recorded calls ({len(self._digests)} were recorded); "

@@ -1,0 +1,248 @@
+"""``arl mcp``: the ledger tools as an MCP server, so any MCP client can be a specialist.
+
+Claude Code, Codex or any other MCP-capable agent connects (stdio, or
+streamable HTTP for remote agents), sees the tools of :mod:`agents.tools`
+scoped to one search and one specialist, and takes part in the search like
+arl's own specialists: each ``submit`` becomes one trial attributed to that
+specialist (backend ``mcp``), with the client's name, version and session in
+the proposal's recorded call blob, and workers run it like any other.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from typing_extensions import NotRequired, TypedDict  # pydantic needs these on Python < 3.12
+
+import msgspec
+
+from agents.base import Proposal
+from agents.lineage import LineageView
+from agents.tools import (
+    SPECS,
+    TEXT_PAGE,
+    EditBlock,
+    LedgerTools,
+    ToolError,
+)
+from ledger import events as ev
+from ledger.errors import ArlError, ConflictError
+from ledger.programs import get_program, read_folder
+from ledger.store import Ledger
+from runners.search import SearchError, find_search
+from runners.submit import record_rejection, submit
+from tasks.manifest import Surface, Task
+from tasks.registry import resolve
+
+#: Submissions give up after this many lost races for the next sequence number.
+SEQ_RETRIES = 50
+
+
+class Edit(TypedDict):
+    """One search/replace edit (the MCP schema of agents.tools.EditBlock)."""
+
+    file: str
+    search: NotRequired[str]
+    replace: str
+
+
+class McpCall(msgspec.Struct, kw_only=True):
+    """A submission through MCP as recorded in the blob store (the proposal's agent-call blob)."""
+
+    backend: str = "mcp"
+    tool: str
+    arguments: dict[str, Any]
+    #: The MCP client as it introduced itself (clientInfo name and version).
+    client: str | None = None
+    client_version: str | None = None
+    #: The MCP session: the transport's session id (HTTP), else one per `arl mcp` process (stdio).
+    session: str
+    transport: str
+    at: float
+
+
+def record_proposal(ledger: Ledger, task: Task, tools: LedgerTools, proposal: Proposal) -> tuple[str, int]:
+    """Record a proposal into the tools' search as the driver would; returns (trial id, seq).
+
+    The sequence number is the next one in the projection; a writer that took it
+    first (the driver, another client) makes the append fail with a conflict,
+    and the proposal goes in at the next number.
+    """
+    common = dict(agent=proposal.agent, surface=proposal.surface, parents=proposal.parents,
+                  hypothesis=proposal.hypothesis, expected_delta=proposal.expected_delta,
+                  backend=proposal.backend, agent_call_digest=proposal.agent_call_digest)
+    for _ in range(SEQ_RETRIES):
+        state = tools.state()
+        seq = max((r.seq for r in state.trials_of(tools.search_id)), default=0) + 1
+        try:
+            if proposal.program is None:
+                label, reason = proposal.rejected or (ev.Label.INVALID_EDIT, "the edit produced no program")
+                return record_rejection(ledger, tools.search_id, seq, label=label, reason=reason, **common), seq
+            parent = (get_program(ledger, state.trials[proposal.parents[0]].program_digest)
+                      if proposal.parents else read_folder(task.recipe_dir))
+            also = proposal.also_surfaces + tuple(
+                state.trials[t].surface for t in proposal.parents[1:] if t in state.trials)
+            return submit(ledger, task, tools.search_id, seq, program=proposal.program, parent_program=parent,
+                          also_surfaces=also, **common), seq
+        except ConflictError:
+            continue
+    raise ArlError(f"could not find a free trial number in search {tools.search_id[:8]} after "
+                   f"{SEQ_RETRIES} tries; too many writers at once — retry")
+
+
+class McpSpecialist:
+    """The tools of one MCP specialist, recording what it submits."""
+
+    def __init__(self, ledger: Ledger, search_ref: str | None, specialist: str, *, transport: str = "stdio") -> None:
+        self.ledger = ledger
+        search_id = find_search(ledger, search_ref)
+        started = ledger.stream(search_id)[0]
+        assert isinstance(started, ev.SearchStarted)
+        self.task = resolve(started.config.get("task_path") or started.task)
+        if self.task.digest() != started.task_digest:
+            raise SearchError(f"task {self.task.name} changed since search {search_id[:8]} started; "
+                              "restore the task folder or start a new search")
+        names = [s.name for s in self.task.surfaces]
+        if specialist not in names:
+            raise SearchError(f"task {self.task.name} has no specialist {specialist!r}; "
+                              f"choose one of: {', '.join(names)}")
+        self.transport = transport
+        self.session = f"{transport}-{uuid.uuid4()}"  # stdio: one client per process
+        self.tools = LedgerTools(ledger, self.task, search_id, specialist=specialist, surface=specialist,
+                                 lineage=bool(started.config.get("lineage", True)), backend="mcp",
+                                 sink=self._record)
+
+    def _record(self, proposal: Proposal, call: Mapping[str, Any]) -> dict[str, Any]:
+        blob = McpCall(tool=str(call.get("tool", "submit")), arguments=dict(call.get("arguments") or {}),
+                       client=call.get("client"), client_version=call.get("client_version"),
+                       session=str(call.get("session") or self.session), transport=self.transport,
+                       at=time.time())
+        proposal.agent_call_digest = self.ledger.put_blob(msgspec.json.encode(blob))
+        trial, seq = record_proposal(self.ledger, self.task, self.tools, proposal)
+        row = self.tools.state().trials[trial]
+        if row.label is not None:  # rejected at once: the edit never became a program
+            return {"trial_id": trial, "seq": seq, "status": "rejected", "label": row.label.value,
+                    "reason": row.reason}
+        return {"trial_id": trial, "seq": seq, "status": "submitted",
+                "note": "a worker runs it; call wait with this trial_id for its label"}
+
+
+class McpSeat:
+    """A specialist's seat in ``arl run --agents mcp``: its proposals arrive through ``arl mcp``.
+
+    The driver keeps measuring the baseline, running workers and counting the
+    trial budget; this seat proposes nothing itself and only waits (briefly, so
+    Ctrl-C stays prompt) for the log to move.
+    """
+
+    backend = "mcp"
+
+    def __init__(self, surface: Surface, ledger: Ledger) -> None:
+        self.surface = surface
+        self.name = surface.name
+        self.ledger = ledger
+
+    def propose(self, view: LineageView) -> None:
+        self.ledger.wait(self.ledger.head(), 1.0)
+        return None
+
+
+def build_server(specialist: McpSpecialist) -> Any:
+    """The MCP server (mcp's MCPServer) with one tool per ledger tool."""
+    from mcp.server.mcpserver import Context, MCPServer
+
+    tools = specialist.tools
+    search = tools.search_id
+    server = MCPServer(
+        "arl",
+        instructions=(
+            f"You are the {tools.specialist} specialist of arl search {search[:8]} on task {tools.task.name}. "
+            "Read the lineage, inspect trials (read_program, diff, sql), preflight edits with check, "
+            "submit one trial at a time and wait for its label before the next."),
+    )
+
+    def caller(ctx: Context | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if ctx is None:
+            return out
+        try:
+            params = ctx.session.client_params
+        except (AttributeError, LookupError, ValueError):
+            params = None
+        if params is not None and params.client_info is not None:
+            out["client"], out["client_version"] = params.client_info.name, params.client_info.version
+        headers = ctx.headers or {}
+        session = headers.get("mcp-session-id") or headers.get("Mcp-Session-Id")
+        if session:
+            out["session"] = session
+        return out
+
+    def run(name: str, ctx: Context | None = None, **arguments: Any) -> dict[str, Any]:
+        try:
+            return tools.call(name, {k: v for k, v in arguments.items() if v is not None},
+                              caller=caller(ctx) if name == "submit" else None)
+        except ToolError:
+            raise
+        except ArlError as e:
+            raise ToolError(str(e)) from None
+
+    def lineage(offset: int = 0, limit: int = TEXT_PAGE) -> dict[str, Any]:
+        return run("lineage", offset=offset, limit=limit)
+
+    def sql(query: str, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        return run("sql", query=query, offset=offset, limit=limit)
+
+    def read_program(trial: str = "best", path: str | None = None, offset: int = 0,
+                     limit: int = TEXT_PAGE) -> dict[str, Any]:
+        return run("read_program", trial=trial, path=path, offset=offset, limit=limit)
+
+    def diff(trial: str = "best", against: str | None = None, offset: int = 0,
+             limit: int = TEXT_PAGE) -> dict[str, Any]:
+        return run("diff", trial=trial, against=against, offset=offset, limit=limit)
+
+    def check(edits: list[Edit] | None = None, diff: str | None = None,
+              parents: list[str] | None = None) -> dict[str, Any]:
+        return run("check", edits=edits, diff=diff, parents=parents)
+
+    def submit(hypothesis: str, ctx: Context, edits: list[Edit] | None = None,
+               diff: str | None = None, parents: list[str] | None = None,
+               expected_delta: float | None = None) -> dict[str, Any]:
+        return run("submit", ctx, hypothesis=hypothesis, edits=edits, diff=diff, parents=parents,
+                   expected_delta=expected_delta)
+
+    def wait(trial: str, timeout_s: float = 300.0) -> dict[str, Any]:
+        return run("wait", trial=trial, timeout_s=timeout_s)
+
+    for fn in (lineage, sql, read_program, diff, check, submit, wait):
+        spec = SPECS[fn.__name__]
+        server.add_tool(fn, name=spec.name, description=_describe(spec.description, spec.args))
+    return server
+
+
+def _describe(description: str, args: type) -> str:
+    """The tool's description plus what each argument means (MCP clients show both to the model)."""
+    schema = msgspec.json.schema(args)
+    props = next(iter(schema.get("$defs", {}).values()), {}).get("properties", {})
+    edit = msgspec.json.schema(EditBlock)["$defs"]["EditBlock"]["properties"]
+    lines = [description]
+    for name, prop in props.items():
+        if "description" in prop:
+            lines.append(f"- {name}: {prop['description']}")
+        if name == "edits":
+            lines.append("  each edit: " + "; ".join(f"{k}: {v.get('description', '')}" for k, v in edit.items()))
+    return "\n".join(lines)
+
+
+def serve(ledger: Ledger, search_ref: str | None, specialist: str, *, transport: str = "stdio",
+          host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve until the client disconnects (stdio) or the process is stopped (http)."""
+    if transport not in ("stdio", "http"):
+        raise ArlError(f"--transport {transport!r}: use stdio or http")
+    server = build_server(McpSpecialist(ledger, search_ref, specialist, transport=transport))
+    if transport == "stdio":
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host=host, port=port)
