@@ -185,6 +185,8 @@ class TrialEvaluated(Event, frozen=True, kw_only=True):
     metrics: dict[str, float | None] = {}
     checks: tuple[Check, ...] = ()
     seeds: tuple[int, ...] = ()
+    #: sha256 of the task's data (training and held-out files) the evaluation used.
+    data_digest: str | None = None
 
 
 class TrialLabeled(Event, frozen=True, kw_only=True):

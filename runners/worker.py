@@ -55,6 +55,7 @@ class _Loaded:
     task: Task
     evaluator: Evaluator
     data: TaskData
+    data_digest: str
 
 
 class Worker:
@@ -225,7 +226,8 @@ class Worker:
                 record.label(Label.CRASH, evaluation)
                 return
             label, reason, evaluation = self._judge(loaded, proposed, program, runs, evaluation, root)
-        record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason, self._deltas(proposed, evaluation.score))
+        record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason,
+                                     self._deltas(proposed, evaluation.score), loaded.data_digest)
 
     def _search_started(self, search_id: str) -> ev.SearchStarted:
         if search_id not in self._started:
@@ -243,7 +245,8 @@ class Worker:
                     f"(digest {task.digest()[:12]}…, recorded {expect_digest[:12]}…); "
                     "restore it or start a new search"
                 )
-            self._tasks[key] = _Loaded(task, load_evaluator(task), prepare_data(task))
+            data = prepare_data(task)
+            self._tasks[key] = _Loaded(task, load_evaluator(task), data, data.digest())
         return self._tasks[key]
 
     def _preflight(self, task: Task, proposed: ev.TrialProposed, submitted: ev.TrialSubmitted,
@@ -472,14 +475,15 @@ class _Recorder:
         ))
 
     def evaluated_and_labeled(self, evaluator: Evaluator, evaluation: Evaluation, label: Label,
-                              reason: str, deltas: tuple[float | None, float | None]) -> None:
+                              reason: str, deltas: tuple[float | None, float | None],
+                              data_digest: str) -> None:
         metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         self._append(
             ev.TrialEvaluated(
                 originator_id=self.trial, originator_version=self.version + 1, search_id=self.search,
                 evaluator=evaluator.name, evaluator_version=f"{evaluator.version}+{evaluator.digest[:12]}",
                 score=evaluation.score, metrics=metrics, checks=tuple(evaluation.checks),
-                seeds=tuple(sorted({*evaluation.per_seed} or ())),
+                seeds=tuple(sorted({*evaluation.per_seed} or ())), data_digest=data_digest,
             ),
             ev.TrialLabeled(
                 originator_id=self.trial, originator_version=self.version + 2, search_id=self.search,

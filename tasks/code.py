@@ -68,6 +68,30 @@ class TaskData:
     train: Path
     heldout: Path
 
+    def digest(self) -> str:
+        """sha256 over every data file (names and contents); cached until a file changes."""
+        files = sorted(p for part in (self.train, self.heldout) for p in part.rglob("*") if p.is_file())
+        stamp = hashlib.sha256(
+            "".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files).encode()
+        ).hexdigest()
+        memo = self.root / ".arl-digest"
+        if memo.is_file():
+            known, _, value = memo.read_text().partition(" ")
+            if known == stamp:
+                return value.strip()
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(self.root)).encode() + b"\0")
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        value = h.hexdigest()
+        try:
+            memo.write_text(f"{stamp} {value}")
+        except OSError:
+            pass  # a read-only cache only costs a recomputation next time
+        return value
+
 
 def prepare_data(task: Task) -> TaskData:
     """Fetch and decode the task's data once (``data.prepare``); later calls are cheap."""

@@ -1,0 +1,225 @@
+"""W3C PROV (PROV-JSON and PROV-N) and an RO-Crate of a search, from the ledger.
+
+The graph, per trial:
+
+* the **proposal** activity (associated with its specialist) used the parent
+  program(s), generated the diff and the child program; the child program
+  ``wasDerivedFrom`` each parent program; the proposal ``wasInformedBy`` the
+  labelling of the trials its lineage view showed (those labelled before the
+  log position it saw, most recent first);
+* the **preflight** and **run** activities (associated with the worker) used
+  the program; the run generated the artifacts and the log;
+* the **evaluation** (associated with the task's evaluator) used the
+  artifacts, the evaluator version and the data digest;
+* the **labelling** was informed by the evaluation (or by the preflight, for
+  trials rejected before running).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from prov.model import ProvDocument
+
+from ledger import events as ev
+from ledger.errors import ArlError
+from ledger.store import Ledger
+
+NS = "https://arl.dev/ns/prov#"
+#: How many earlier labelled trials a proposal is recorded as informed by.
+INFORMED_BY = 8
+
+
+def _search_events(ledger: Ledger, search: str | None) -> tuple[list[ev.SearchStarted], dict[str, list[ev.Event]]]:
+    searches: list[ev.SearchStarted] = []
+    trials: dict[str, list[ev.Event]] = {}
+    for _, e in ledger.iter_events():
+        if isinstance(e, ev.SearchStarted):
+            if search is None or e.originator_id == search:
+                searches.append(e)
+        elif hasattr(e, "search_id") and (search is None or e.search_id == search):
+            trials.setdefault(e.originator_id, []).append(e)
+    return searches, trials
+
+
+def build_document(ledger: Ledger, search: str | None = None) -> ProvDocument:
+    searches, trials = _search_events(ledger, search)
+    if not searches:
+        raise ArlError(f"no search to export in {ledger.url.display()}")
+    doc = ProvDocument()
+    doc.add_namespace("arl", NS)
+    doc.add_namespace("prov", "http://www.w3.org/ns/prov#")
+    known = {s.originator_id for s in searches}
+    program_of: dict[str, str] = {}
+    labelled: dict[str, list[tuple[int, str]]] = {}  # search → [(position, trial)] in log order
+    # Programs and label positions first: derivations and "informed by" need them.
+    for nid, e in ledger.iter_events():
+        if getattr(e, "search_id", None) in known:
+            if isinstance(e, ev.TrialSubmitted):
+                program_of[e.originator_id] = e.program_digest
+            if isinstance(e, ev.TrialLabeled):
+                labelled.setdefault(e.search_id, []).append((nid, e.originator_id))
+
+    for s in searches:
+        doc.activity(f"arl:search/{s.originator_id}", s.at, None, {
+            "prov:type": "arl:Search", "prov:label": s.name, "arl:task": s.task,
+            "arl:taskDigest": s.task_digest, "arl:kind": s.kind})
+        doc.entity(f"arl:task/{s.task_digest}", {"prov:type": "arl:Task", "prov:label": s.task})
+
+    for tid, events in trials.items():
+        proposed = next((e for e in events if isinstance(e, ev.TrialProposed)), None)
+        if proposed is None:
+            continue
+        _trial(doc, proposed, events, program_of, labelled.get(proposed.search_id, []))
+    return doc
+
+
+def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event],
+           program_of: dict[str, str], labelled: list[tuple[int, str]]) -> None:
+    tid, search = proposed.originator_id, proposed.search_id
+    specialist = doc.agent(f"arl:specialist/{search}/{proposed.agent}", {
+        "prov:type": "prov:SoftwareAgent", "prov:label": proposed.agent,
+        "arl:backend": proposed.backend or "manual", "arl:surface": proposed.surface})
+    proposal = doc.activity(f"arl:proposal/{tid}", proposed.at, proposed.at, {
+        "prov:type": "arl:Proposal", "arl:seq": proposed.seq, "arl:hypothesis": proposed.hypothesis,
+        "arl:trial": tid})
+    doc.wasAssociatedWith(proposal, specialist)
+    doc.wasInformedBy(proposal, f"arl:search/{search}")
+    if proposed.agent_call_digest:
+        doc.entity(f"arl:blob/{proposed.agent_call_digest}", {"prov:type": "arl:AgentCall"})
+        doc.used(proposal, f"arl:blob/{proposed.agent_call_digest}")
+    for parent in proposed.parents:
+        if parent in program_of:
+            doc.used(proposal, f"arl:program/{program_of[parent]}")
+    if proposed.seen_position is not None:
+        seen = [t for pos, t in labelled if pos <= proposed.seen_position][-INFORMED_BY:]
+        for other in seen:
+            doc.wasInformedBy(proposal, f"arl:labelling/{other}")
+    if proposed.edit_digest:
+        diff = doc.entity(f"arl:blob/{proposed.edit_digest}", {"prov:type": "arl:Diff"})
+        doc.wasGeneratedBy(diff, proposal)
+    program = program_of.get(tid)
+    if program:
+        child = doc.entity(f"arl:program/{program}", {"prov:type": "arl:Program"})
+        doc.wasGeneratedBy(child, proposal, proposed.at)
+        for parent in proposed.parents:
+            if parent in program_of and program_of[parent] != program:
+                doc.wasDerivedFrom(child, f"arl:program/{program_of[parent]}")
+    last_activity = proposal
+    evaluation = None
+    for e in events:
+        if isinstance(e, ev.EditRejected):
+            pre = doc.activity(f"arl:preflight/{tid}", e.at, e.at, {"prov:type": "arl:Preflight",
+                                                                    "arl:check": e.check, "arl:reason": e.reason})
+            doc.wasInformedBy(pre, proposal)
+            last_activity = pre
+        elif isinstance(e, ev.TrialClaimed):
+            worker = doc.agent(f"arl:runner/{e.runner}", {"prov:type": "prov:SoftwareAgent", "arl:host": e.host})
+            pre = doc.activity(f"arl:preflight/{tid}/{e.attempt}", e.at, e.at, {"prov:type": "arl:Preflight"})
+            doc.wasAssociatedWith(pre, worker)
+            if program:
+                doc.used(pre, f"arl:program/{program}")
+            last_activity = pre
+        elif isinstance(e, ev.RunFinished) and e.refused is None:
+            run = doc.activity(f"arl:run/{tid}", _start(e), e.at, {
+                "prov:type": "arl:Run", "arl:wallSeconds": e.wall_s, "arl:sandbox": e.sandbox,
+                "arl:exitCode": -1 if e.exit_code is None else e.exit_code})
+            doc.wasAssociatedWith(run, f"arl:runner/{e.runner}")
+            doc.wasInformedBy(run, last_activity)
+            if program:
+                doc.used(run, f"arl:program/{program}")
+            for name, digest in e.artifacts.items():
+                art = doc.entity(f"arl:blob/{digest}", {"prov:type": "arl:Artifact", "prov:label": name})
+                doc.wasGeneratedBy(art, run)
+            if e.log_digest:
+                log = doc.entity(f"arl:blob/{e.log_digest}", {"prov:type": "arl:Log"})
+                doc.wasGeneratedBy(log, run)
+            last_activity = run
+        elif isinstance(e, ev.TrialEvaluated):
+            version = doc.entity(f"arl:evaluator/{e.evaluator}/{e.evaluator_version}",
+                                 {"prov:type": "arl:EvaluatorVersion"})
+            judge = doc.agent(f"arl:evaluator/{e.evaluator}", {"prov:type": "prov:SoftwareAgent"})
+            evaluation = doc.activity(f"arl:evaluation/{tid}", e.at, e.at, {
+                "prov:type": "arl:Evaluation", "arl:score": "none" if e.score is None else e.score})
+            doc.wasAssociatedWith(evaluation, judge)
+            doc.used(evaluation, version)
+            if e.data_digest:
+                doc.entity(f"arl:data/{e.data_digest}", {"prov:type": "arl:Data"})
+                doc.used(evaluation, f"arl:data/{e.data_digest}")
+            doc.wasInformedBy(evaluation, last_activity)
+            last_activity = evaluation
+        elif isinstance(e, ev.TrialLabeled):
+            labelling = doc.activity(f"arl:labelling/{tid}", e.at, e.at, {
+                "prov:type": "arl:Labelling", "arl:label": e.label.value, "arl:reason": e.reason})
+            doc.wasInformedBy(labelling, last_activity)
+
+
+def _start(e: ev.RunFinished):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(e.started_at, UTC) if e.started_at else None
+
+
+def export_prov(ledger: Ledger, folder: Path, search: str | None = None) -> list[Path]:
+    """Write ``prov.json`` (PROV-JSON) and ``prov.provn`` (PROV-N) into ``folder``."""
+    doc = build_document(ledger, search)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "prov.json", folder / "prov.provn"]
+    paths[0].write_text(doc.serialize(format="json", indent=1))
+    paths[1].write_text(doc.get_provn())
+    return paths
+
+
+def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
+                    tables: Iterable[Path] = ()) -> Path:
+    """An RO-Crate (Process/Workflow Run Crate profiles): PROV, Parquet tables, kept programs."""
+    from rocrate.rocrate import ROCrate
+
+    from ledger.programs import get_program, write_folder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    prov_files = export_prov(ledger, folder / "provenance", search)
+    crate = ROCrate()
+    crate.name = "arl search record"
+    crate.description = "Trials, programs and provenance of an arl search, exported from its ledger."
+    crate.root_dataset["conformsTo"] = [
+        {"@id": "https://w3id.org/ro/wfrun/process/0.5"},
+        {"@id": "https://w3id.org/ro/wfrun/workflow/0.5"},
+    ]
+    for profile in ("https://w3id.org/ro/wfrun/process/0.5", "https://w3id.org/ro/wfrun/workflow/0.5"):
+        crate.add_jsonld({"@id": profile, "@type": "CreativeWork", "name": profile.rsplit("/", 2)[-2],
+                          "version": "0.5"})
+    tool = crate.add_jsonld({"@id": "#arl", "@type": "SoftwareApplication", "name": "arl",
+                             "url": "https://pypi.org/project/arl/"})
+    for path in prov_files:
+        crate.add_file(path, dest_path=f"provenance/{path.name}",
+                       properties={"encodingFormat": "application/json" if path.suffix == ".json"
+                                   else "text/provenance-notation", "name": path.name})
+    for path in tables:
+        crate.add_file(path, dest_path=f"tables/{path.name}",
+                       properties={"encodingFormat": "application/vnd.apache.parquet", "name": path.stem})
+    searches, trials = _search_events(ledger, search)
+    kept = []
+    for tid, events in trials.items():
+        label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
+        submitted = next((e for e in events if isinstance(e, ev.TrialSubmitted)), None)
+        if label is None or submitted is None or label.label.value not in ("keep", "baseline"):
+            continue
+        dest = folder / "programs" / tid
+        write_folder(get_program(ledger, submitted.program_digest), dest)
+        kept.append((tid, dest, label, submitted))
+    results = []
+    for tid, dest, label, submitted in kept:
+        ds = crate.add_dataset(dest, dest_path=f"programs/{tid}/", properties={
+            "name": f"program of trial {tid[:8]} ({label.label.value})",
+            "identifier": f"sha256:{submitted.program_digest}"})
+        results.append({"@id": ds.id})
+    for s in searches:
+        crate.add_jsonld({"@id": f"#search-{s.originator_id}", "@type": "CreateAction",
+                          "name": s.name, "startTime": s.at.isoformat(),
+                          "instrument": {"@id": tool.id}, "result": results,
+                          "description": json.dumps({"task": s.task, "config": s.config})})
+    crate.write(folder)
+    return folder / "ro-crate-metadata.json"
