@@ -42,7 +42,10 @@ def _format_arg(p: argparse.ArgumentParser) -> None:
 def _connect(args: argparse.Namespace, ledger: Ledger):
     from queries.load import connect
 
-    return connect(ledger, args.cache)
+    def progress(n: int) -> None:  # pages of 100,000: only large ledgers report
+        print(f"  … {n:,} events loaded into DuckDB", file=sys.stderr, flush=True)
+
+    return connect(ledger, args.cache, progress=progress if sys.stderr.isatty() else None)
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
