@@ -19,12 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # --- network: three conv blocks, each halving the resolution ----------------------
-WIDTH = 16              # channels of the first block; the next two have 2x and 4x
+WIDTH = 8               # channels of the first block; the next two have 2x and 4x
 BN_MOMENTUM = 0.1
 CHANNELS_LAST = False   # memory layout; some CPU convolution kernels are faster with it
 
 # --- optimisation -----------------------------------------------------------------
-EPOCHS = 10
+EPOCHS = 8
 BATCH_SIZE = 256
 LR = 0.1
 MOMENTUM = 0.9
