@@ -135,7 +135,8 @@ class AgenticSpecialist:
             if stop:
                 return self._finish(transcript, stop)
             try:
-                call = self.client.complete(messages, tools=self._specs)
+                # A copy: the conversation grows after the call, the record of the call must not.
+                call = self.client.complete(list(messages), tools=self._specs)
             except LLMError as e:
                 self._count(transcript, e.call)
                 label = Label.INVALID_EDIT if isinstance(e, ReplyTooLarge) else Label.INFRA_ERROR
@@ -174,6 +175,12 @@ class AgenticSpecialist:
             record.error = (f"unknown tool {record.name!r}; call one of: {known}" if record.name
                             else f"the tool call names no tool; call one of: {known}")
             return
+        if record.name != "submit" and isinstance(self.client, TranscriptReplay):
+            # A replay serves what the tools answered then: the ledger has moved on since.
+            recorded = self.client.recorded(record.turn, record.call_id, record.name)
+            if recorded is not None:
+                record.result, record.error = recorded.result, recorded.error
+                return
         try:
             arguments = _arguments(record.arguments)
             record.result = self.tools.call(record.name, arguments)
@@ -342,17 +349,28 @@ class TranscriptReplay:
     """
 
     def __init__(self, get_blob: Callable[[str], bytes], digests: Sequence[str]) -> None:
-        self._calls: list[ChatCall] = []
+        self._transcripts: list[Transcript] = []
+        self._calls: list[tuple[int, ChatCall]] = []  # (transcript index, call)
         for digest in digests:
             try:
-                self._calls += msgspec.json.decode(get_blob(digest), type=Transcript).calls
+                transcript = msgspec.json.decode(get_blob(digest), type=Transcript)
             except msgspec.DecodeError:
                 raise ArlError(f"blob {digest[:16]}… is not an agentic transcript; "
                                "replay needs the agentic backend's agent-call blobs") from None
+            self._calls += [(len(self._transcripts), c) for c in transcript.calls]
+            self._transcripts.append(transcript)
+        self._current = -1
         self._next = 0
         self.diverged = 0
-        self.url = self._calls[0].url if self._calls else "replay"
-        self.model = self._calls[0].model if self._calls else "replay"
+        self.url = self._calls[0][1].url if self._calls else "replay"
+        self.model = self._calls[0][1].model if self._calls else "replay"
+
+    def recorded(self, turn: int, call_id: str, name: str) -> ToolCall | None:
+        """The recorded answer to a tool call of the session being replayed (reads are served, not re-run)."""
+        if self._current < 0:
+            return None
+        return next((t for t in self._transcripts[self._current].tool_calls
+                     if (t.turn, t.call_id, t.name) == (turn, call_id, name)), None)
 
     def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall:
         if self._next >= len(self._calls):
@@ -360,7 +378,7 @@ class TranscriptReplay:
                 f"the replay has no more recorded calls ({len(self._calls)} were recorded); "
                 "replay no more sessions than the search made",
                 ChatCall(backend="replay", url=self.url, model=self.model, request={"messages": messages}))
-        call = self._calls[self._next]
+        self._current, call = self._calls[self._next]
         self._next += 1
         if call.request.get("messages") != messages:
             self.diverged += 1

@@ -242,6 +242,7 @@ class LedgerTools:
         self._lock = threading.RLock()
         self._programs: dict[str, dict[str, bytes]] = {}
         self._duck: duckdb.DuckDBPyConnection | None = None
+        self._pinned: State | None = None
         started = ledger.stream(search_id)
         if not started or not isinstance(started[0], ev.SearchStarted):
             raise ToolError(f"{search_id} is not a search in {ledger.url.display()}; "
@@ -270,11 +271,19 @@ class LedgerTools:
 
     def state(self) -> State:
         with self._lock:
-            return self.projector.catch_up()
+            return self._current()
+
+    def pin(self, state: State | None) -> None:
+        """Read ``state`` instead of following the log (a replay re-drives a session as it was); None: follow."""
+        with self._lock:
+            self._pinned = state
+
+    def _current(self) -> State:
+        return self._pinned if self._pinned is not None else self.projector.catch_up()
 
     def lineage(self, offset: int = 0, limit: int = TEXT_PAGE) -> dict[str, Any]:
         with self._lock:
-            state = self.projector.catch_up()
+            state = self._current()
             view = build_view(state, self.search_id, specialist=self.specialist, surface=self.surface.name,
                               metric=self.task.objective.metric, program_of=self._program_by_id,
                               lineage=self.lineage_on)
@@ -349,7 +358,7 @@ class LedgerTools:
               parents: list[str] | None = None) -> dict[str, Any]:
         with self._lock:
             candidate = self._candidate(edits, diff, parents)
-            state = self.projector.state
+            state = self._current()
         out: dict[str, Any] = {"parents": [_trial_json(r) for r in candidate.parents]}
         if candidate.program is None:
             return {**out, "applies": False, "would_be": Label.INVALID_EDIT.value, "reason": candidate.error}
@@ -379,7 +388,7 @@ class LedgerTools:
         if expected_delta is not None and not math.isfinite(expected_delta):
             raise ToolError("expected_delta must be a finite number (or omitted)")
         with self._lock:
-            state = self.projector.catch_up()
+            state = self._current()
             search = state.searches[self.search_id]
             if search.stop_reason:
                 raise ToolError(f"search {self.search_id[:8]} has stopped ({search.stop_reason}); "
@@ -403,7 +412,7 @@ class LedgerTools:
         deadline = time.monotonic() + min(max(timeout_s, 0.0), MAX_WAIT_S)
         while True:
             with self._lock:
-                state = self.projector.catch_up()
+                state = self._current()
                 row = self._trial(trial, waiting=True)
             if row.label is not None:
                 return {**_trial_json(row), "timed_out": False}
@@ -423,7 +432,7 @@ class LedgerTools:
 
     def _trial(self, ref: str, *, waiting: bool = False) -> TrialRow:
         """A trial of this search by reference; with lineage off only the best (and, to wait, your own)."""
-        state = self.projector.catch_up()
+        state = self._current()
         search = state.searches[self.search_id]
         text = str(ref).strip()
         rows = state.trials_of(self.search_id)
@@ -453,7 +462,7 @@ class LedgerTools:
 
     def _program_by_id(self, trial_id: str) -> dict[str, bytes]:
         if trial_id not in self._programs:
-            row = self.projector.state.trials[trial_id]
+            row = self._current().trials[trial_id]
             if row.program_digest is None:
                 raise ToolError(f"trial {trial_id[:8]} has no program")
             self._programs[trial_id] = get_program(self.ledger, row.program_digest)
@@ -475,7 +484,7 @@ class LedgerTools:
         refs = parents or ["best"]
         if len(refs) > 2:
             raise ToolError("at most two parents (the second one merges its surface in)")
-        self.projector.catch_up()
+        self._current()
         rows = [self._trial(r) for r in refs]
         if len({r.trial_id for r in rows}) != len(rows):
             raise ToolError("the two parents are the same trial")
@@ -505,7 +514,7 @@ class LedgerTools:
         else:
             refresh(self._duck, self.ledger)
         main = self._duck
-        state = self.projector.catch_up()
+        state = self._current()
         best = state.searches[self.search_id].best_trial or ""
         if self.lineage_on:
             scopes = {"trials": "search = $s", "lineage": "search = $s", "checks": "search = $s",

@@ -6,6 +6,7 @@ Each takes ``$search`` (a search id, or NULL for every search). Run them with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -24,6 +25,8 @@ class NamedQuery:
     name: str
     summary: str
     sql: str
+    #: Run on the connection first (e.g. load a table the query joins that is not in the ledger).
+    prepare: Callable[[duckdb.DuckDBPyConnection], None] | None = None
 
 
 _LEADERBOARD = f"""
@@ -195,6 +198,41 @@ JOIN searches s ON s.search = h.search
 ORDER BY search_name, h.search, h.hour
 """
 
+# Tokens from each proposal's recorded call (a whole agentic session counts as one call); cost from
+# the user's price table (queries/prices.py), the "*" row pricing unlisted models; NULL when unpriced.
+_AGENT_COST = f"""
+WITH calls AS (
+    SELECT a.search, a.agent, a.model, t.label,
+           coalesce(a.prompt_tokens, 0) AS prompt_tokens, coalesce(a.completion_tokens, 0) AS completion_tokens,
+           coalesce(a.total_tokens, coalesce(a.prompt_tokens, 0) + coalesce(a.completion_tokens, 0)) AS total_tokens
+    FROM agent_calls a JOIN trials t ON t.trial_id = a.trial_id
+    WHERE ($search IS NULL OR a.search = $search)
+), priced AS (
+    SELECT c.*, (c.prompt_tokens * coalesce(p.prompt_per_mtok, d.prompt_per_mtok)
+                 + c.completion_tokens * coalesce(p.completion_per_mtok, d.completion_per_mtok)) / 1e6 AS cost
+    FROM calls c
+    LEFT JOIN prices p ON p.model = c.model
+    LEFT JOIN (SELECT * FROM prices WHERE model = '*') d ON true
+)
+SELECT s.name AS search_name, coalesce(x.agent, '(all)') AS agent, count(*) AS calls,
+       sum(x.prompt_tokens) AS prompt_tokens, sum(x.completion_tokens) AS completion_tokens,
+       sum(x.total_tokens) AS total_tokens, round(sum(x.cost), 6) AS cost,
+       count(*) FILTER (WHERE x.label = 'keep') AS keeps,
+       sum(x.total_tokens) // nullif(count(*) FILTER (WHERE x.label = 'keep'), 0) AS tokens_per_keep,
+       round(sum(x.cost) / nullif(count(*) FILTER (WHERE x.label = 'keep'), 0), 6) AS cost_per_keep,
+       x.search
+FROM priced x JOIN searches s ON s.search = x.search
+GROUP BY GROUPING SETS ((s.name, x.search, x.agent), (s.name, x.search))
+ORDER BY search_name, x.search, x.agent NULLS FIRST
+"""
+
+
+def _prices(con: duckdb.DuckDBPyConnection) -> None:
+    from queries.prices import register_prices
+
+    register_prices(con)
+
+
 NAMED: dict[str, NamedQuery] = {
     q.name: q
     for q in (
@@ -209,6 +247,8 @@ NAMED: dict[str, NamedQuery] = {
         NamedQuery("agent_yield", "keeps, failures and mean delta per specialist", _AGENT_YIELD),
         NamedQuery("calibration", "expected vs observed delta per specialist", _CALIBRATION),
         NamedQuery("throughput", "trials per hour and busy workers over time", _THROUGHPUT),
+        NamedQuery("agent_cost", "model tokens and cost per specialist and per keep (prices: ARL_PRICES)",
+                   _AGENT_COST, prepare=_prices),
     )
 }
 
@@ -227,6 +267,8 @@ def run_named(
     if quartiles and name != "label_mix":
         raise QueryError(f"--quartiles applies to label_mix only, not {name}; drop it")
     sql = _LABEL_MIX_QUARTILES if quartiles else query.sql
+    if query.prepare is not None:
+        query.prepare(con)
     sid = resolve_search(con, search) if search else None
     return run_sql(con, sql, {"search": sid})
 
