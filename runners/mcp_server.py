@@ -18,6 +18,8 @@ from typing import Any
 from typing_extensions import NotRequired, TypedDict  # pydantic needs these on Python < 3.12
 
 import msgspec
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 
 from agents.base import Proposal
 from agents.lineage import LineageView
@@ -26,7 +28,6 @@ from agents.tools import (
     TEXT_PAGE,
     EditBlock,
     LedgerTools,
-    ToolError,
 )
 from ledger import events as ev
 from ledger.errors import ArlError, ConflictError
@@ -152,8 +153,6 @@ class McpSeat:
 
 def build_server(specialist: McpSpecialist) -> Any:
     """The MCP server (mcp's MCPServer) with one tool per ledger tool."""
-    from mcp.server.mcpserver import Context, MCPServer
-
     tools = specialist.tools
     search = tools.search_id
     server = MCPServer(
@@ -184,10 +183,8 @@ def build_server(specialist: McpSpecialist) -> Any:
         try:
             return tools.call(name, {k: v for k, v in arguments.items() if v is not None},
                               caller=caller(ctx) if name == "submit" else None)
-        except ToolError:
-            raise
-        except ArlError as e:
-            raise ToolError(str(e)) from None
+        except ArlError as e:  # ToolError included: the message goes back to the client as the error
+            raise McpToolError(str(e)) from None
 
     def lineage(offset: int = 0, limit: int = TEXT_PAGE) -> dict[str, Any]:
         return run("lineage", offset=offset, limit=limit)
