@@ -113,7 +113,7 @@ def bind(task: Task, *, recipe_from: str | os.PathLike | None = None, data: str 
         raise TaskError(f"task {task.name} runs your checkout of {task.source.repository}: "
                         f"{_how_to_give(task, 'recipe_from')}")
     if where is not None:
-        bound = msgspec.structs.replace(bound, recipe_root=str(materialize(task, *where)))
+        bound = msgspec.structs.replace(bound, checkout_root=str(where[0]), recipe_root=str(materialize(task, *where)))
         check_recipe(bound, lambda key, message: _fail(f"{where[0]} ({where[1]})", key, message))
     found = locate(task.name, "data", data, recorded)
     if found is not None:
@@ -129,8 +129,8 @@ def _fail(where: str, key: str, message: str) -> None:
 def recorded_paths(task: Task) -> dict[str, str]:
     """What a search records so that every worker can find the checkout and the data."""
     paths: dict[str, str] = {}
-    if task.source is not None and task.recipe_root:
-        paths["recipe_from"] = str(Path(task.recipe_root).resolve())
+    if task.checkout_root:
+        paths["recipe_from"] = task.checkout_root
     if task.data_root:
         paths["data"] = task.data_root
     return paths

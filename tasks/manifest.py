@@ -170,7 +170,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     declared: list[Rule] = []
     #: Filled in by the loader, not read from the file.
     root: str = ""
-    #: Filled in by ``tasks.adapters.bind``: the materialized base program and the user's data.
+    #: Filled in by ``tasks.adapters.bind``: the user's checkout, the base program
+    #: materialized from it, and the user's data folder.
+    checkout_root: str = ""
     recipe_root: str = ""
     data_root: str = ""
 

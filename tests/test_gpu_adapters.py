@@ -17,7 +17,7 @@ import pytest
 from ledger.events import Label
 from runners.evaluate import evaluate_folder
 from runners.taskcheck import check_task
-from tasks.adapters import bind, device_sets, parse_devices, pin_violation
+from tasks.adapters import bind, device_sets, parse_devices, pin_violation, recorded_paths
 from tasks.manifest import TaskError
 from tasks.registry import resolve
 
@@ -320,8 +320,10 @@ def test_paths_come_from_the_environment_or_the_config_file(tmp_path, cache, mon
     assert (bound.recipe_dir / "airbench96_faster.py").is_file() and bound.data_root == str(data.resolve())
     # A worker finds them in what the search recorded, even without either.
     monkeypatch.setenv("ARL_CONFIG", "")
-    again = bind(resolve("airbench96"), recorded={"recipe_from": str(checkout), "data": str(data)})
+    assert recorded_paths(bound) == {"recipe_from": str(checkout.resolve()), "data": str(data.resolve())}
+    again = bind(resolve("airbench96"), recorded=recorded_paths(bound), need_recipe=False)
     assert again.recipe_dir == bound.recipe_dir  # same content, same materialized program
+    assert bind(resolve("airbench96"), need_recipe=False).recipe_dir == resolve("airbench96").recipe_dir
 
 
 # -- nanochat: the depth is the task -----------------------------------------------------------------
