@@ -1,15 +1,14 @@
 """The forensics commands of ``arl``: sql, query, export, import, report.
 
 Each is a thin shell over one library function. :func:`register` adds them to
-the main ``arl`` parser; ``python -m queries.cli`` runs them on their own.
+the main ``arl`` parser (``runners.cli``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
 from pathlib import Path
 
 from ledger import ArlError, Ledger
@@ -81,6 +80,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from queries.export import export
 
+    if args.format in ("prov", "ro-crate"):
+        return _export_provenance(args)
     with Ledger.open(args.store, create=False) as ledger:
         con = _connect(args, ledger)
     try:
@@ -89,6 +90,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         con.close()
     for path, rows in written:
         print(f"{path}  ({rows:,} rows)")
+    return 0
+
+
+def _export_provenance(args: argparse.Namespace) -> int:
+    from queries.export import export
+    from queries.provenance import export_prov, export_ro_crate
+    from runners.search import find_search
+
+    with Ledger.open(args.store, create=False) as ledger:
+        search = find_search(ledger, args.search) if args.search else None
+        if args.format == "prov":
+            for path in export_prov(ledger, args.dir, search):
+                print(path)
+            return 0
+        con = _connect(args, ledger)
+        with tempfile.TemporaryDirectory(prefix="arl-crate-") as staging:
+            try:
+                tables = [p for p, _ in export(con, "parquet", Path(staging))]
+            finally:
+                con.close()
+            print(export_ro_crate(ledger, args.dir, search, tables=tables))
     return 0
 
 
@@ -144,8 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _cache_arg(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("export", help="write every view as Parquet, or every event as NDJSON")
-    p.add_argument("format", choices=("parquet", "ndjson"))
+    p = sub.add_parser("export", help="every view as Parquet, every event as NDJSON, W3C PROV, or an RO-Crate")
+    p.add_argument("format", choices=("parquet", "ndjson", "prov", "ro-crate"))
+    p.add_argument("--search", metavar="S", help="prov / ro-crate: one search (default: every search)")
     p.add_argument("dir", metavar="DIR", type=Path, help="folder to write into (created if missing)")
     _store_arg(p)
     _cache_arg(p)
@@ -169,33 +192,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_arg(p)
     _cache_arg(p)
     p.set_defaults(func=cmd_report)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arl", description="arl forensics: SQL, reports, import")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    try:
-        return func(args)
-    except ArlError as e:
-        print(f"arl: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("arl: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,3 +74,20 @@ def test_ro_crate_holds_prov_tables_and_kept_programs(searched):
         assert f"programs/{row.trial_id}/" in ids
         assert (out / "programs" / row.trial_id / "train.py").is_file()
     assert json.loads(metadata.read_text())["@graph"]
+
+
+def test_export_commands(searched, tmp_path):
+    import subprocess
+    import sys
+
+    url, search, _ = searched
+    arl = [sys.executable, "-m", "runners.cli", "export"]
+    prov = subprocess.run([*arl, "prov", str(tmp_path / "p"), "--store", url, "--search", search[:8]],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert prov.returncode == 0, prov.stderr
+    assert ProvDocument.deserialize(source=str(tmp_path / "p" / "prov.json"), format="json").get_records()
+    crate = subprocess.run([*arl, "ro-crate", str(tmp_path / "c"), "--store", url],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert crate.returncode == 0, crate.stderr
+    ids = {e.id for e in ROCrate(str(tmp_path / "c")).get_entities()}
+    assert {"tables/trials.parquet", "tables/events.parquet", "provenance/prov.provn"} <= ids
