@@ -48,16 +48,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from runners.worker import Worker
 
-    devices = [d for d in (args.devices or "").split(",") if d]
-    if devices and len(devices) < args.slots:
-        raise ArlError(f"--devices lists {len(devices)} device(s) for {args.slots} slots; "
-                       "give one device per slot")
+    from tasks.adapters import device_sets, parse_devices
+
+    devices = parse_devices(args.devices) if args.devices else []
+    # Each slot gets a disjoint set of devices; --gpus-per-trial sets its size.
+    sets = device_sets(devices, args.gpus_per_trial)[: args.slots] if devices else []
+    if devices and len(sets) < args.slots:
+        raise ArlError(f"--devices {args.devices} gives {len(sets)} set(s) of {args.gpus_per_trial} "
+                       f"for {args.slots} slots; add devices or lower --slots")
     with Ledger.open(args.store) as ledger:
         stop = threading.Event()
         workers = [
             Worker(ledger, name=f"{args.name}/{i}" if args.slots > 1 else args.name,
-                   max_attempts=args.max_attempts,
-                   env={"CUDA_VISIBLE_DEVICES": devices[i]} if devices else None)
+                   max_attempts=args.max_attempts, devices=sets[i] if sets else None)
             for i in range(args.slots)
         ]
 
@@ -69,7 +72,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, shut_down)
         print(f"arl worker {args.name}: {args.slots} slot(s) on {ledger.url.display()}"
-              + (f", devices {','.join(devices[:args.slots])}" if devices else "")
+              + (f", devices {' '.join(','.join(d) for d in sets)}" if sets else "")
               + "; Ctrl-C or SIGTERM stops", file=sys.stderr)
         threads = [
             threading.Thread(
@@ -132,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trials=args.trials, workers=args.workers, agents=args.agents,
         lineage=args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
         llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
+        recipe_from=args.recipe_from, data=args.data,
     )
     with Ledger.open(args.store) as ledger:
         summary = run_search(ledger, args.task, config, name=args.name, resume=args.resume)
@@ -254,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="claims of a trial before a lost runner counts as infra_error")
     p.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
     p.add_argument("--devices", metavar="0,1,…",
-                   help="accelerators, one per slot: each slot's recipes see only theirs "
-                        "(CUDA_VISIBLE_DEVICES)")
+                   help="accelerators to use (e.g. 0,1,2,3 or 0-7): each slot gets its own, "
+                        "exposed to recipes as CUDA_VISIBLE_DEVICES; no GPU serves two trials")
+    p.add_argument("--gpus-per-trial", type=int, default=1,
+                   help="with --devices: GPUs per slot (a slot runs only tasks needing that many)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run", help="run a search: specialists propose, workers run, the ledger records")
@@ -276,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--llm-model", help="model name to ask for")
     p.add_argument("--inbox", metavar="FOLDER", help="folder watched for proposal files (--agents inbox)")
+    p.add_argument("--recipe-from", metavar="PATH",
+                   help="adapter tasks: your checkout of the recipe (else ARL_RECIPE_FROM_<TASK>, arl.toml)")
+    p.add_argument("--data", metavar="PATH", help="adapter tasks: your data folder (else ARL_DATA_<TASK>, arl.toml)")
     p.add_argument("--budget-tokens", type=int, metavar="N",
                    help="stop cleanly once the search's recorded model usage reaches N tokens")
     p.add_argument("--turns", type=int, default=8, help="turn limit of one agentic session (default 8)")

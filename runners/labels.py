@@ -13,6 +13,7 @@ from tasks.evaluation import Evaluation, SeedRun
 
 #: When several checks fail, the label of the most fundamental failure wins.
 _CHECK_PRIORITY = (
+    Label.ILLEGAL_EDIT,  # e.g. a logged model depth the task pins: worse than any overrun
     Label.DIVERGED,
     Label.TRAIN_BUDGET_OVERRUN,
     Label.EVAL_BUDGET_OVERRUN,

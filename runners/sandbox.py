@@ -85,6 +85,7 @@ def run_process(
     hidden: Sequence[Path] = (),
     tail_bytes: int = 8192,
     cancel: threading.Event | None = None,
+    devices: bool = False,
 ) -> Process:
     """Run ``argv`` in ``cwd`` (which is writable) and measure it from outside.
 
@@ -95,7 +96,7 @@ def run_process(
     bwrap = bwrap_path()
     sandbox = "none"
     if bwrap is not None:
-        argv = _bwrap_argv(bwrap, argv, cwd, writable, readable, hidden)
+        argv = _bwrap_argv(bwrap, argv, cwd, writable, readable, hidden, devices=devices)
         sandbox = "bwrap"
     started = time.monotonic()
     # Output goes to anonymous files outside the workspace: the recipe cannot see them.
@@ -202,8 +203,13 @@ def _bwrap_argv(
     writable: Sequence[Path],
     readable: Sequence[Path],
     hidden: Sequence[Path],
+    *,
+    devices: bool = False,
 ) -> list[str]:
-    args = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+    # A minimal /dev hides GPUs; with devices the host's /dev is bound (CUDA_VISIBLE_DEVICES
+    # still limits the recipe to its slot's GPUs).
+    dev = ["--dev-bind", "/dev", "/dev"] if devices else ["--dev", "/dev"]
+    args = [bwrap, "--ro-bind", "/", "/", *dev, "--proc", "/proc",
             "--tmpfs", "/tmp", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent"]
     for path in hidden:

@@ -30,6 +30,7 @@ from ledger.projections import Projector, SearchRow, State
 from ledger.store import Ledger
 from runners.submit import record_rejection, start_search, submit
 from runners.worker import Worker
+from tasks.adapters import bind, recorded_paths
 from tasks.manifest import Task
 from tasks.registry import resolve
 
@@ -45,6 +46,9 @@ class SearchConfig(msgspec.Struct, kw_only=True):
     llm_url: str | None = None
     llm_model: str | None = None
     inbox: str | None = None
+    #: Adapter tasks: the user's checkout and data folder (recorded, so workers find them).
+    recipe_from: str | None = None
+    data: str | None = None
     #: Stop cleanly once the search's recorded model usage reaches this many tokens (None: no limit).
     budget_tokens: int | None = None
     #: Turn limit of one agentic session.
@@ -185,7 +189,7 @@ class Search:
         started = ledger.stream(search_id)[0]
         config = msgspec.convert({k: v for k, v in started.config.items()
                                   if k in SearchConfig.__struct_fields__}, SearchConfig)
-        task = resolve(started.config.get("task_path") or started.task)
+        task = bind(resolve(started.config.get("task_path") or started.task), recorded=started.config)
         if task.digest() != started.task_digest:
             raise SearchError(
                 f"task {task.name} changed since search {search_id[:8]} started; "
@@ -410,7 +414,9 @@ def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str
     if resume:
         search = Search.resume(ledger, resume, out=out)
     else:
-        search = Search.start(ledger, resolve(task_ref), config, name=name, out=out)
+        task = bind(resolve(task_ref), recipe_from=config.recipe_from, data=config.data)
+        config = msgspec.structs.replace(config, **recorded_paths(task))
+        search = Search.start(ledger, task, config, name=name, out=out)
     print(f"search {search.search_id[:8]} on {search.task.name}: {search.config.trials} trials, "
           f"{search.config.workers} worker(s), agents {search.config.agents}, "
           f"lineage {'on' if search.config.lineage else 'off'}", file=out)

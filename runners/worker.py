@@ -19,7 +19,6 @@ to the queue; after ``max_attempts`` they are labelled ``infra_error``.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import threading
 import time
@@ -41,6 +40,7 @@ from runners.labels import label_evaluation, label_runs
 from runners.sandbox import run_process
 from tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
+from tasks.adapters import bind, gpu_env, pin_violation
 from tasks.manifest import Task
 from tasks.registry import resolve
 
@@ -69,7 +69,7 @@ class Worker:
         max_attempts: int = 3,
         lease_s: float | None = None,
         heartbeat_s: float | None = 5.0,
-        env: dict[str, str] | None = None,
+        devices: Sequence[str] | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
     ) -> None:
@@ -79,8 +79,9 @@ class Worker:
         self.lease_s = lease_s
         #: Seconds between lease renewals while a trial runs (None: no heartbeats).
         self.heartbeat_s = heartbeat_s
-        #: Extra environment for recipes (e.g. CUDA_VISIBLE_DEVICES of this slot).
-        self.env = dict(env or {})
+        #: The accelerators of this slot; recipes see only these (CUDA_VISIBLE_DEVICES).
+        self.devices = list(devices or [])
+        self.env = gpu_env(self.devices) if self.devices else {}
         #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
         self.release = threading.Event()
         self.work_dir = work_dir
@@ -88,6 +89,7 @@ class Worker:
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
         self._tasks: dict[str, _Loaded] = {}
         self._started: dict[str, ev.SearchStarted] = {}
+        self._programs: dict[str, Program] = {}
         self._stop = threading.Event()
 
     # -- the loop --------------------------------------------------------------------
@@ -112,6 +114,8 @@ class Worker:
         if self._expire_leases():
             state = self.projector.catch_up()  # the expired trials are back in the queue
         for trial in list(state.queue):
+            if not self._fits(trial):
+                continue  # it needs another number of GPUs than this slot has
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
@@ -119,6 +123,15 @@ class Worker:
             self.execute(trial, claimed)
             return True
         return False
+
+    def _fits(self, trial: str) -> bool:
+        row = self.projector.state.trials[trial]
+        search = self.projector.state.searches.get(row.search_id)
+        try:
+            needs = self._load(search.task if search else "", row.search_id).task.needs.gpus
+        except ArlError:
+            return True  # let execute() record why the task cannot be loaded
+        return needs == 0 or needs == len(self.devices)
 
     def _lease_for(self, trial: str) -> float:
         """Long enough for every run the trial may need, unless set explicitly."""
@@ -238,7 +251,8 @@ class Worker:
         key = search_id
         if key not in self._tasks:
             started = self._search_started(search_id)
-            task = resolve(started.config.get("task_path") or task_ref)
+            task = bind(resolve(started.config.get("task_path") or task_ref),
+                        recorded=started.config, need_recipe=False)
             if expect_digest and task.digest() != expect_digest:
                 raise ArlError(
                     f"task {task.name} at {task.root} changed since the search started "
@@ -256,10 +270,13 @@ class Worker:
             if (other.search_id == proposed.search_id and other.seq < proposed.seq
                     and other.program_digest == submitted.program_digest):
                 return Label.DUPLICATE, f"same program as trial {other.seq} ({other.trial_id[:8]})"
-        base = read_folder(task.recipe_dir)
+        base = self._protected_reference(task, proposed)
         for path in sorted(program.keys() | base.keys()):
             if task.is_protected(path) and program.get(path) != base.get(path):
                 return Label.ILLEGAL_EDIT, f"protected file {path} differs from the task's"
+        pinned = pin_violation(task, program)
+        if pinned is not None:
+            return pinned
         for path, data in sorted(program.items()):
             if path.endswith(".py"):
                 try:
@@ -272,6 +289,17 @@ class Worker:
         if cap is not None and code_bytes > cap:
             return Label.SIZE_VIOLATION, f"code alone is {code_bytes} B, over the {cap} B artifact cap"
         return None
+
+    def _protected_reference(self, task: Task, proposed: ev.TrialProposed) -> Program:
+        """What protected files must equal: the search's baseline program (the task's recipe
+        for the baseline itself), so a worker needs no checkout of an adapter task."""
+        if proposed.seq > 0:
+            baseline = self.projector.state.trials.get(ev.trial_id(proposed.search_id, 0))
+            if baseline is not None and baseline.program_digest:
+                if baseline.program_digest not in self._programs:
+                    self._programs[baseline.program_digest] = get_program(self.ledger, baseline.program_digest)
+                return self._programs[baseline.program_digest]
+        return read_folder(task.recipe_dir) if task.recipe_dir.is_dir() else {}
 
     def _run_seeds(self, loaded: _Loaded, program: Program, seeds: Sequence[int], root: Path) -> list[SeedRun]:
         task, data = loaded.task, loaded.data
@@ -287,7 +315,7 @@ class Worker:
                 env={**self.env, "ARL_DATA": str(data.train), "ARL_OUT": str(out),
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 writable=[out], readable=[data.train], hidden=self._hidden(data),
-                cancel=self.release,
+                cancel=self.release, devices=bool(self.devices),
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
@@ -313,7 +341,7 @@ class Worker:
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
                 threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
                 writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
-                hidden=hidden,
+                hidden=hidden, devices=bool(self.devices),
             )
 
         ctx = EvalContext(task=task, runs=runs, heldout=data.heldout, train_data=data.train,

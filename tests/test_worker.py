@@ -207,3 +207,27 @@ def test_a_recipe_cannot_cheat_its_way_to_a_better_outcome(task, sqlite_url):
     # Same constants as the baseline → the same score, whatever the recipe claimed.
     assert labels[1].label is Label.DISCARD
     assert labels[1].score == pytest.approx(labels[0].score)
+
+
+def test_gpu_trials_go_to_a_slot_with_that_many_devices(tmp_path, sqlite_url):
+    import shutil
+
+    folder = tmp_path / "gpu-tiny"
+    shutil.copytree(TINY, folder)
+    manifest = folder / "task.toml"
+    manifest.write_text(manifest.read_text().replace("[run]", "[needs]\ngpus = 2\n\n[run]", 1))
+    recipe = folder / "recipe" / "train.py"
+    recipe.write_text(recipe.read_text().replace(
+        "    print(f\"fitted w={w:.4f}\")",
+        "    print(f\"fitted w={w:.4f}\")\n    print('devices', os.environ.get('CUDA_VISIBLE_DEVICES'))"))
+    task = load_task(folder)
+    with Ledger.open(sqlite_url) as ledger:
+        search = start_search(ledger, task, name="gpu")
+        trial = submit(ledger, task, search, 0, agent="baseline", surface="",
+                       program=read_folder(task.recipe_dir), seeds=(0,))
+        assert Worker(ledger, name="cpu-only").run(exit_when_idle=True) == 0
+        assert Worker(ledger, name="one-gpu", devices=["3"]).run(exit_when_idle=True) == 0
+        assert Worker(ledger, name="two-gpus", devices=["4", "5"]).run(exit_when_idle=True) == 1
+        run = next(e for e in ledger.stream(trial) if isinstance(e, ev.RunFinished))
+        claim = next(e for e in ledger.stream(trial) if isinstance(e, ev.TrialClaimed))
+    assert claim.runner == "two-gpus" and "devices 4,5" in run.stdout_tail
