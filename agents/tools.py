@@ -410,15 +410,22 @@ class LedgerTools:
 
     def wait(self, trial: str, timeout_s: float = 300.0) -> dict[str, Any]:
         deadline = time.monotonic() + min(max(timeout_s, 0.0), MAX_WAIT_S)
+        early = str(trial).strip().lower() in ("baseline", "best")  # may not exist yet: wait for it too
         while True:
             with self._lock:
                 state = self._current()
-                row = self._trial(trial, waiting=True)
-            if row.label is not None:
+                try:
+                    row: TrialRow | None = self._trial(trial, waiting=True)
+                except ToolError:
+                    if not early:
+                        raise
+                    row = None
+            if row is not None and row.label is not None:
                 return {**_trial_json(row), "timed_out": False}
             left = deadline - time.monotonic()
             if left <= 0:
-                return {**_trial_json(row), "timed_out": True}
+                return {**(_trial_json(row) if row else {"trial": trial, "status": "not proposed yet"}),
+                        "timed_out": True}
             self.ledger.wait(state.position, min(left, 5.0))
 
     # -- internals ---------------------------------------------------------------------------------

@@ -185,3 +185,35 @@ def test_a_remote_client_over_streamable_http(search, tmp_path):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def test_a_search_with_mcp_specialists_runs_their_trials_and_stops_at_the_budget(tmp_path, monkeypatch):
+    """`arl run --agents mcp`: the driver measures the baseline, runs workers and stops at the budget."""
+    from runners.mcp_server import McpSpecialist
+    from runners.search import Search, SearchConfig
+
+    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
+    with Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
+        search = Search.start(ledger, load_task(TINY), SearchConfig(trials=2, workers=1, agents="mcp"),
+                              name="mcp-run", out=open(os.devnull, "w"))
+        driver = threading.Thread(target=search.run, daemon=True)
+        driver.start()
+        tools = McpSpecialist(ledger, search.search_id, "fit").tools
+        assert tools.wait("baseline", timeout_s=120)["label"] == "baseline"
+        first = tools.submit("fit the slope honestly", edits=_edits(HONEST))
+        assert tools.wait(first["trial_id"], timeout_s=300)["label"] == "keep"
+        second = tools.submit("less jitter", edits=_edits(
+            [{"file": "train.py", "search": "NOISE = 0.01", "replace": "NOISE = 0.0"}]))
+        assert tools.wait(second["trial_id"], timeout_s=300)["label"] is not None
+        driver.join(120)
+        assert not driver.is_alive()
+        stopped = ledger.stream(search.search_id)[-1]
+        assert isinstance(stopped, ev.SearchStopped) and stopped.reason == "trial budget spent"
+        with pytest.raises(Exception, match="has stopped"):
+            tools.submit("one more", edits=_edits(HONEST))
+
+
+def _edits(edits: list[dict]) -> list:
+    from agents.tools import EditBlock
+
+    return [msgspec.convert(e, EditBlock) for e in edits]
