@@ -75,12 +75,12 @@ def _train(task: Task, program: Path, work: Path, seed: int, train_s: float) -> 
     return SeedRun(seed=seed, process=proc, workspace=str(workspace), out=str(out))
 
 
-def _evaluate(task: Task, runs: list[SeedRun], scratch: Path):
+def _evaluate(task: Task, runs: list[SeedRun], scratch: Path, heldout: Path | None = None):
     cache = _cache(task)
     scratch.mkdir()
     run = functools.partial(run_process, memory_mb=task.budgets.memory_mb, threads=1, hidden=[cache],
                             readable=[cache / "train"], writable=[scratch])
-    ctx = EvalContext(task=task, runs=runs, heldout=cache / "heldout", train_data=cache / "train",
+    ctx = EvalContext(task=task, runs=runs, heldout=heldout or cache / "heldout", train_data=cache / "train",
                       run=run, scratch=scratch)
     return _module(task.folder / "evaluator.py").evaluate(ctx)
 
@@ -190,42 +190,52 @@ def test_airbench_data_is_a_shuffled_cifar_split(airbench):
 @pytest.fixture(scope="module")
 def golf_run(golf, tmp_path_factory) -> SeedRun:
     work = tmp_path_factory.mktemp("golf")
-    return _train(golf, _program(golf, work / "program"), work, seed=0, train_s=9)
+    return _train(golf, _program(golf, work / "program"), work, seed=0, train_s=12)
 
 
 def test_golf_base_program_scores_and_passes_every_check(golf, golf_run, tmp_path):
     ev = _evaluate(golf, [golf_run], tmp_path / "scratch")
     checks = _checks(ev)
-    assert set(checks) == {"train_s", "eval_s", "finite", "normalised", "causal", "artifact_bytes"}
+    assert set(checks) == {"train_s", "eval_s", "harness", "finite", "normalised", "causal", "artifact_bytes"}
     assert not ev.failed, ev.failed
-    assert 2.0 < ev.score < 8.0 and ev.per_seed == {0: ev.score}  # a few seconds of training: > 3 bits
+    # A few seconds of training (fewer on a busy machine): between a uniform guess (8 bits) and gzip.
+    assert 3.0 < ev.score < 9.0 and ev.per_seed == {0: ev.score}
     assert ev.metrics["val_bpb"] == ev.score
     assert 0 < checks["artifact_bytes"].value <= golf.gates.artifact_bytes
     assert checks["artifact_bytes"].fails_as == Label.SIZE_VIOLATION
     assert checks["eval_s"].fails_as == Label.EVAL_BUDGET_OVERRUN
 
 
-def _reevaluate(task: Task, run: SeedRun, tmp_path: Path, edits: list[tuple[str, str]]):
+@pytest.fixture
+def short_val(golf, tmp_path) -> Path:
+    """The first 20 KB of the validation text: enough to see a check fail, and fast."""
+    folder = tmp_path / "heldout"
+    folder.mkdir()
+    (folder / "val.txt").write_bytes((_cache(golf) / "heldout" / "val.txt").read_bytes()[:20_000])
+    return folder
+
+
+def _reevaluate(task: Task, run: SeedRun, tmp_path: Path, heldout: Path, edits: list[tuple[str, str]]):
     """Evaluate the trained weights of ``run`` with a changed program (same weights)."""
     program = _program(task, tmp_path / "program", edits=edits)
-    return _evaluate(task, [msgspec.structs.replace(run, workspace=str(program))], tmp_path / "scratch")
+    return _evaluate(task, [msgspec.structs.replace(run, workspace=str(program))], tmp_path / "scratch", heldout)
 
 
-def test_golf_catches_unnormalised_distributions(golf, golf_run, tmp_path):
-    ev = _reevaluate(golf, golf_run, tmp_path, [("F.log_softmax(model(", "0.05 + F.log_softmax(model(")])
+def test_golf_catches_unnormalised_distributions(golf, golf_run, tmp_path, short_val):
+    ev = _reevaluate(golf, golf_run, tmp_path, short_val, [("F.log_softmax(model(", "0.1 + F.log_softmax(model(")])
     failed = {c.name: c for c in ev.failed}
     assert list(failed) == ["normalised"] and failed["normalised"].fails_as == Label.GATE_MISS
-    assert failed["normalised"].value > 0.05
+    assert failed["normalised"].value > 0.1  # e^0.1 - 1
 
 
-def test_golf_catches_peeking_at_later_bytes(golf, golf_run, tmp_path):
-    ev = _reevaluate(golf, golf_run, tmp_path, [("is_causal=True", "is_causal=False")])
+def test_golf_catches_peeking_at_later_bytes(golf, golf_run, tmp_path, short_val):
+    ev = _reevaluate(golf, golf_run, tmp_path, short_val, [("is_causal=True", "is_causal=False")])
     assert [c.name for c in ev.failed] == ["causal"] and ev.failed[0].fails_as == Label.GATE_MISS
 
 
-def test_golf_counts_the_artifact_against_the_cap(golf, golf_run, tmp_path):
+def test_golf_counts_the_artifact_against_the_cap(golf, golf_run, tmp_path, short_val):
     tight = msgspec.structs.replace(golf, gates=msgspec.structs.replace(golf.gates, artifact_bytes=100_000))
-    ev = _evaluate(tight, [golf_run], tmp_path / "scratch")
+    ev = _evaluate(tight, [golf_run], tmp_path / "scratch", short_val)
     assert [c.name for c in ev.failed] == ["artifact_bytes"]
     assert ev.failed[0].fails_as == Label.SIZE_VIOLATION
 

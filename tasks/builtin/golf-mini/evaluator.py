@@ -73,6 +73,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
             note("harness", 1.0, f"seed {run.seed}: log_probs has shape {lp.shape}, "
                  f"expected ({len(val)}, 256)")
             continue
+        note("harness", 0.0, "")
         bits, norm_err, finite = _score(lp, val)
         note("finite", 0.0 if finite else 1.0, f"seed {run.seed}")
         note("normalised", norm_err, f"seed {run.seed}: largest |sum(p) - 1| over {len(val)} rows")
