@@ -135,7 +135,7 @@ def _no_network(*args, **kwargs):
 
 def test_redrive_with_recorded_llm_replies(sqlite_url, llama_server, monkeypatch):
     with Ledger.open(sqlite_url) as ledger:
-        config = SearchConfig(trials=3, workers=1, agents="llm", llm_url=llama_server.url,
+        config = SearchConfig(trials=2, workers=1, agents="llm", llm_url=llama_server.url,
                               llm_model=llama_server.model, seed=0)
         summary = run_search(ledger, str(TINY), config, out=io.StringIO())
         monkeypatch.setattr(httpx.Client, "send", _no_network)
