@@ -44,7 +44,7 @@ TIME_MARGIN_S = 3.0
 
 # --- artifact and evaluation -----------------------------------------------------
 WEIGHT_FORMAT = "int8"  # "float16", or "int8": one absmax scale per row
-EVAL_STRIDE = 128       # score this many bytes per window (< CONTEXT: overlapping windows)
+EVAL_STRIDE = 128       # score this many bytes per window (< CONTEXT: overlapping windows, slower)
 EVAL_BATCH = 64
 
 
