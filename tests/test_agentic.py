@@ -36,7 +36,6 @@ from queries import QueryError, connect, run_named, run_sql
 from runners.search import Search, SearchConfig
 from tasks.manifest import load_task
 from tests.test_agents_llm import Reply, ScriptedServer
-from tests.test_llm_server import SERVER_START_S, LocalServer, _free_port, _need_llama, fetch_model
 
 TINY = Path(__file__).resolve().parent / "tasks" / "tiny"
 USAGE = {"prompt_tokens": 300, "completion_tokens": 66, "total_tokens": 366}
@@ -218,8 +217,12 @@ def test_a_session_is_re_driven_from_its_transcript_without_the_model(server, tm
 
 
 @pytest.fixture(scope="module")
-def tool_server(tmp_path_factory) -> Iterator[LocalServer]:
+def tool_server(tmp_path_factory) -> Iterator:
     """llama.cpp's server with SmolLM2, its chat template set up for OpenAI tool calls."""
+    # The llm backend's test module owns the model download and the server checks; imported here,
+    # not at the top, so the scripted tests above never depend on it.
+    from tests.test_llm_server import SERVER_START_S, LocalServer, _free_port, _need_llama, fetch_model
+
     _need_llama()
     model = fetch_model()
     port = _free_port()
