@@ -40,7 +40,7 @@ BETA2 = 0.999
 GRAD_CLIP = 1.0
 
 # --- time: stop early enough to save the weights before the outside timer ends ---
-TIME_MARGIN_S = 3.0
+TIME_MARGIN_S = 4.0
 
 # --- artifact and evaluation -----------------------------------------------------
 WEIGHT_FORMAT = "int8"  # "float16", or "int8": one absmax scale per row
