@@ -128,8 +128,8 @@ def train(data, seed, budget_s):
 def save(model, out):
     """Write the weights compressed; their bytes count against the artifact cap."""
     packed = {}
-    for name, w in model.state_dict().items():
-        w = w.float()
+    for name, w in model.named_parameters():  # a tied head is stored once, as the embedding
+        w = w.detach().float()
         if WEIGHT_FORMAT == "int8" and w.dim() == 2:
             scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
             packed[name] = ((w / scale).round().to(torch.int8), scale.half())
@@ -144,6 +144,8 @@ def load(out):
     packed = torch.load(io.BytesIO(lzma.decompress((Path(out) / "model.xz").read_bytes())))
     state = {name: (v[0].float() * v[1].float() if isinstance(v, tuple) else v.float())
              for name, v in packed.items()}
+    if TIE_EMBEDDINGS:
+        state["head.weight"] = state["embed.weight"]
     model = ByteLM()
     model.load_state_dict(state)
     return model.eval()
