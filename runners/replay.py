@@ -275,6 +275,9 @@ def redrive(ledger: Ledger, search_ref: str) -> RedriveReport:
         view = build_view(state, search_id, specialist=specialist.name, surface=specialist.surface.name,
                           metric=task.objective.metric, program_of=search.program_of,
                           lineage=config.lineage)
+        tools = getattr(specialist, "tools", None)
+        if tools is not None:
+            tools.pin(state)  # an agentic session reads the ledger as it was then
         again = specialist.propose(view)
         problems = _compare(proposal, again, submitted.get(proposal.originator_id), search)
         if problems:
@@ -286,15 +289,34 @@ def redrive(ledger: Ledger, search_ref: str) -> RedriveReport:
 
 def _team(task: Task, config: SearchConfig, search: Search, proposals: list[ev.TrialProposed],
           ledger: Ledger) -> Iterable:
+    """The search's specialists, with recorded model calls in place of the model."""
+    calls: dict[str, list[str]] = {}
+    for p in sorted(proposals, key=lambda p: p.seq):
+        if p.agent_call_digest:
+            calls.setdefault(p.agent, []).append(p.agent_call_digest)
     if config.agents == "llm":
         from agents.llm import LLMSpecialist, ReplayClient
 
-        calls: dict[str, list[str]] = {}
-        for p in sorted(proposals, key=lambda p: p.seq):
-            if p.agent_call_digest:
-                calls.setdefault(p.agent, []).append(p.agent_call_digest)
         return [LLMSpecialist(s.name, s, task, ReplayClient(ledger.get_blob, calls.get(s.name, [])),
                               ledger.put_blob) for s in task.surfaces]
+    if config.agents == "agentic":
+        from agents.agentic import AgenticSpecialist, TranscriptReplay
+        from agents.tools import LedgerTools
+
+        return [
+            AgenticSpecialist(
+                s.name, s, task, TranscriptReplay(ledger.get_blob, calls.get(s.name, [])),
+                ledger.put_blob,
+                LedgerTools(ledger, task, search.search_id, specialist=s.name, surface=s,
+                            lineage=config.lineage, backend=AgenticSpecialist.backend,
+                            projector=search.projector),
+                turns=config.turns,
+            )
+            for s in task.surfaces
+        ]
+    if config.agents in ("mcp", "inbox"):
+        raise ReplayError(f"proposals of a --agents {config.agents} search come from outside arl; "
+                          "their files or calls are on the record, but there is nothing to re-drive")
     return build_team(task, config, search)
 
 

@@ -24,7 +24,7 @@ from agents.base import Proposal, Specialist
 from agents.lineage import build_view
 from agents.usage import TokenMeter
 from ledger import events as ev
-from ledger.errors import ArlError
+from ledger.errors import ArlError, ConflictError
 from ledger.programs import get_program, put_program, read_folder
 from ledger.projections import Projector, SearchRow, State
 from ledger.store import Ledger
@@ -309,7 +309,16 @@ class Search:
         return False
 
     def _record(self, state: State, p: Proposal, seen_position: int) -> None:
+        """Record a proposal at the next free seq (an MCP client may have taken one meanwhile)."""
         seq = max((r.seq for r in state.trials_of(self.search_id)), default=0) + 1
+        for _ in range(20):
+            try:
+                return self._record_at(state, p, seen_position, seq)
+            except ConflictError:
+                seq += 1
+        raise SearchError(f"could not find a free trial number after {seq} in search {self.search_id[:8]}")
+
+    def _record_at(self, state: State, p: Proposal, seen_position: int, seq: int) -> None:
         common = dict(agent=p.agent, surface=p.surface, parents=p.parents, hypothesis=p.hypothesis,
                       expected_delta=p.expected_delta, backend=p.backend,
                       agent_call_digest=p.agent_call_digest, seen_position=seen_position)

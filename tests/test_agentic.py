@@ -289,3 +289,16 @@ def test_agentic_sessions_against_smollm2_are_each_recorded_and_labelled(tool_se
             # The loop survived whatever came back; show what that was (pytest -rA prints it).
             print(f"#{seq} {proposed.agent}: {labels[0].label.value} — {transcript.outcome[:100]} — tools "
                   + ", ".join(f"{t.name or '(none)'}{'!' if t.error else ''}" for t in transcript.tool_calls))
+
+
+def test_replay_agents_re_drives_an_agentic_search(server, tmp_path):
+    from runners import replay
+
+    server.play(calls(("lineage", {}), ("read_program", {"path": "train.py"})), calls(("submit", HONEST)))
+    with Ledger.open(f"sqlite:///{tmp_path / 'l.db'}") as ledger:
+        search, _ = _run(ledger, SearchConfig(trials=1, workers=1, agents="agentic", llm_url=server.url,
+                                              llm_model="scripted"))
+        served = len(server.requests)
+        report = replay.redrive(ledger, search)
+    assert report.proposals == 1 and report.identical == 1, report.render()
+    assert len(server.requests) == served  # no model call during the re-drive
