@@ -215,6 +215,10 @@ def _bwrap_argv(
     args = [bwrap, "--ro-bind", "/", "/", *dev, "--proc", "/proc",
             "--tmpfs", "/tmp", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent"]
+    # The interpreter, its packages and an editable checkout may live under /tmp
+    # (a CI clone): keep them visible, read-only, under the fresh /tmp.
+    for path in _python_paths():
+        args += ["--ro-bind", path, path]
     for path in hidden:
         if path.exists():
             args += ["--tmpfs", str(path)]
@@ -224,3 +228,13 @@ def _bwrap_argv(
         args += ["--bind", str(path), str(path)]
     args += ["--chdir", str(cwd), "--"]
     return args + argv
+
+
+def _python_paths() -> list[str]:
+    """Folders under /tmp that the running Python needs (prefix, executable, sys.path)."""
+    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix,
+                  os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
+    keep = sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)})
+    under_tmp = [p for p in keep if p == "/tmp" or p.startswith("/tmp/")]
+    # Outermost folders only: binding a parent already exposes its children.
+    return [p for p in under_tmp if not any(p != q and p.startswith(q + "/") for q in under_tmp)]
