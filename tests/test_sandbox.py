@@ -1,0 +1,71 @@
+"""The process runner: limits enforced from outside, a scrubbed environment, hidden folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+from runners import sandbox
+from runners.sandbox import bwrap_path, run_process
+
+
+def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):
+    slow = run_process(["{python}", "-c", "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"],
+                       cwd=tmp_path, timeout_s=1, memory_mb=500)
+    assert slow.killed_for == "wallclock" and slow.signal == 9 and slow.wall_s < 10
+    hog = run_process(["{python}", "-c", "b = bytearray(700 * 2**20); import time; time.sleep(10)"],
+                      cwd=tmp_path, timeout_s=20, memory_mb=200)
+    assert hog.killed_for == "memory" and hog.peak_rss_mb > 200
+
+
+def test_cancel_stops_a_running_process(tmp_path):
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    p = run_process(["{python}", "-c", "import time; time.sleep(30)"], cwd=tmp_path, timeout_s=20,
+                    memory_mb=200, cancel=cancel)
+    assert p.killed_for == "cancelled" and p.wall_s < 10
+
+
+def test_environment_is_scrubbed_and_threads_are_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARL_STORE", "postgresql://user:secret@db/arl")
+    monkeypatch.setenv("ARL_LLM_API_KEY", "sk-secret")
+    p = run_process(["{python}", "-c", "import os; print(sorted(os.environ))"], cwd=tmp_path,
+                    timeout_s=20, memory_mb=200, threads=3, env={"ARL_SEED": "7"})
+    assert "ARL_STORE" not in p.stdout_tail and "ARL_LLM_API_KEY" not in p.stdout_tail
+    assert "'ARL_SEED'" in p.stdout_tail and "'OMP_NUM_THREADS'" in p.stdout_tail
+
+
+@pytest.mark.skipif(bwrap_path() is None and not os.environ.get("CI"), reason="bubblewrap is not installed")
+def test_bubblewrap_hides_folders_and_the_network(tmp_path):
+    secret = tmp_path / "cache" / "heldout"
+    secret.mkdir(parents=True)
+    (secret / "answers.txt").write_text("42")
+    train = tmp_path / "cache" / "train"
+    train.mkdir()
+    (train / "x.txt").write_text("train")
+    work = tmp_path / "work"
+    work.mkdir()
+    code = ("import os, socket\n"
+            "print(sorted(os.listdir(%r)))\n"
+            "try:\n    socket.create_connection(('127.0.0.1', 5432), timeout=1); print('net')\n"
+            "except OSError: print('no net')\n"
+            "try:\n    open('/etc/arl-test', 'w')\nexcept OSError: print('read-only')\n") % str(tmp_path / "cache")
+    p = run_process(["{python}", "-c", code], cwd=work, timeout_s=20, memory_mb=300,
+                    hidden=[tmp_path / "cache"], readable=[train])
+    assert p.sandbox == "bwrap" and p.exit_code == 0, p.stderr_tail
+    assert "['train']" in p.stdout_tail and "no net" in p.stdout_tail and "read-only" in p.stdout_tail
+
+
+def test_python_under_tmp_stays_visible(monkeypatch, tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    checkout = tmp_path / "clone"
+    checkout.mkdir()
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "path", [str(checkout), str(checkout / "missing"), "/usr/lib/python3"])
+    paths = sandbox._python_paths()
+    assert os.path.realpath(venv) in paths and os.path.realpath(checkout) in paths
+    assert all(p.startswith("/tmp") for p in paths)
