@@ -12,12 +12,10 @@ wallclock and every gate value (one real run through a worker).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 

@@ -200,7 +200,7 @@ ORDER BY search_name, h.search, h.hour
 
 # Tokens from each proposal's recorded call (a whole agentic session counts as one call); cost from
 # the user's price table (queries/prices.py), the "*" row pricing unlisted models; NULL when unpriced.
-_AGENT_COST = f"""
+_AGENT_COST = """
 WITH calls AS (
     SELECT a.search, a.agent, a.model, t.label,
            coalesce(a.prompt_tokens, 0) AS prompt_tokens, coalesce(a.completion_tokens, 0) AS completion_tokens,

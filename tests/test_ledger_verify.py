@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from ledger import Ledger
 from ledger.store import StoreURL

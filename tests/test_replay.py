@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import httpx
-import msgspec
 import pytest
 
 from ledger import Ledger, events as ev
@@ -18,6 +17,7 @@ from runners.search import SearchConfig, run_search
 from runners.submit import start_search, submit
 from runners.worker import Worker
 from tasks.manifest import load_task
+from tests.test_llm_server import llama_server  # noqa: F401 - the session fixture, shared with that module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -145,5 +145,3 @@ def test_redrive_with_recorded_llm_replies(sqlite_url, llama_server, monkeypatch
     assert all(calls) and report.proposals == len(calls)
     assert report.identical == report.proposals, report.render()
 
-
-from tests.test_llm_server import llama_server  # noqa: E402,F401 - session fixture shared with that module
