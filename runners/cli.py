@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trials=args.trials, workers=args.workers, agents=args.agents,
         lineage=args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
         llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
-        recipe_from=args.recipe_from, data=args.data,
+        recipe_from=args.recipe_from, data=args.data, llm_max_tokens=args.llm_max_tokens,
     )
     with Ledger.open(args.store) as ledger:
         summary = run_search(ledger, args.task, config, name=args.name, resume=args.resume)
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="SEARCH", help="continue a stopped search (id prefix or name)")
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--llm-model", help="model name to ask for")
+    p.add_argument("--llm-max-tokens", type=int, help="cap on each model reply, in tokens")
     p.add_argument("--inbox", metavar="FOLDER", help="folder watched for proposal files (--agents inbox)")
     p.add_argument("--recipe-from", metavar="PATH",
                    help="adapter tasks: your checkout of the recipe (else ARL_RECIPE_FROM_<TASK>, arl.toml)")

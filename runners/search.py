@@ -45,6 +45,8 @@ class SearchConfig(msgspec.Struct, kw_only=True):
     seed: int = 0
     llm_url: str | None = None
     llm_model: str | None = None
+    #: Cap on each model reply (tokens); the client's default when None.
+    llm_max_tokens: int | None = None
     inbox: str | None = None
     #: Adapter tasks: the user's checkout and data folder (recorded, so workers find them).
     recipe_from: str | None = None
@@ -233,6 +235,11 @@ class Search:
                   file=self.out)
         stop.set()
         self._record_stop(reason)
+        for member in self.team:  # watchers and HTTP clients end with the search
+            for part in (member, getattr(member, "client", None), getattr(member, "inbox", None)):
+                close = getattr(part, "close", None)
+                if callable(close):
+                    close()
         try:
             for t in threads:
                 while t.is_alive():
@@ -372,7 +379,7 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
 
         if not config.llm_url or not config.llm_model:
             raise SearchError("--agents llm needs --llm-url and --llm-model (key from ARL_LLM_API_KEY)")
-        client = ChatClient(config.llm_url, config.llm_model)
+        client = ChatClient(config.llm_url, config.llm_model, **_reply_cap(config))
         return [LLMSpecialist(s.name, s, task, client, search.ledger.put_blob) for s in task.surfaces]
     if config.agents == "agentic":
         from agents.agentic import agentic_team
@@ -381,7 +388,8 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
         if not config.llm_url or not config.llm_model:
             raise SearchError("--agents agentic needs --llm-url and --llm-model of a server with tool calling "
                               "(key from ARL_LLM_API_KEY)")
-        return agentic_team(task, search.ledger, search.search_id, ChatClient(config.llm_url, config.llm_model),
+        return agentic_team(task, search.ledger, search.search_id,
+                            ChatClient(config.llm_url, config.llm_model, **_reply_cap(config)),
                             projector=search.projector, lineage=config.lineage, turns=config.turns,
                             budget_tokens=config.budget_tokens)
     if config.agents == "mcp":
@@ -395,6 +403,10 @@ def build_team(task: Task, config: SearchConfig, search: Search) -> list[Special
             raise SearchError("--agents inbox needs --inbox FOLDER")
         return InboxTeam.build(task, Path(config.inbox), search)
     raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm, agentic, mcp, inbox, random or tpe")
+
+
+def _reply_cap(config: SearchConfig) -> dict[str, int]:
+    return {"max_tokens": config.llm_max_tokens} if config.llm_max_tokens else {}
 
 
 def find_search(ledger: Ledger, ref: str | None) -> str:

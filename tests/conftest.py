@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.llama import llama_server  # noqa: F401 - one real model server for the whole session
+
 PG_HOST = os.environ.get("ARL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("ARL_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("ARL_TEST_PG_USER", "postgres")

@@ -221,7 +221,7 @@ def tool_server(tmp_path_factory) -> Iterator:
     """llama.cpp's server with SmolLM2, its chat template set up for OpenAI tool calls."""
     # The llm backend's test module owns the model download and the server checks; imported here,
     # not at the top, so the scripted tests above never depend on it.
-    from tests.test_llm_server import SERVER_START_S, LocalServer, _free_port, _need_llama, fetch_model
+    from tests.llama import SERVER_START_S, LocalServer, _free_port, _need_llama, fetch_model
 
     _need_llama()
     model = fetch_model()

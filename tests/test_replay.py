@@ -17,7 +17,6 @@ from runners.search import SearchConfig, run_search
 from runners.submit import start_search, submit
 from runners.worker import Worker
 from tasks.manifest import load_task
-from tests.test_llm_server import llama_server  # noqa: F401 - the session fixture, shared with that module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -136,7 +135,7 @@ def _no_network(*args, **kwargs):
 def test_redrive_with_recorded_llm_replies(sqlite_url, llama_server, monkeypatch):
     with Ledger.open(sqlite_url) as ledger:
         config = SearchConfig(trials=2, workers=1, agents="llm", llm_url=llama_server.url,
-                              llm_model=llama_server.model, seed=0)
+                              llm_model=llama_server.model, llm_max_tokens=160, seed=0)
         summary = run_search(ledger, str(TINY), config, out=io.StringIO())
         monkeypatch.setattr(httpx.Client, "send", _no_network)
         report = replay.redrive(ledger, summary.search_id)
