@@ -64,7 +64,8 @@ def scope_violation(
             f"{', '.join(outside)}",
         )
     # Several surfaces may share a file; then the knobs say who owns which constant.
-    own = {k.name for s in mine for k in s.knobs}
+    # A surface owns its knobs and whatever its named techniques set.
+    own = {k.name for s in mine for k in s.knobs} | {n for s in mine for t in s.techniques for n in t.set}
     owners = {k.name: s.name for s in task.surfaces for k in s.knobs if k.name not in own}
     foreign = sorted(name for name in constant_changes(dict(parent), dict(child)) if name in owners)
     if foreign:

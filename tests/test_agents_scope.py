@@ -32,6 +32,7 @@ name = "opt"
 description = "optimiser"
 files = ["train.py"]
 knobs = [{ name = "LR", file = "train.py", type = "float", min = 0.0001, max = 1.0, log = true }]
+techniques = [{ name = "long_run", set = { EPOCHS = 30, LR = 0.005 } }]
 [[surfaces]]
 name = "docs"
 description = "notes"
@@ -56,12 +57,17 @@ def test_knobs_decide_ownership_inside_a_shared_file(tmp_path):
     base = {"train.py": RECIPE, "NOTES.md": b"notes\n", "data.txt": b"data\n"}
     own = dict(base, **{"train.py": set_constant(RECIPE, "LR", 0.02)})
     assert scope_violation(task, "opt", base, own) is None
-    foreign = dict(base, **{"train.py": set_constant(RECIPE, "EPOCHS", 20)})
-    label, reason = scope_violation(task, "opt", base, foreign)
-    assert label is Label.OUT_OF_SURFACE and "EPOCHS (owned by surface sched)" in reason
+    foreign = dict(base, **{"train.py": set_constant(RECIPE, "LR", 0.02)})
+    label, reason = scope_violation(task, "sched", base, foreign)
+    assert label is Label.OUT_OF_SURFACE and "LR (owned by surface opt)" in reason
+    # A technique the surface declares may set another surface's knob: the task allowed it.
+    technique = dict(base, **{"train.py": set_constant(set_constant(RECIPE, "EPOCHS", 30), "LR", 0.005)})
+    assert scope_violation(task, "opt", base, technique) is None
+    assert scope_violation(task, "sched", base, technique)[0] is Label.OUT_OF_SURFACE
     # A merge of both surfaces' keeps may touch both.
     both = dict(base, **{"train.py": set_constant(set_constant(RECIPE, "EPOCHS", 20), "LR", 0.02)})
-    assert scope_violation(task, "opt", base, both, also=("sched",)) is None
+    assert scope_violation(task, "sched", base, both)[0] is Label.OUT_OF_SURFACE
+    assert scope_violation(task, "sched", base, both, also=("opt",)) is None
 
 
 def test_other_files_and_protected_files(tmp_path):
