@@ -19,6 +19,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -84,16 +85,17 @@ class LocalServer(msgspec.Struct):
     model: str
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory) -> Iterator[LocalServer]:
+@contextmanager
+def running_server(folder: Path, *extra: str, n_ctx: int = 4096) -> Iterator[LocalServer]:
+    """Start llama.cpp's server on SmolLM2 (``extra``: more server options) and stop it after."""
     _need_llama()
     model = fetch_model()
     port = _free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
+    log = folder / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
+             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2", *extra],
             stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
         )
     url = f"http://127.0.0.1:{port}/v1"
@@ -119,3 +121,9 @@ def llama_server(tmp_path_factory) -> Iterator[LocalServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> Iterator[LocalServer]:
+    with running_server(tmp_path_factory.mktemp("llama")) as server:
+        yield server

@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 
@@ -219,43 +215,11 @@ def test_a_session_is_re_driven_from_its_transcript_without_the_model(server, tm
 @pytest.fixture(scope="module")
 def tool_server(tmp_path_factory) -> Iterator:
     """llama.cpp's server with SmolLM2, its chat template set up for OpenAI tool calls."""
-    # The llm backend's test module owns the model download and the server checks; imported here,
-    # not at the top, so the scripted tests above never depend on it.
-    from tests.llama import SERVER_START_S, LocalServer, _free_port, _need_llama, fetch_model
+    from tests.llama import running_server  # only this test needs the real model
 
-    _need_llama()
-    model = fetch_model()
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama-tools") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "8192", "--n_threads", "2",
-             "--chat_format", "chatml-function-calling"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama.cpp server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                models = httpx.get(f"{url}/models", timeout=2).json()
-                break
-            except (httpx.HTTPError, ValueError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama.cpp server not ready after {SERVER_START_S} s: "
-                                f"{log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.5)
-        yield LocalServer(url=url, model=models["data"][0]["id"])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_server(tmp_path_factory.mktemp("llama-tools"), "--chat_format", "chatml-function-calling",
+                        n_ctx=8192) as server:
+        yield server
 
 
 def test_agentic_sessions_against_smollm2_are_each_recorded_and_labelled(tool_server, tmp_path):
