@@ -52,6 +52,13 @@ _GENESIS = b"\x00" * 32
 _SCHEMA_LOCK_KEY = 0x61726C  # "arl"
 
 
+#: The help text of the one ``--store URL`` option every command takes.
+STORE_HELP = (
+    "ledger to use: sqlite:///path/ledger.db or postgresql://user@host:port/db "
+    "(default: $ARL_STORE, else .arl/ledger.db in the working directory)"
+)
+
+
 def default_store_url() -> str:
     """``ARL_STORE`` if set, else the embedded SQLite file under the working directory."""
     return os.environ.get("ARL_STORE") or f"sqlite:///{(Path.cwd() / DEFAULT_PATH)}"

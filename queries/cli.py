@@ -12,15 +12,11 @@ import tempfile
 from pathlib import Path
 
 from ledger import ArlError, Ledger
+from ledger.store import STORE_HELP
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--store",
-        metavar="URL",
-        help="ledger to use: sqlite:///path/ledger.db or postgresql://user@host:port/db "
-        "(default: $ARL_STORE, else .arl/ledger.db in the working directory)",
-    )
+    p.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:

@@ -11,17 +11,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ledger import ArlError, Ledger, __version__
-from ledger.store import hostname
+from ledger.store import STORE_HELP, hostname
 from ledger.verify import verify
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--store",
-        metavar="URL",
-        help="ledger to use: sqlite:///path/ledger.db or postgresql://user@host:port/db "
-        "(default: $ARL_STORE, else .arl/ledger.db in the working directory)",
-    )
+    p.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
