@@ -10,6 +10,7 @@ from typing import NamedTuple
 from ledger.errors import ArlError
 from ledger.events import Label
 from ledger.programs import check_path
+from tasks.adapters import pin_violation
 from tasks.manifest import Task
 
 
@@ -376,3 +377,32 @@ def constant_changes(parent: dict[str, bytes], child: dict[str, bytes]) -> dict[
             if a.get(name) != b.get(name):
                 changes[name] = (a.get(name), b.get(name))
     return changes
+
+
+def program_problems(
+    task: Task, program: Mapping[str, bytes], reference: Mapping[str, bytes]
+) -> list[tuple[str, Label, str]]:
+    """What is wrong with a program before anything runs, as (check, label, detail), in the
+    order a worker applies them: protected files that differ from ``reference``, pinned
+    lines, syntax, code alone over the artifact cap. Empty when nothing is."""
+    found: list[tuple[str, Label, str]] = []
+    for path in sorted(program.keys() | reference.keys()):
+        if task.is_protected(path) and program.get(path) != reference.get(path):
+            found.append(("protected", Label.ILLEGAL_EDIT, f"protected file {path} differs from the task's"))
+    pinned = pin_violation(task, program)
+    if pinned is not None:
+        found.append(("pinned", *pinned))
+    for path, data in sorted(program.items()):
+        if path.endswith(".py"):
+            try:
+                compile(data, path, "exec")
+            except (SyntaxError, ValueError) as e:
+                line = getattr(e, "lineno", None)
+                message = e.msg if isinstance(e, SyntaxError) else e
+                found.append(("syntax", Label.INVALID_EDIT,
+                              f"{path}{f':{line}' if line else ''}: {type(e).__name__}: {message}"))
+    cap = task.gates.artifact_bytes
+    size = sum(len(d) for d in program.values())
+    if cap is not None and size > cap:
+        found.append(("size", Label.SIZE_VIOLATION, f"code alone is {size} B, over the {cap} B artifact cap"))
+    return found

@@ -39,6 +39,7 @@ from agents.edits import (
     EditError,
     apply_search_replace,
     apply_unified_diff,
+    program_problems,
     scope_violation,
     touched,
     unified_diff,
@@ -555,27 +556,15 @@ def preflight(task: Task, surface: str, parent: Mapping[str, bytes], program: Ma
                 f"touches {', '.join(changed)}" if changed else "the edit changes nothing"))
     violation = scope_violation(task, surface, parent, program, also=also)
     out.append(("scope", violation[0] if violation else None, violation[1] if violation else "in your surface"))
-    base = read_folder(task.recipe_dir)
-    protected = [p for p in sorted(program.keys() | base.keys())
-                 if task.is_protected(p) and program.get(p) != base.get(p)]
-    out.append(("protected", Label.ILLEGAL_EDIT if protected else None,
-                f"protected file(s) differ from the task's: {', '.join(protected)}" if protected else "untouched"))
-    problems = []
-    for path, data in sorted(program.items()):
-        if path.endswith(".py"):
-            try:
-                compile(data, path, "exec")
-            except (SyntaxError, ValueError) as e:
-                line = getattr(e, "lineno", None)
-                problems.append(f"{path}{f':{line}' if line else ''}: {type(e).__name__}: "
-                                f"{e.msg if isinstance(e, SyntaxError) else e}")
-    out.append(("syntax", Label.INVALID_EDIT if problems else None, "; ".join(problems) or "compiles"))
+    problems = program_problems(task, program, read_folder(task.recipe_dir))
     cap = task.gates.artifact_bytes
     size = sum(len(d) for d in program.values())
-    over = cap is not None and size > cap
-    out.append(("size", Label.SIZE_VIOLATION if over else None,
-                f"code alone is {size} B" + (f", over the {cap} B artifact cap" if over else
-                                             f" of the {cap} B cap" if cap is not None else "")))
+    passing = {"protected": "untouched", "pinned": "pinned lines kept", "syntax": "compiles",
+               "size": f"code alone is {size} B" + (f" of the {cap} B cap" if cap is not None else "")}
+    for check, ok_detail in passing.items():
+        failed = [p for p in problems if p[0] == check]
+        out.append((check, failed[0][1] if failed else None,
+                    "; ".join(d for _, _, d in failed) if failed else ok_detail))
     return out
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 
+from agents.edits import program_problems
 from ledger import events as ev
 from ledger.errors import ArlError, ConflictError
 from ledger.events import Label
@@ -40,7 +41,7 @@ from runners.labels import label_evaluation, label_runs
 from runners.sandbox import run_process
 from tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
-from tasks.adapters import bind, gpu_env, pin_violation
+from tasks.adapters import bind, gpu_env
 from tasks.manifest import Task
 from tasks.registry import resolve
 
@@ -270,24 +271,10 @@ class Worker:
             if (other.search_id == proposed.search_id and other.seq < proposed.seq
                     and other.program_digest == submitted.program_digest):
                 return Label.DUPLICATE, f"same program as trial {other.seq} ({other.trial_id[:8]})"
-        base = self._protected_reference(task, proposed)
-        for path in sorted(program.keys() | base.keys()):
-            if task.is_protected(path) and program.get(path) != base.get(path):
-                return Label.ILLEGAL_EDIT, f"protected file {path} differs from the task's"
-        pinned = pin_violation(task, program)
-        if pinned is not None:
-            return pinned
-        for path, data in sorted(program.items()):
-            if path.endswith(".py"):
-                try:
-                    compile(data, path, "exec")
-                except (SyntaxError, ValueError) as e:
-                    line = getattr(e, "lineno", None)
-                    return Label.INVALID_EDIT, f"{path}{f':{line}' if line else ''}: {type(e).__name__}: {e.msg if isinstance(e, SyntaxError) else e}"
-        cap = task.gates.artifact_bytes
-        code_bytes = sum(len(d) for d in program.values())
-        if cap is not None and code_bytes > cap:
-            return Label.SIZE_VIOLATION, f"code alone is {code_bytes} B, over the {cap} B artifact cap"
+        problems = program_problems(task, program, self._protected_reference(task, proposed))
+        if problems:
+            _check, label, detail = problems[0]
+            return label, detail
         return None
 
     def _protected_reference(self, task: Task, proposed: ev.TrialProposed) -> Program:
