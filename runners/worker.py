@@ -125,14 +125,18 @@ class Worker:
             return True
         return False
 
-    def _fits(self, trial: str) -> bool:
+    def _task_of(self, trial: str) -> Task | None:
+        """The task of a queued trial's search; None when it cannot be loaded (execute says why)."""
         row = self.projector.state.trials[trial]
         search = self.projector.state.searches.get(row.search_id)
         try:
-            needs = self._load(search.task if search else "", row.search_id).task.needs.gpus
+            return self._load(search.task if search else "", row.search_id).task
         except ArlError:
-            return True  # let execute() record why the task cannot be loaded
-        return needs == 0 or needs == len(self.devices)
+            return None
+
+    def _fits(self, trial: str) -> bool:
+        task = self._task_of(trial)
+        return task is None or task.needs.gpus in (0, len(self.devices))
 
     def _lease_for(self, trial: str) -> float:
         """Long enough for every run the trial may need, unless set explicitly."""
@@ -140,11 +144,8 @@ class Worker:
             return self.lease_s
         if self.heartbeat_s is not None:
             return max(30.0, 6 * self.heartbeat_s)  # heartbeats keep long trials alive
-        row = self.projector.state.trials[trial]
-        search = self.projector.state.searches.get(row.search_id)
-        try:
-            task = self._load(search.task if search else "", row.search_id).task
-        except ArlError:
+        task = self._task_of(trial)
+        if task is None:
             return 120.0
         seeds = len(task.seeds) + len(task.confirm_seeds)
         return (task.budgets.wallclock_s * seeds + task.budgets.eval_s * 2) * 1.5 + 30.0
