@@ -388,10 +388,7 @@ class InboxTeam:
             row = state.trials.get(parent)
             if row is None or row.search_id != search.search_id or row.program_digest is None:
                 raise KeyError(f"{parent} is not a trial of this search with a program")
-            view.best = TrialLine(seq=row.seq, trial_id=row.trial_id, agent=row.agent, surface=row.surface,
-                                  hypothesis=row.hypothesis, label=row.label.value if row.label else None,
-                                  score=row.score, delta_vs_best=row.delta_vs_best, reason=row.reason,
-                                  parents=row.parents)
+            view.best = TrialLine.of(row)
             view.best_program = search.program_of(parent)
             return view
 

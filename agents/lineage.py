@@ -37,6 +37,16 @@ class TrialLine(msgspec.Struct, kw_only=True):
     #: Top-level constants the trial changed vs its first parent: NAME → (old, new) source text.
     changes: dict[str, tuple[str | None, str | None]] = {}
 
+    @classmethod
+    def of(cls, row: TrialRow, changes: dict[str, tuple[str | None, str | None]] | None = None) -> TrialLine:
+        """The line of a projected trial row."""
+        return cls(
+            seq=row.seq, trial_id=row.trial_id, agent=row.agent, surface=row.surface,
+            hypothesis=row.hypothesis, label=row.label.value if row.label else None,
+            score=row.score, delta_vs_best=row.delta_vs_best, reason=row.reason,
+            parents=row.parents, changes=changes or {},
+        )
+
 
 class LineageView(msgspec.Struct, kw_only=True):
     search_id: str
@@ -145,12 +155,7 @@ def build_view(
                 changes = constant_changes(program_of(row.parents[0]), program_of(row.trial_id))
             except Exception:  # a program that never made it to the store has no changes
                 changes = {}
-        return TrialLine(
-            seq=row.seq, trial_id=row.trial_id, agent=row.agent, surface=row.surface,
-            hypothesis=row.hypothesis, label=row.label.value if row.label else None,
-            score=row.score, delta_vs_best=row.delta_vs_best, reason=row.reason,
-            parents=row.parents, changes=changes,
-        )
+        return TrialLine.of(row, changes)
 
     best = state.trials[search.best_trial]
     view.best = line(best, with_changes=False)

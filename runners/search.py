@@ -177,12 +177,7 @@ class Search:
         from agents.lineage import TrialLine
 
         state = self.projector.catch_up()
-        self.origin = [
-            TrialLine(seq=r.seq, trial_id=r.trial_id, agent=r.agent, surface=r.surface,
-                      hypothesis=r.hypothesis, label=r.label.value if r.label else None,
-                      score=r.score, delta_vs_best=r.delta_vs_best, reason=r.reason, parents=r.parents)
-            for r in (state.trials[t] for t in state.lineage(trial))
-        ]
+        self.origin = [TrialLine.of(state.trials[t]) for t in state.lineage(trial)]
 
     @classmethod
     def resume(cls, ledger: Ledger, search_ref: str, *, team_factory: Callable[..., list[Specialist]] | None = None,
