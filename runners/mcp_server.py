@@ -34,9 +34,8 @@ from ledger.errors import ArlError, ConflictError
 from ledger.programs import get_program, read_folder
 from ledger.store import Ledger
 from runners.search import SearchError, find_search
-from runners.submit import record_rejection, submit
+from runners.submit import record_rejection, submit, task_of
 from tasks.manifest import Surface, Task
-from tasks.registry import resolve
 
 #: Submissions give up after this many lost races for the next sequence number.
 SEQ_RETRIES = 50
@@ -102,10 +101,7 @@ class McpSpecialist:
         search_id = find_search(ledger, search_ref)
         started = ledger.stream(search_id)[0]
         assert isinstance(started, ev.SearchStarted)
-        self.task = resolve(started.config.get("task_path") or started.task)
-        if self.task.digest() != started.task_digest:
-            raise SearchError(f"task {self.task.name} changed since search {search_id[:8]} started; "
-                              "restore the task folder or start a new search")
+        self.task = task_of(started)
         names = [s.name for s in self.task.surfaces]
         if specialist not in names:
             raise SearchError(f"task {self.task.name} has no specialist {specialist!r}; "

@@ -30,10 +30,9 @@ from ledger.programs import get_program, program_digest
 from ledger.projections import State, rebuild
 from ledger.store import Ledger, decode_states
 from runners.search import Search, SearchConfig, build_team, find_search, summarize
-from runners.submit import start_search, submit
+from runners.submit import start_search, submit, task_of
 from runners.worker import Worker
 from tasks.manifest import Task
-from tasks.registry import resolve
 
 
 class ReplayError(ArlError):
@@ -152,7 +151,7 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
           out: TextIO = sys.stderr) -> RerunReport:
     original = find_search(ledger, search_ref)
     started = ledger.stream(original)[0]
-    task = _task_of(started)
+    task = task_of(started)
     state = rebuild(ledger)
     wanted = _seq_range(trials)
     rows = [r for r in state.trials_of(original) if wanted is None or r.seq in wanted]
@@ -211,15 +210,6 @@ def _drain(ledger: Ledger, workers: int) -> None:
         t.join()
 
 
-def _task_of(started: ev.SearchStarted) -> Task:
-    task = resolve(started.config.get("task_path") or started.task)
-    if task.digest() != started.task_digest:
-        raise ReplayError(f"task {task.name} changed since search {started.originator_id[:8]} ran "
-                          f"(digest {task.digest()[:12]}…, recorded {started.task_digest[:12]}…); "
-                          "restore the task folder to replay it")
-    return task
-
-
 # --- redrive ----------------------------------------------------------------------------
 
 
@@ -248,7 +238,7 @@ class RedriveReport(msgspec.Struct, kw_only=True):
 def redrive(ledger: Ledger, search_ref: str) -> RedriveReport:
     search_id = find_search(ledger, search_ref)
     started = ledger.stream(search_id)[0]
-    task = _task_of(started)
+    task = task_of(started)
     config = msgspec.convert({k: v for k, v in started.config.items() if k in SearchConfig.__struct_fields__},
                              SearchConfig)
     if config.agents == "tpe":
@@ -364,7 +354,7 @@ def fork(ledger: Ledger, trial_ref: str, config: SearchConfig, *, name: str | No
     if row is None or row.program_digest is None:
         raise ReplayError(f"trial {trial_ref!r} has no program to fork from (it never ran)")
     started = ledger.stream(row.search_id)[0]
-    task = _task_of(started)
+    task = task_of(started)
     program = get_program(ledger, row.program_digest)
     search = Search.start(ledger, task, config, name=name or f"fork of {started.name} #{row.seq}",
                           kind="fork", origin=(row.search_id, trial), base_program=program, out=out)

@@ -28,7 +28,7 @@ from ledger.errors import ArlError, ConflictError
 from ledger.programs import get_program, put_program, read_folder
 from ledger.projections import Projector, SearchRow, State
 from ledger.store import Ledger
-from runners.submit import record_rejection, start_search, submit
+from runners.submit import record_rejection, start_search, submit, task_of
 from runners.worker import Worker
 from tasks.adapters import bind, recorded_paths
 from tasks.manifest import Task
@@ -186,12 +186,7 @@ class Search:
         started = ledger.stream(search_id)[0]
         config = msgspec.convert({k: v for k, v in started.config.items()
                                   if k in SearchConfig.__struct_fields__}, SearchConfig)
-        task = bind(resolve(started.config.get("task_path") or started.task), recorded=started.config)
-        if task.digest() != started.task_digest:
-            raise SearchError(
-                f"task {task.name} changed since search {search_id[:8]} started; "
-                "restore the task folder or start a new search"
-            )
+        task = task_of(started)
         base = started.config.get("base_program")
         search = cls(ledger, task, search_id, config, [], out=out,
                      base_program=get_program(ledger, base) if base else None)

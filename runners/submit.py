@@ -10,7 +10,22 @@ from ledger import __version__
 from ledger import events as ev
 from ledger.programs import put_program
 from ledger.store import Ledger, hostname
-from tasks.manifest import Task
+from tasks.adapters import bind
+from tasks.manifest import Task, TaskError
+from tasks.registry import resolve
+
+
+def task_of(started: ev.SearchStarted, *, need_recipe: bool = True) -> Task:
+    """The task a search runs, bound to its recorded checkout and data, checked unchanged."""
+    task = bind(resolve(started.config.get("task_path") or started.task), recorded=started.config,
+                need_recipe=need_recipe)
+    if task.digest() != started.task_digest:
+        raise TaskError(
+            f"task {task.name} at {task.root} changed since search {started.originator_id[:8]} started "
+            f"(digest {task.digest()[:12]}…, recorded {started.task_digest[:12]}…); "
+            "restore the task folder or start a new search"
+        )
+    return task
 
 
 def start_search(

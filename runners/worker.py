@@ -39,11 +39,11 @@ from ledger.store import Ledger, hostname
 from ledger.trials import claim
 from runners.labels import label_evaluation, label_runs
 from runners.sandbox import run_process
+from runners.submit import task_of
 from tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
-from tasks.adapters import bind, gpu_env
+from tasks.adapters import gpu_env
 from tasks.manifest import Task
-from tasks.registry import resolve
 
 #: Artifacts kept in the blob store per trial (bigger outputs are named, not kept).
 ARTIFACT_BYTES = 64 * 1024 * 1024
@@ -127,10 +127,8 @@ class Worker:
 
     def _task_of(self, trial: str) -> Task | None:
         """The task of a queued trial's search; None when it cannot be loaded (execute says why)."""
-        row = self.projector.state.trials[trial]
-        search = self.projector.state.searches.get(row.search_id)
         try:
-            return self._load(search.task if search else "", row.search_id).task
+            return self._load(self.projector.state.trials[trial].search_id).task
         except ArlError:
             return None
 
@@ -213,9 +211,8 @@ class Worker:
         proposed = next(e for e in events if isinstance(e, ev.TrialProposed))
         submitted = [e for e in events if isinstance(e, ev.TrialSubmitted)][-1]
         record = _Recorder(self.ledger, trial, claimed)
-        search = self._search_started(proposed.search_id)
         try:
-            loaded = self._load(search.task, proposed.search_id, expect_digest=search.task_digest)
+            loaded = self._load(proposed.search_id)
             program = get_program(self.ledger, submitted.program_digest)
         except ArlError as e:
             record.label(Label.INFRA_ERROR, f"cannot prepare the run: {e}")
@@ -249,18 +246,10 @@ class Worker:
             self._started[search_id] = self.ledger.stream(search_id)[0]
         return self._started[search_id]
 
-    def _load(self, task_ref: str, search_id: str, expect_digest: str | None = None) -> _Loaded:
+    def _load(self, search_id: str) -> _Loaded:
         key = search_id
         if key not in self._tasks:
-            started = self._search_started(search_id)
-            task = bind(resolve(started.config.get("task_path") or task_ref),
-                        recorded=started.config, need_recipe=False)
-            if expect_digest and task.digest() != expect_digest:
-                raise ArlError(
-                    f"task {task.name} at {task.root} changed since the search started "
-                    f"(digest {task.digest()[:12]}…, recorded {expect_digest[:12]}…); "
-                    "restore it or start a new search"
-                )
+            task = task_of(self._search_started(search_id), need_recipe=False)
             data = prepare_data(task)
             self._tasks[key] = _Loaded(task, load_evaluator(task), data, data.digest())
         return self._tasks[key]
