@@ -114,8 +114,12 @@ class Tuner:
                 moves.append(Move(values={knob.name: new}, directions={knob.name: direction},
                                   key=(knob.name, direction),
                                   why=f"{verb} {knob.name} {_fmt(value)} → {_fmt(new)}"))
+        applied = {t.name for t in self.surface.techniques
+                   if any(c.hypothesis.startswith(f"switch on {t.name}") for c in view.chain)}
         for technique in self.surface.techniques:
-            if self._technique_on(technique, view.best_program):
+            # On now, or switched on earlier on the way to the best and moved on from since
+            # (undoing a later keep would only walk back up the chain).
+            if self._technique_on(technique, view.best_program) or technique.name in applied:
                 continue
             moves.append(Move(values=dict(technique.set), technique=technique,
                               key=("technique", technique.name),

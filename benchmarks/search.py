@@ -64,33 +64,39 @@ def main() -> None:
     args = parser.parse_args()
     tasks = args.task or list(DEFAULTS)
     arms = [a for a in args.arms.split(",") if a]
-    table = []
+    results: dict[tuple[str, str], dict] = {}
     with Ledger.open(args.store) as ledger:
         for i, task in enumerate(tasks):
             trials = (args.trials[i] if args.trials and i < len(args.trials) else DEFAULTS.get(task, (20, 1))[0])
             seeds = (args.seeds[i] if args.seeds and i < len(args.seeds) else DEFAULTS.get(task, (20, 1))[1])
-            for arm in arms:
-                gains, labels, repeats, minutes = [], Counter(), 0, 0.0
-                for seed in range(seeds):
+            # Seed-major: every arm gets seed 0 before any gets seed 1, so a run cut short
+            # still compares all arms on the same seeds (the table is printed after each round).
+            for seed in range(seeds):
+                for arm in arms:
+                    r = results.setdefault((task, arm), dict(gains=[], labels=Counter(), repeats=0, minutes=0.0))
                     t0 = time.perf_counter()
                     config = SearchConfig(trials=trials, workers=args.workers, seed=seed, **ARMS[arm])
                     summary = run_search(ledger, task, config, name=f"bench {task} {arm} seed {seed}",
                                          out=io.StringIO())
-                    minutes += (time.perf_counter() - t0) / 60
+                    r["minutes"] += (time.perf_counter() - t0) / 60
                     rows = rebuild(ledger).trials_of(summary.search_id)
-                    gains.append(summary.gain or 0.0)
-                    labels.update(r.label.value for r in rows[1:] if r.label is not None)
-                    repeats += repeated_failures(rows)
-                    print(f"  {task} {arm} seed {seed}: gain {summary.gain or 0:+.1%}, "
-                          f"{dict(Counter(r.label.value for r in rows[1:] if r.label))}", file=sys.stderr)
-                table.append((task, arm, statistics.median(gains), gains, labels, repeats, minutes))
-    print(f"\nsearch benchmark ({args.workers} workers; ledger {args.store})")
-    print(f"{'task':14} {'arm':12} {'median gain':>11}  per seed            repeated  label mix")
-    for task, arm, median, gains, labels, repeats, minutes in table:
-        per_seed = " ".join(f"{g:+.1%}" for g in gains)
-        mix = ", ".join(f"{k} {v}" for k, v in labels.most_common())
-        print(f"{task:14} {arm:12} {median:>+10.1%}  {per_seed:18} {repeats:8}  {mix}  ({minutes:.0f} min)")
+                    r["gains"].append(summary.gain or 0.0)
+                    r["labels"].update(x.label.value for x in rows[1:] if x.label is not None)
+                    r["repeats"] += repeated_failures(rows)
+                    print(f"  {task} {arm} seed {seed} [{summary.search_id[:8]}]: gain {summary.gain or 0:+.1%}, "
+                          f"{dict(Counter(x.label.value for x in rows[1:] if x.label))}", file=sys.stderr)
+                print_table(results, args, final=(i == len(tasks) - 1 and seed == seeds - 1))
 
+
+def print_table(results: dict, args, *, final: bool) -> None:
+    print(f"\nsearch benchmark ({args.workers} workers; ledger {args.store})"
+          + ("" if final else " — partial, more seeds to come"), flush=True)
+    print(f"{'task':14} {'arm':12} {'median gain':>11}  per seed            repeated  label mix")
+    for (task, arm), r in results.items():
+        per_seed = " ".join(f"{g:+.1%}" for g in r["gains"])
+        mix = ", ".join(f"{k} {v}" for k, v in r["labels"].most_common())
+        print(f"{task:14} {arm:12} {statistics.median(r['gains']):>+10.1%}  {per_seed:18} {r['repeats']:8}  "
+              f"{mix}  ({r['minutes']:.0f} min)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -345,9 +345,12 @@ class Search:
         labels = " ".join(f"{k} {n}" for k, n in s.labels.items())
         line = (f"[{done}/{self.config.trials}] running {s.running} | {best} | {labels}"
                 f" | ETA {_duration(eta) if eta is not None else '—'}")
-        if line != getattr(self, "_last_line", None):
-            self._last_line = line
-            end = "\r" if self.out.isatty() else "\n"
+        tty = self.out.isatty()
+        # A terminal gets the ticking ETA; a log file gets a line only when something happened.
+        key = line if tty else line.rsplit(" | ETA", 1)[0]
+        if key != getattr(self, "_last_line", None):
+            self._last_line = key
+            end = "\r" if tty else "\n"
             print(line.ljust(100) if end == "\r" else line, end=end, file=self.out, flush=True)
 
 

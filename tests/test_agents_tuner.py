@@ -210,3 +210,22 @@ def test_set_constant_keeps_the_comment():
     out = set_constant(RECIPE, "EPOCHS", 12)
     assert b"EPOCHS = 12       # more epochs: better accuracy, more time" in out
     assert set_constant(RECIPE, "NOPE", 1) == RECIPE
+
+
+def test_a_technique_switched_on_earlier_in_the_chain_is_not_switched_on_again(toy):
+    # The chain switched half_precision on, then a later keep moved DTYPE on again:
+    # proposing the technique now would only undo that keep.
+    program = {"train.py": set_constant(RECIPE, "DTYPE", "bfloat16")}
+    root = TrialLine(seq=0, trial_id="t0", agent="baseline", surface="", hypothesis="",
+                     label="baseline", score=1.0, delta_vs_best=None, reason="")
+    switched = TrialLine(seq=1, trial_id="t1", agent="opt", surface="opt",
+                         hypothesis="switch on half_precision: store weights in float16",
+                         label="keep", score=0.9, delta_vs_best=None, reason="", parents=("t0",))
+    for seed in range(20):
+        tuner = Tuner(toy, toy.surface("opt"), seed=seed)
+        p = tuner.propose(view(toy, program=program, chain=[root, switched]))
+        assert b'DTYPE = "float16"' not in p.program["train.py"]
+    # Without that history (lineage off sees only the best) the technique is still a candidate.
+    offered = {Tuner(toy, toy.surface("opt"), seed=s, lineage=False)
+               .propose(view(toy, program=program, lineage=False)).hypothesis for s in range(40)}
+    assert any(h.startswith("switch on half_precision") for h in offered)
