@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +19,17 @@ from typing import Any
 from tasks.manifest import Task, TaskError
 
 
+# In-process workers load a task's code from several threads at once: without the lock
+# a second thread finds the module in sys.modules before the first has executed it.
+_LOADING = threading.Lock()
+
+
 def _load(task: Task, filename: str) -> ModuleType:
+    with _LOADING:
+        return _load_once(task, filename)
+
+
+def _load_once(task: Task, filename: str) -> ModuleType:
     path = task.folder / filename
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     name = f"arl_task_{task.name.replace('-', '_')}_{path.stem}_{digest}"

@@ -85,3 +85,30 @@ def test_cli_lists_tasks_and_checks_a_folder(tiny_copy, tmp_path):
     bad = subprocess.run([*arl, "task", "check", str(tiny_copy)], capture_output=True, text=True, cwd=ROOT, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "budgets: unknown key wallclock_s_" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_threads_loading_one_evaluator_at_once_all_get_it_whole(tiny_copy):
+    # In-process workers load the evaluator from several threads; a slow import used to
+    # hand the second thread a half-executed module ("defines no evaluate(ctx)").
+    import threading
+
+    from tasks.code import load_evaluator
+
+    evaluator = tiny_copy / "evaluator.py"
+    evaluator.write_text("import time\ntime.sleep(0.3)\n" + evaluator.read_text())
+    task = load_task(tiny_copy)
+    results, barrier = [], threading.Barrier(4)
+
+    def load():
+        barrier.wait()
+        try:
+            results.append(load_evaluator(task).digest)
+        except Exception as e:  # noqa: BLE001 — the assertion below names it
+            results.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and isinstance(results[0], str), results
