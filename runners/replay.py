@@ -112,6 +112,7 @@ class RerunReport(msgspec.Struct, kw_only=True):
     replay: str
     trials: int
     same_label: int
+    same_outcome: int = 0  # both legal (keep/discard are relative to a best that moves too), or the same failure
     not_rerun: int
     score_diffs: list[float]
     noise_floor: float
@@ -121,7 +122,8 @@ class RerunReport(msgspec.Struct, kw_only=True):
         share = self.same_label / self.trials if self.trials else 0.0
         lines = [f"re-ran {self.trials} trials of search {self.original[:8]} as search {self.replay[:8]}"
                  + (f" ({self.not_rerun} never ran: rejected at submission)" if self.not_rerun else ""),
-                 f"identical labels: {self.same_label}/{self.trials} ({share:.0%})"]
+                 f"identical labels: {self.same_label}/{self.trials} ({share:.0%}); "
+                 f"same outcome (legal, or the same failure): {self.same_outcome}/{self.trials}"]
         if self.score_diffs:
             med, top = statistics.median(self.score_diffs), max(self.score_diffs)
             nf = self.noise_floor or float("nan")
@@ -183,6 +185,9 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
         new = after.trials[ev.trial_id(replay, row.seq)]
         if new.label == row.label:
             report.same_label += 1
+        if new.label == row.label or (new.label is not None and row.label is not None
+                                      and new.label.legal and row.label.legal):
+            report.same_outcome += 1
         else:
             report.disagreements.append(Disagreement(
                 row.seq, row.label.value if row.label else "—", new.label.value if new.label else "—",

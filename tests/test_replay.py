@@ -82,7 +82,7 @@ def test_rerun_reproduces_labels_and_reports_drift(sqlite_url):
         started = ledger.stream(report.replay)[0]
         stopped = ledger.stream(report.replay)[-1]
     assert started.kind == "replay" and started.origin_search == summary.search_id
-    assert report.trials == 7 and report.same_label == 7 and not report.disagreements
+    assert report.trials == 7 and report.same_label == 7 == report.same_outcome and not report.disagreements
     assert len(report.score_diffs) >= 5 and max(report.score_diffs) < 1e-9  # deterministic recipe
     assert "identical labels: 7/7 (100%)" in report.render()
     assert stopped.summary["agreement"]["same_label"] == 7
