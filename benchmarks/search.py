@@ -10,6 +10,14 @@ result over the baseline, the label mix, and how often a specialist failed
 the same way twice in a row (the lineage-off pattern). Every search is an
 ordinary search in one ledger file, kept for SQL afterwards (path printed).
 
+Every finished search is also appended to a results file (default
+benchmarks/results/search.jsonl, committed): a search already recorded there for
+the same task, arm, seed, trial count and worker count is not run again, and
+finished bench searches found in --store are recorded before anything runs. So
+a benchmark that needs more CPU hours than one sitting can be completed over
+several, and the table is always computed from the recorded rows (with the
+commits they were measured at).
+
 Issue targets: lineage on beats lineage off and random on both tasks and is at
 least level with TPE; golf-mini >= 15 % bpb, airbench-mini >= 20 % wallclock.
 Defaults follow the issue (golf-mini 30 trials x 3 seeds, airbench-mini 20 x 2).
@@ -18,17 +26,21 @@ Defaults follow the issue (golf-mini 30 trials x 3 seeds, airbench-mini 20 x 2).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import io
+import json
+import re
 import statistics
+import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from ledger import Ledger  # noqa: E402
-from ledger.projections import rebuild  # noqa: E402
+from ledger.projections import State, rebuild  # noqa: E402
 from runners.search import SearchConfig, run_search  # noqa: E402
 
 ARMS = {
@@ -53,6 +65,52 @@ def repeated_failures(rows) -> int:
     return repeats
 
 
+_NAME = re.compile(r"^bench (?P<task>\S+) (?P<arm>\S+) seed (?P<seed>\d+)$")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def collect(ledger: Ledger, state: State, results: list[dict], path: Path) -> None:
+    """Record every finished bench search of the ledger that the results file lacks."""
+    known = {r["search_id"] for r in results}
+    for search in state.searches.values():
+        m = _NAME.match(search.name)
+        if not m or search.search_id in known or search.stop_reason != "trial budget spent":
+            continue
+        started = ledger.stream(search.search_id)[0]
+        config = started.config
+        rows = state.trials_of(search.search_id)
+        gain = None
+        if search.best_score is not None and search.baseline_score:
+            sign = -1 if search.direction == "min" else 1
+            gain = sign * (search.best_score - search.baseline_score) / abs(search.baseline_score)
+        last = max((r.labeled_at for r in rows if r.labeled_at), default=search.stopped_at)
+        row = dict(task=m["task"], arm=m["arm"], seed=int(m["seed"]), trials=config.get("trials"),
+                   workers=config.get("workers"), search_id=search.search_id,
+                   baseline=search.baseline_score, best=search.best_score, gain=gain or 0.0,
+                   labels=dict(Counter(r.label.value for r in rows[1:] if r.label is not None)),
+                   repeats=repeated_failures(rows),
+                   minutes=round(((last - search.started_at).total_seconds() if last else 0) / 60, 1),
+                   commit=started.arl_version.partition("+")[2] or started.arl_version,
+                   finished=(search.stopped_at or dt.datetime.now(dt.timezone.utc)).isoformat(timespec="seconds"))
+        results.append(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", action="append", help="task to run (repeatable; default both built-ins)")
@@ -61,42 +119,64 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'bench-search.db'}")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "search.jsonl",
+                        help="JSON lines of finished searches (read to skip, appended to)")
+    parser.add_argument("--table-only", action="store_true", help="print the table of recorded results, run nothing")
     args = parser.parse_args()
     tasks = args.task or list(DEFAULTS)
     arms = [a for a in args.arms.split(",") if a]
-    results: dict[tuple[str, str], dict] = {}
+    plan = []
+    for i, task in enumerate(tasks):
+        trials = args.trials[i] if args.trials and i < len(args.trials) else DEFAULTS.get(task, (20, 1))[0]
+        seeds = args.seeds[i] if args.seeds and i < len(args.seeds) else DEFAULTS.get(task, (20, 1))[1]
+        plan.append((task, trials, seeds))
+    results = load_results(args.results)
+    commit = _commit()
+
+    def recorded(task, arm, seed, trials):
+        return next((r for r in results if (r["task"], r["arm"], r["seed"], r["trials"], r["workers"])
+                     == (task, arm, seed, trials, args.workers)), None)
+
     with Ledger.open(args.store) as ledger:
-        for i, task in enumerate(tasks):
-            trials = (args.trials[i] if args.trials and i < len(args.trials) else DEFAULTS.get(task, (20, 1))[0])
-            seeds = (args.seeds[i] if args.seeds and i < len(args.seeds) else DEFAULTS.get(task, (20, 1))[1])
+        collect(ledger, rebuild(ledger), results, args.results)
+        for task, trials, seeds in ([] if args.table_only else plan):
             # Seed-major: every arm gets seed 0 before any gets seed 1, so a run cut short
             # still compares all arms on the same seeds (the table is printed after each round).
             for seed in range(seeds):
                 for arm in arms:
-                    r = results.setdefault((task, arm), dict(gains=[], labels=Counter(), repeats=0, minutes=0.0))
-                    t0 = time.perf_counter()
+                    if recorded(task, arm, seed, trials):
+                        continue
                     config = SearchConfig(trials=trials, workers=args.workers, seed=seed, **ARMS[arm])
                     summary = run_search(ledger, task, config, name=f"bench {task} {arm} seed {seed}",
                                          out=io.StringIO())
-                    r["minutes"] += (time.perf_counter() - t0) / 60
-                    rows = rebuild(ledger).trials_of(summary.search_id)
-                    r["gains"].append(summary.gain or 0.0)
-                    r["labels"].update(x.label.value for x in rows[1:] if x.label is not None)
-                    r["repeats"] += repeated_failures(rows)
-                    print(f"  {task} {arm} seed {seed} [{summary.search_id[:8]}]: gain {summary.gain or 0:+.1%}, "
-                          f"{dict(Counter(x.label.value for x in rows[1:] if x.label))}", file=sys.stderr)
-                print_table(results, args, final=(i == len(tasks) - 1 and seed == seeds - 1))
+                    collect(ledger, rebuild(ledger), results, args.results)
+                    row = recorded(task, arm, seed, trials)
+                    print(f"  {task} {arm} seed {seed} [{summary.search_id[:8]}]: gain {row['gain']:+.1%}, "
+                          f"{row['labels']} ({row['minutes']} min)", file=sys.stderr, flush=True)
+                print_table(plan, arms, args, results, recorded, commit)
+    if args.table_only:
+        print_table(plan, arms, args, results, recorded, commit)
 
 
-def print_table(results: dict, args, *, final: bool) -> None:
-    print(f"\nsearch benchmark ({args.workers} workers; ledger {args.store})"
-          + ("" if final else " — partial, more seeds to come"), flush=True)
-    print(f"{'task':14} {'arm':12} {'median gain':>11}  per seed            repeated  label mix")
-    for (task, arm), r in results.items():
-        per_seed = " ".join(f"{g:+.1%}" for g in r["gains"])
-        mix = ", ".join(f"{k} {v}" for k, v in r["labels"].most_common())
-        print(f"{task:14} {arm:12} {statistics.median(r['gains']):>+10.1%}  {per_seed:18} {r['repeats']:8}  "
-              f"{mix}  ({r['minutes']:.0f} min)", flush=True)
+def print_table(plan, arms, args, results, recorded, commit) -> None:
+    print(f"\nsearch benchmark ({args.workers} workers; results {args.results}; this checkout at {commit})", flush=True)
+    print(f"{'task':14} {'arm':12} {'median gain':>11}  {'per seed':20} repeated  label mix")
+    commits = set()
+    for task, trials, seeds in plan:
+        for arm in arms:
+            rows = [r for s in range(seeds) if (r := recorded(task, arm, s, trials))]
+            if not rows:
+                continue
+            commits.update(r["commit"] for r in rows)
+            gains = [r["gain"] for r in rows]
+            labels = sum((Counter(r["labels"]) for r in rows), Counter())
+            mix = ", ".join(f"{k} {v}" for k, v in labels.most_common())
+            missing = f" (seeds {len(rows)}/{seeds})" if len(rows) < seeds else ""
+            print(f"{task:14} {arm:12} {statistics.median(gains):>+10.1%}  "
+                  f"{' '.join(f'{g:+.1%}' for g in gains):20} {sum(r['repeats'] for r in rows):8}  {mix}"
+                  f"  ({sum(r['minutes'] for r in rows):.0f} min){missing}", flush=True)
+    if len(commits) > 1:
+        print(f"measured at commits {', '.join(sorted(commits))}: compare with care", flush=True)
 
 if __name__ == "__main__":
     main()

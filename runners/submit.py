@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agents.edits import scope_violation, unified_diff
-from ledger import __version__
+from ledger import source_version
 from ledger import events as ev
 from ledger.programs import put_program
 from ledger.store import Ledger, hostname
@@ -46,7 +46,7 @@ def start_search(
             task_digest=task.digest(), direction=task.objective.direction,
             noise_floor=task.objective.noise_floor,
             config={"task_path": task.root, **(config or {})},
-            arl_version=__version__, host=hostname(), kind=kind,
+            arl_version=source_version(), host=hostname(), kind=kind,
             origin_search=origin_search, origin_trial=origin_trial,
         )
     )

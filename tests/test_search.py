@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger, events as ev
+from ledger import Ledger, __version__, events as ev
 from ledger.projections import rebuild
 from runners.search import SearchConfig, run_search
 
@@ -53,6 +53,13 @@ def test_a_tuner_search_runs_to_its_budget(store_url, lineage):
     assert "[8/8]" in out.getvalue()  # progress was shown
     started = next(e for _, e in Ledger.open(store_url).read() if isinstance(e, ev.SearchStarted))
     assert started.config["lineage"] is lineage and started.config["trials"] == 8
+    # The search names the code that drove it: the version, plus the commit in a checkout.
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode == 0:
+        assert started.arl_version.startswith(f"{__version__}+g{head.stdout.strip()}")
+    else:
+        assert started.arl_version == __version__
 
 
 def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
