@@ -34,6 +34,9 @@ class TrialLine(msgspec.Struct, kw_only=True):
     delta_vs_best: float | None
     reason: str
     parents: tuple[str, ...] = ()
+    #: Score minus the first parent's score: the effect of this trial's own change (the
+    #: best may have moved while it ran, so Δbest alone under-credits pipelined trials).
+    delta_vs_parent: float | None = None
     #: Top-level constants the trial changed vs its first parent: NAME → (old, new) source text.
     changes: dict[str, tuple[str | None, str | None]] = {}
 
@@ -44,7 +47,7 @@ class TrialLine(msgspec.Struct, kw_only=True):
             seq=row.seq, trial_id=row.trial_id, agent=row.agent, surface=row.surface,
             hypothesis=row.hypothesis, label=row.label.value if row.label else None,
             score=row.score, delta_vs_best=row.delta_vs_best, reason=row.reason,
-            parents=row.parents, changes=changes or {},
+            parents=row.parents, changes=changes or {}, delta_vs_parent=row.delta_vs_parent,
         )
 
 
@@ -117,7 +120,8 @@ def _num(x: float | None) -> str:
 
 
 def _line(t: TrialLine, metric: str, *, with_reason: bool = True) -> str:
-    delta = f", Δbest {t.delta_vs_best:+.4g}" if t.delta_vs_best is not None else ""
+    delta = f", Δparent {t.delta_vs_parent:+.4g}" if t.delta_vs_parent is not None else ""
+    delta += f", Δbest {t.delta_vs_best:+.4g}" if t.delta_vs_best is not None else ""
     changes = "; ".join(f"{k} {old} → {new}" for k, (old, new) in t.changes.items())
     text = f"- #{t.seq} [{t.label or 'running'}] {t.agent}: {t.hypothesis or changes or '(no hypothesis)'}"
     text += f" — {metric} {_num(t.score)}{delta}"

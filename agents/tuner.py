@@ -106,13 +106,15 @@ class Tuner:
         moves: list[Move] = []
         for knob in self.surface.knobs:
             value = _parse(current[knob.name])
+            seen = set()
             for direction in (+1, -1):
                 new = _step(knob, value, direction, self.rng, big=saturated)
-                if new is None or new == value:
+                if new is None or new == value or _fmt(new) in seen:
                     continue
+                seen.add(_fmt(new))
                 verb = "raise" if direction > 0 else "lower"
-                moves.append(Move(values={knob.name: new}, directions={knob.name: direction},
-                                  key=(knob.name, direction),
+                moves.append(Move(values={knob.name: new}, directions={knob.name: _direction(value, new)},
+                                  key=(knob.name, _direction(value, new)),
                                   why=f"{verb} {knob.name} {_fmt(value)} → {_fmt(new)}"))
         applied = {t.name for t in self.surface.techniques
                    if any(c.hypothesis.startswith(f"switch on {t.name}") for c in view.chain)}
@@ -140,7 +142,10 @@ class Tuner:
         if not self.lineage:
             return self.rng.choice(moves)  # the control arm: no memory, no reactions
         mine = [t for t in view.mine if t.label is not None]
-        tried = {self._signature(t) for t in mine if t.label not in (Label.KEEP.value,)}
+        # Never retry what failed or did not help. A discard that beat its own parent was
+        # only overtaken by a concurrent keep: worth applying again on the new best.
+        tried = {self._signature(t) for t in mine
+                 if t.label != Label.KEEP.value and not self._helped(t)}
         stats = self._outcomes(mine)
         reaction = self._reaction(mine)
         scored: list[tuple[float, int, Move]] = []
@@ -179,24 +184,43 @@ class Tuner:
             total += direction * (float(resource in knob.buys) - float(resource in knob.costs))
         return total
 
-    def _outcomes(self, mine: list[TrialLine]) -> dict[tuple, list[float]]:
-        """Improvement (positive = better) of every past move, by what it moved."""
-        stats: dict[tuple, list[float]] = {}
+    def _gain(self, t: TrialLine) -> float | None:
+        """What a legal trial's own change did (positive = better): its score against its
+        parent's when known, else against the best it was compared with."""
+        if t.label not in (Label.KEEP.value, Label.DISCARD.value):
+            return None
+        delta = t.delta_vs_parent if t.delta_vs_parent is not None else t.delta_vs_best
+        if delta is None:
+            return None
+        return -delta if self.task.objective.direction == "min" else delta
+
+    def _helped(self, t: TrialLine) -> bool:
+        gain = self._gain(t)
+        return gain is not None and gain > 0
+
+    def _outcomes(self, mine: list[TrialLine]) -> dict[tuple, list[tuple[float, bool]]]:
+        """Improvement (positive = better) of every past move, by what it moved, and
+        whether the trial was legal (any failure counts -1 against the move)."""
+        stats: dict[tuple, list[tuple[float, bool]]] = {}
         for t in mine:
+            gain = self._gain(t)
             for key in self._keys_of(t):
-                if t.label in (Label.KEEP.value, Label.DISCARD.value) and t.delta_vs_best is not None:
-                    gain = -t.delta_vs_best if self.task.objective.direction == "min" else t.delta_vs_best
-                else:
-                    gain = -1.0  # any failure counts against the move
-                stats.setdefault(key, []).append(gain)
+                stats.setdefault(key, []).append((gain, True) if gain is not None else (-1.0, False))
         return stats
 
-    def _score(self, move: Move, stats: dict[tuple, list[float]], view: LineageView) -> float:
+    def _score(self, move: Move, stats: dict[tuple, list[tuple[float, bool]]], view: LineageView) -> float:
+        scale = max(view.noise_floor, 1e-9)
         history = stats.get(move.key)
         if not history:
-            return 0.5  # untried: worth a look
-        scale = max(view.noise_floor, 1e-9)
-        mean = sum(history) / len(history)
+            # Untried: worth a look, unless it walks back a move that measurably helped
+            # (or forward from one that measurably hurt) — one knob, opposite direction.
+            opposite = stats.get((move.key[0], -move.key[1])) if len(move.key) == 2 and \
+                isinstance(move.key[1], int) and move.key[1] != 0 else None
+            legal = [g for g, ok in opposite or () if ok]
+            if not legal:
+                return 0.5
+            return 0.5 - 0.5 * max(-2.0, min(2.0, sum(legal) / len(legal) / scale))
+        mean = sum(g for g, _ in history) / len(history)
         return max(-2.0, min(2.0, mean / scale)) / math.sqrt(len(history))
 
     def _keys_of(self, t: TrialLine) -> list[tuple]:
@@ -204,11 +228,7 @@ class Tuner:
         for name, (old, new) in t.changes.items():
             if self._knob(name) is None or old is None or new is None:
                 continue
-            a, b = _parse(old), _parse(new)
-            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a != b:
-                keys.append((name, 1 if b > a else -1))
-            else:
-                keys.append((name, 0))
+            keys.append((name, _direction(_parse(old), _parse(new))))
         for technique in self.surface.techniques:
             if technique.name in t.hypothesis:
                 keys.append(("technique", technique.name))
@@ -284,6 +304,13 @@ def _common_ancestor(view: LineageView, keep: TrialLine) -> str | None:
         if parent in chain:
             return parent
     return None
+
+
+def _direction(old: object, new: object) -> int:
+    """+1 or -1 for a numeric (or boolean) change, 0 for a switch between named choices."""
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)) and old != new:
+        return 1 if new > old else -1
+    return 0
 
 
 def _parse(text: str) -> object:

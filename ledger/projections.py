@@ -23,7 +23,7 @@ from ledger.events import Label
 from ledger.store import Ledger, decode_states
 
 #: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 
 
 class TrialRow(msgspec.Struct, kw_only=True, gc=False):
@@ -47,6 +47,7 @@ class TrialRow(msgspec.Struct, kw_only=True, gc=False):
     score: float | None = None
     reason: str = ""
     delta_vs_best: float | None = None
+    delta_vs_parent: float | None = None
     proposed_at: datetime | None = None
     labeled_at: datetime | None = None
     version: int = 0  # last stream version seen
@@ -243,6 +244,7 @@ def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
     row.score = e.score
     row.reason = e.reason
     row.delta_vs_best = e.delta_vs_best
+    row.delta_vs_parent = e.delta_vs_parent
     row.labeled_at = e.at
     s.queue.pop(e.originator_id, None)
     label = e.label.value

@@ -229,3 +229,41 @@ def test_a_technique_switched_on_earlier_in_the_chain_is_not_switched_on_again(t
     offered = {Tuner(toy, toy.surface("opt"), seed=s, lineage=False)
                .propose(view(toy, program=program, lineage=False)).hypothesis for s in range(40)}
     assert any(h.startswith("switch on half_precision") for h in offered)
+
+
+def _legal(label: str, changes: dict, *, hypothesis: str = "h", delta_vs_parent: float,
+           delta_vs_best: float, seq: int = 1) -> TrialLine:
+    return TrialLine(seq=seq, trial_id=f"t{seq}", agent="opt", surface="opt", hypothesis=hypothesis,
+                     label=label, score=1.0 + delta_vs_parent, delta_vs_best=delta_vs_best, reason="",
+                     parents=("t0",), changes=changes, delta_vs_parent=delta_vs_parent)
+
+
+def test_a_kept_move_is_not_walked_back(toy):
+    # Lowering WIDTH helped a lot: the tuner lowers it further or moves something else,
+    # never raises it straight back.
+    # WIDTH is at its minimum, so "further" is not on offer: only the walk back is.
+    program = {"train.py": set_constant(RECIPE, "WIDTH", 8)}
+    kept = _legal("keep", {"WIDTH": ("16", "8")}, delta_vs_parent=-0.3, delta_vs_best=-0.3)
+    for seed in range(30):
+        p = Tuner(toy, toy.surface("opt"), seed=seed).propose(view(toy, program=program, mine=[kept]))
+        assert int(constants(p.program["train.py"])["WIDTH"]) == 8, p.hypothesis
+
+
+def test_a_discard_that_beat_its_parent_is_tried_again_on_the_new_best(toy):
+    # half_precision improved on its parent but a concurrent keep raised the bar first:
+    # its own effect (Δparent) counts, so it is applied again on top of the new best.
+    overtaken = _legal("discard", {"DTYPE": ('"float32"', '"float16"')},
+                       hypothesis="switch on half_precision: store weights in float16",
+                       delta_vs_parent=-0.05, delta_vs_best=+0.1)
+    program = {"train.py": set_constant(RECIPE, "EPOCHS", 20)}  # the new best, from another specialist
+    for seed in range(10):
+        p = Tuner(toy, toy.surface("opt"), seed=seed).propose(view(toy, program=program, mine=[overtaken]))
+        assert p.hypothesis.startswith("switch on half_precision"), p.hypothesis
+        assert b'DTYPE = "float16"' in p.program["train.py"] and b"EPOCHS = 20" in p.program["train.py"]
+    # One that did not beat its parent is not retried.
+    flat = _legal("discard", {"DTYPE": ('"float32"', '"float16"')},
+                  hypothesis="switch on half_precision: store weights in float16",
+                  delta_vs_parent=+0.02, delta_vs_best=+0.1)
+    for seed in range(10):
+        p = Tuner(toy, toy.surface("opt"), seed=seed).propose(view(toy, program=program, mine=[flat]))
+        assert not p.hypothesis.startswith("switch on half_precision")

@@ -11,7 +11,7 @@ import pytest
 
 from ledger import Ledger, events as ev
 from ledger.programs import get_program, read_folder
-from ledger.projections import Projector, rebuild
+from ledger.projections import PROJECTION_VERSION, Projector, rebuild
 from runners import replay
 from runners.search import SearchConfig, run_search
 from runners.submit import start_search, submit
@@ -65,14 +65,14 @@ def test_verify_on_a_search_with_every_label(sqlite_url):
                 "out_of_surface"} <= labels
         checks = replay.verify(ledger, search)
         assert checks and all(c.same for c in checks)
-        assert {c.projection for c in checks} >= {"live/v1"}
+        assert {c.projection for c in checks} >= {f"live/v{PROJECTION_VERSION}"}
         # A live projection that drifted from the log is caught, view by view.
         live.state.trials[ev.trial_id(search, 3)].reason = "edited behind the log's back"
         drifted = Projector(ledger, name="drifted", checkpoint_s=0.0)
         drifted.state = live.state
         drifted.checkpoint()
         bad = [c for c in replay.verify(ledger, search) if not c.same]
-    assert [(c.projection, c.view) for c in bad] == [("drifted/v1", "trials")]
+    assert [(c.projection, c.view) for c in bad] == [(f"drifted/v{PROJECTION_VERSION}", "trials")]
 
 
 def test_rerun_reproduces_labels_and_reports_drift(sqlite_url):
