@@ -21,7 +21,7 @@ from typing import TextIO
 import msgspec
 
 from agents.base import Proposal, Specialist
-from agents.lineage import build_view
+from agents.lineage import SATURATION, build_view
 from agents.usage import TokenMeter
 from ledger import events as ev
 from ledger.errors import ArlError, ConflictError
@@ -287,11 +287,15 @@ class Search:
     def _in_flight(self) -> int:
         return sum(1 for r in self.projector.state.trials_of(self.search_id) if r.label is None)
 
+    def _order(self, state: State) -> list[int]:
+        return turn_order([s.name for s in self.team], state.trials_of(self.search_id),
+                          self._turn, lineage=self.config.lineage)
+
     def _propose(self, state: State) -> bool:
-        """Ask specialists in turn until one proposes; record it. False if nobody did."""
-        for _ in range(len(self.team)):
-            specialist = self.team[self._turn % len(self.team)]
-            self._turn += 1
+        """Ask specialists (in `_order`) until one proposes; record it. False if nobody did."""
+        for i in self._order(state):
+            specialist = self.team[i]
+            self._turn = i + 1
             view = build_view(state, self.search_id, specialist=specialist.name,
                               surface=specialist.surface.name, metric=self.task.objective.metric,
                               program_of=self.program_of, lineage=self.config.lineage)
@@ -352,6 +356,41 @@ class Search:
             self._last_line = key
             end = "\r" if tty else "\n"
             print(line.ljust(100) if end == "\r" else line, end=end, file=self.out, flush=True)
+
+
+def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> list[int]:
+    """Which specialists to ask next (indices into ``names``), first to last.
+
+    In turn while nothing is known; then, with lineage on, in proportion to what each
+    has delivered: a specialist's share of the turns is 1 + its keeps, halved while
+    its surface looks saturated, and the one furthest below its share goes first
+    (ties: the rotation). The control arm (lineage off) keeps a plain rotation:
+    handing out turns by yield is itself a use of the lineage.
+    """
+    n = len(names)
+    rotation = [(turn + k) % n for k in range(n)]
+    if not lineage:
+        return rotation
+    turns = dict.fromkeys(names, 0)
+    keeps = dict.fromkeys(names, 0)
+    flat = dict.fromkeys(names, 0)
+    for r in rows:
+        if r.seq == 0 or r.agent not in turns:
+            continue
+        turns[r.agent] += 1
+        if r.label is None:
+            continue
+        if r.label.value == "keep":
+            keeps[r.agent] += 1
+            flat[r.agent] = 0
+        else:
+            flat[r.agent] += 1
+
+    def share(i: int) -> float:
+        weight = (1 + keeps[names[i]]) * (0.5 if flat[names[i]] >= SATURATION else 1.0)
+        return turns[names[i]] / weight
+
+    return sorted(rotation, key=lambda i: (share(i), rotation.index(i)))
 
 
 def build_team(task: Task, config: SearchConfig, search: Search) -> list[Specialist]:

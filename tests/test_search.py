@@ -118,3 +118,29 @@ def test_baseline_optimisers_run_through_the_same_loop(sqlite_url, agents):
     assert {r.backend for r in rows[1:]} == {agents}
     assert all(r.parents == (rows[0].trial_id,) for r in rows[1:])  # configurations of the base program
     assert all(r.label.value != "out_of_surface" for r in rows)
+
+
+def test_turns_go_to_the_specialists_that_deliver():
+    from types import SimpleNamespace
+
+    from ledger.events import Label
+    from runners.search import turn_order
+
+    names = ["arch", "opt", "reg"]
+
+    def row(seq, agent, label):
+        return SimpleNamespace(seq=seq, agent=agent, label=Label(label) if label else None)
+
+    # Nothing known yet: a plain rotation from the current turn.
+    assert turn_order(names, [row(0, "baseline", "baseline")], 1, lineage=True) == [1, 2, 0]
+    # Two turns each; arch kept twice, reg never: arch is asked first, reg last.
+    rows = [row(0, "baseline", "baseline")] + [
+        row(i + 1, a, lab) for i, (a, lab) in enumerate(
+            [("arch", "keep"), ("opt", "discard"), ("reg", "discard"),
+             ("arch", "keep"), ("opt", "keep"), ("reg", "discard")])]
+    assert turn_order(names, rows, 0, lineage=True) == [0, 1, 2]
+    # Running trials count as turns taken: arch with 3 in flight is no longer first.
+    busy = rows + [row(7 + i, "arch", None) for i in range(5)]
+    assert turn_order(names, busy, 0, lineage=True)[0] == 1
+    # The control arm does not use the record: plain rotation whatever happened.
+    assert turn_order(names, rows, 2, lineage=False) == [2, 0, 1]
