@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'bench-search.db'}")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "search.jsonl",
                         help="JSON lines of finished searches (read to skip, appended to)")
+    parser.add_argument("--fresh", default="", help="comma-separated arms to measure again even if recorded "
+                        "(e.g. after changing the tuner); the table uses the newest row")
     parser.add_argument("--table-only", action="store_true", help="print the table of recorded results, run nothing")
     args = parser.parse_args()
     tasks = args.task or list(DEFAULTS)
@@ -134,8 +136,12 @@ def main() -> None:
     commit = _commit()
 
     def recorded(task, arm, seed, trials):
-        return next((r for r in results if (r["task"], r["arm"], r["seed"], r["trials"], r["workers"])
+        """The newest recorded row of this search, if any."""
+        return next((r for r in reversed(results) if (r["task"], r["arm"], r["seed"], r["trials"], r["workers"])
                      == (task, arm, seed, trials, args.workers)), None)
+
+    fresh = {a for a in args.fresh.split(",") if a}
+    done_now: set[tuple] = set()
 
     with Ledger.open(args.store) as ledger:
         collect(ledger, rebuild(ledger), results, args.results)
@@ -144,12 +150,13 @@ def main() -> None:
             # still compares all arms on the same seeds (the table is printed after each round).
             for seed in range(seeds):
                 for arm in arms:
-                    if recorded(task, arm, seed, trials):
+                    if recorded(task, arm, seed, trials) and (arm not in fresh or (task, arm, seed) in done_now):
                         continue
                     config = SearchConfig(trials=trials, workers=args.workers, seed=seed, **ARMS[arm])
                     summary = run_search(ledger, task, config, name=f"bench {task} {arm} seed {seed}",
                                          out=io.StringIO())
                     collect(ledger, rebuild(ledger), results, args.results)
+                    done_now.add((task, arm, seed))
                     row = recorded(task, arm, seed, trials)
                     print(f"  {task} {arm} seed {seed} [{summary.search_id[:8]}]: gain {row['gain']:+.1%}, "
                           f"{row['labels']} ({row['minutes']} min)", file=sys.stderr, flush=True)
