@@ -178,27 +178,39 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
                seeds=seeds.get(row.trial_id), also_surfaces=_surfaces(state, row))
     _drain(ledger, workers)
     after = rebuild(ledger)
-    report = RerunReport(original=original, replay=replay, trials=len(ran), same_label=0,
-                         not_rerun=len(rows) - len(ran), score_diffs=[],
-                         noise_floor=task.objective.noise_floor, disagreements=[])
-    for row in ran:
-        new = after.trials[ev.trial_id(replay, row.seq)]
-        if new.label == row.label:
-            report.same_label += 1
-        if new.label == row.label or (new.label is not None and row.label is not None
-                                      and new.label.legal and row.label.legal):
-            report.same_outcome += 1
-        else:
-            report.disagreements.append(Disagreement(
-                row.seq, row.label.value if row.label else "—", new.label.value if new.label else "—",
-                row.score, new.score, new.reason or row.reason))
-        if row.score is not None and new.score is not None:
-            report.score_diffs.append(abs(new.score - row.score))
+    report = agreement(original, replay, ran, {r.seq: r for r in after.trials_of(replay)},
+                       noise_floor=task.objective.noise_floor, not_rerun=len(rows) - len(ran))
     summary = summarize(after, replay, task.objective.metric, len(ran))
     ledger.append(ev.SearchStopped(originator_id=replay, originator_version=ledger.version(replay) + 1,
                                    reason="rerun complete", summary={
                                        **msgspec.to_builtins(summary),
                                        "agreement": msgspec.to_builtins(report)}))
+    return report
+
+
+def agreement(original: str, replay: str, ran: list, replayed: dict[int, object], *,
+              noise_floor: float, not_rerun: int = 0) -> RerunReport:
+    """Compare each original trial row with its re-run (by seq)."""
+    report = RerunReport(original=original, replay=replay, trials=len(ran), same_label=0,
+                         not_rerun=not_rerun, score_diffs=[], noise_floor=noise_floor, disagreements=[])
+    for row in ran:
+        new = replayed[row.seq]
+        both_legal = new.label is not None and row.label is not None and new.label.legal and row.label.legal
+        if new.label == row.label or both_legal:
+            report.same_outcome += 1
+        if new.label == row.label:
+            report.same_label += 1
+        else:
+            why = new.reason or row.reason
+            if both_legal and new.score is not None and row.score is not None:
+                drift = new.score - row.score
+                why = (f"score moved {drift:+.4g} ({abs(drift) / (noise_floor or float('nan')):.1f} × the "
+                       f"noise floor); keep or discard is judged against the best so far, which moved too")
+            report.disagreements.append(Disagreement(
+                row.seq, row.label.value if row.label else "—", new.label.value if new.label else "—",
+                row.score, new.score, why))
+        if row.score is not None and new.score is not None:
+            report.score_diffs.append(abs(new.score - row.score))
     return report
 
 

@@ -144,3 +144,28 @@ def test_redrive_with_recorded_llm_replies(sqlite_url, llama_server, monkeypatch
     assert all(calls) and report.proposals == len(calls)
     assert report.identical == report.proposals, report.render()
 
+
+
+def test_the_agreement_report_names_every_trial_that_did_not_reproduce():
+    from types import SimpleNamespace
+
+    from ledger.events import Label
+
+    def row(seq, label, score, reason=""):
+        return SimpleNamespace(seq=seq, label=Label(label), score=score, reason=reason)
+
+    original = [row(0, "baseline", 3.60), row(1, "keep", 3.50), row(2, "discard", 3.55),
+                row(3, "size_violation", 3.40, "check artifact_bytes failed"), row(4, "discard", 3.70)]
+    replayed = {0: row(0, "baseline", 3.61), 1: row(1, "discard", 3.62), 2: row(2, "discard", 3.56),
+                3: row(3, "size_violation", 3.41, "check artifact_bytes failed"),
+                4: row(4, "train_budget_overrun", None, "check train_s failed: 31.2 vs limit 30")}
+    report = replay.agreement("a", "b", original, replayed, noise_floor=0.03)
+    assert (report.trials, report.same_label, report.same_outcome) == (5, 3, 4)
+    assert [(d.seq, d.original, d.replayed) for d in report.disagreements] == [
+        (1, "keep", "discard"), (4, "discard", "train_budget_overrun")]
+    assert "4.0 × the noise floor" in report.disagreements[0].why
+    assert report.disagreements[1].why == "check train_s failed: 31.2 vs limit 30"
+    text = report.render()
+    assert "identical labels: 3/5 (60%); same outcome (legal, or the same failure): 4/5" in text
+    assert "#1: keep → discard" in text and "#4: discard → train_budget_overrun" in text
+    assert len(report.score_diffs) == 4
