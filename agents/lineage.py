@@ -149,8 +149,14 @@ def build_view(
         baseline_score=search.baseline_score, trials_so_far=len(rows), position=state.position,
         known_programs=frozenset(r.program_digest for r in rows if r.program_digest),
     )
-    if search.best_trial is None:
-        return view
+    best_id = search.best_trial
+    if best_id is None:
+        # The baseline is still being measured (the first proposals run beside it, under
+        # the same load as every later trial): its program is where everyone starts.
+        base = next((r for r in rows if r.seq == 0 and r.program_digest and r.label is None), None)
+        if base is None:
+            return view
+        best_id = base.trial_id
 
     def line(row: TrialRow, with_changes: bool = True) -> TrialLine:
         changes = {}
@@ -161,7 +167,7 @@ def build_view(
                 changes = {}
         return TrialLine.of(row, changes)
 
-    best = state.trials[search.best_trial]
+    best = state.trials[best_id]
     view.best = line(best, with_changes=False)
     view.best_program = program_of(best.trial_id)
     if not lineage:

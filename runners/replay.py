@@ -164,9 +164,10 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
     seeds = {e.originator_id: e.seeds for _, e in ledger.iter_events() if isinstance(e, ev.TrialSubmitted)}
     print(f"re-running {len(ran)} trials of {original[:8]} as search {replay[:8]} "
           f"with {workers} worker(s) …", file=out)
+    base = ran[0] if ran and ran[0].seq == 0 else None
     for row in ran:
-        if row.seq == 1 and ran[0].seq == 0:
-            _drain(ledger, 1)  # the baseline first, as in the original search
+        if row.seq == 1 and base is not None and not _ran_beside(row, base):
+            _drain(ledger, 1)  # the baseline alone first, as the original search measured it
         program = get_program(ledger, row.program_digest)
         parent = (get_program(ledger, state.trials[row.parents[0]].program_digest)
                   if row.parents and state.trials.get(row.parents[0]) and state.trials[row.parents[0]].program_digest
@@ -212,6 +213,12 @@ def agreement(original: str, replay: str, ran: list, replayed: dict[int, object]
         if row.score is not None and new.score is not None:
             report.score_diffs.append(abs(new.score - row.score))
     return report
+
+
+def _ran_beside(first, base) -> bool:
+    """Whether the original search proposed its first trial while the baseline still ran."""
+    return (first.proposed_at is not None and base.labeled_at is not None
+            and first.proposed_at < base.labeled_at)
 
 
 def _surfaces(state: State, row) -> tuple[str, ...]:

@@ -261,7 +261,7 @@ class Search:
             if search.charged >= self.config.trials:
                 if in_flight == 0:
                     return
-            elif self._baseline_done(state) and in_flight < max(1, self.config.workers) \
+            elif self._baseline_running_or_done(state) and in_flight < max(1, self.config.workers) \
                     and search.charged + in_flight < self.config.trials and self._proposals < limit:
                 if self._propose(state):
                     continue
@@ -274,6 +274,15 @@ class Search:
                                    f"({search.charged} charged)")
                 return
             self.ledger.wait(state.position, 0.5)
+
+    def _baseline_running_or_done(self, state: State) -> bool:
+        """Proposals start as soon as the baseline is submitted: with several workers the
+        baseline then shares the machine as every later trial does, so it is measured under
+        the same load (alone, it would run on a quieter machine and look faster)."""
+        base = state.trials.get(ev.trial_id(self.search_id, 0))
+        if base is not None and base.label is None:
+            return base.program_digest is not None
+        return self._baseline_done(state)
 
     def _baseline_done(self, state: State) -> bool:
         base = state.trials.get(ev.trial_id(self.search_id, 0))

@@ -34,7 +34,7 @@ from ledger import events as ev
 from ledger.errors import ArlError, ConflictError
 from ledger.events import Label
 from ledger.programs import Program, get_program, read_folder, write_folder
-from ledger.projections import Projector, better
+from ledger.projections import Projector, State, better
 from ledger.store import Ledger, hostname
 from ledger.trials import claim
 from runners.labels import label_evaluation, label_runs
@@ -341,7 +341,7 @@ class Worker:
         if proposed.seq == 0:
             return Label.BASELINE, "the search's starting program", evaluation
         score = evaluation.score
-        state = self.projector.catch_up()
+        state = self._after_baseline(proposed.search_id)
         best = state.searches[proposed.search_id].best_score
         direction = task.objective.direction
         if best is None:
@@ -376,6 +376,21 @@ class Worker:
             f"{combined.score:.6g} over {len(runs + extra)} seeds beats the best {best:.6g} "
             "(confirmed on unseen seeds)"
         ), combined
+
+    def _after_baseline(self, search_id: str, limit_s: float = 3600.0) -> State:
+        """The state once the search's baseline is labelled: trials proposed while it ran
+        are judged against it, never against an empty search. It waits only while the
+        baseline runs somewhere: one back in the queue may need this very worker. (Heartbeats
+        keep this trial's lease meanwhile.)"""
+        deadline = time.monotonic() + limit_s
+        state = self.projector.catch_up()
+        base = state.trials.get(ev.trial_id(search_id, 0))
+        while (base is not None and base.label is None and base.status in ("claimed", "finished", "evaluated")
+               and time.monotonic() < deadline):
+            self.ledger.wait(state.position, 1.0)
+            state = self.projector.catch_up()
+            base = state.trials.get(ev.trial_id(search_id, 0))
+        return state
 
     def _deltas(self, proposed: ev.TrialProposed, score: float | None) -> tuple[float | None, float | None]:
         if score is None:

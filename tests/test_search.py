@@ -144,3 +144,18 @@ def test_turns_go_to_the_specialists_that_deliver():
     assert turn_order(names, busy, 0, lineage=True)[0] == 1
     # The control arm does not use the record: plain rotation whatever happened.
     assert turn_order(names, rows, 2, lineage=False) == [2, 0, 1]
+
+
+def test_the_first_proposals_run_beside_the_baseline_and_are_judged_against_it(sqlite_url):
+    # With two workers the baseline shares the machine with trial 1, as every later trial
+    # shares it with another: measured alone it would look faster than it is.
+    with Ledger.open(sqlite_url) as ledger:
+        summary = run_search(ledger, TINY, SearchConfig(trials=4, workers=2, seed=5), out=io.StringIO())
+        rows = rebuild(ledger).trials_of(summary.search_id)
+    base, first = rows[0], rows[1]
+    assert base.label.value == "baseline"
+    assert first.proposed_at < base.labeled_at  # proposed while the baseline ran
+    assert first.parents == (base.trial_id,)
+    for row in rows[1:]:
+        if row.label.legal:  # judged against the baseline or a later best, never an empty search
+            assert row.delta_vs_best is not None and row.delta_vs_parent is not None, row
