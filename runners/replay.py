@@ -115,6 +115,8 @@ class RerunReport(msgspec.Struct, kw_only=True):
     same_outcome: int = 0  # both legal (keep/discard are relative to a best that moves too), or the same failure
     not_rerun: int
     score_diffs: list[float]
+    #: The same differences with their sign (re-run minus original), in trial order.
+    score_shifts: list[float] = []
     noise_floor: float
     disagreements: list[Disagreement]
 
@@ -129,6 +131,14 @@ class RerunReport(msgspec.Struct, kw_only=True):
             nf = self.noise_floor or float("nan")
             lines.append(f"score drift |Δ|: median {med:.4g}, max {top:.4g} "
                          f"({med / nf:.2f} and {top / nf:.2f} × the noise floor {self.noise_floor:g})")
+        if len(self.score_shifts) >= 3:
+            # A machine that is faster or slower today moves every score the same way;
+            # what is left around that shift is the trial-to-trial noise.
+            shift = statistics.median(self.score_shifts)
+            rest = [abs(d - shift) for d in self.score_shifts]
+            lines.append(f"  of which common to all trials (median signed Δ): {shift:+.4g}; around it: "
+                         f"median {statistics.median(rest):.4g}, max {max(rest):.4g} "
+                         f"({statistics.median(rest) / nf:.2f} and {max(rest) / nf:.2f} × the noise floor)")
         for d in self.disagreements:
             lines.append(f"  #{d.seq}: {d.original} → {d.replayed} "
                          f"({_num(d.original_score)} → {_num(d.replayed_score)}): {d.why}")
@@ -212,6 +222,7 @@ def agreement(original: str, replay: str, ran: list, replayed: dict[int, object]
                 row.score, new.score, why))
         if row.score is not None and new.score is not None:
             report.score_diffs.append(abs(new.score - row.score))
+            report.score_shifts.append(new.score - row.score)
     return report
 
 

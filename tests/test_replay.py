@@ -169,3 +169,6 @@ def test_the_agreement_report_names_every_trial_that_did_not_reproduce():
     assert "identical labels: 3/5 (60%); same outcome (legal, or the same failure): 4/5" in text
     assert "#1: keep → discard" in text and "#4: discard → train_budget_overrun" in text
     assert len(report.score_diffs) == 4
+    # Signed: +0.01 +0.12 +0.01 +0.01 → a common shift of +0.01, one trial 0.11 away from it.
+    assert "of which common to all trials (median signed Δ): +0.01; around it:" in text
+    assert "max 0.11 (0.00 and 3.67 × the noise floor)" in text
