@@ -155,6 +155,8 @@ class Tuner:
             score = self._score(move, stats, view)
             if reaction is not None:
                 score += 3.0 * self._serves(move, reaction)
+            if move.technique is not None:
+                score = min(score, self._walk_back(move, view, stats))
             scored.append((score + self.rng.random() * 0.25, i, move))
         if not scored:
             return self.rng.choice(moves)
@@ -163,6 +165,22 @@ class Tuner:
         if reaction is not None and self._serves(best, reaction) > 0:
             best.why += f" (last trial: {mine[-1].label} — {mine[-1].reason[:120]})"
         return best
+
+    def _walk_back(self, move: Move, view: LineageView, stats: dict) -> float:
+        """A technique that sets a knob back the way a helpful move of it came scores as
+        badly as walking that move back (e.g. switching on a 64-byte context after
+        32 beat 64)."""
+        current = self._values(view.best_program)
+        worst = math.inf  # no knob walked back: no cap
+        for name, value in move.values.items():
+            if name not in current:
+                continue
+            direction = _direction(_parse(current[name]), value)
+            legal = [g for g, ok in stats.get((name, -direction), ()) if ok] if direction else []
+            if legal:
+                scale = max(view.noise_floor, 1e-9)
+                worst = min(worst, 0.5 - 0.5 * max(-2.0, min(2.0, sum(legal) / len(legal) / scale)))
+        return worst
 
     def _reaction(self, mine: list[TrialLine]) -> str | None:
         """The resource the last outcome says is short, if any."""

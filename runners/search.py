@@ -371,9 +371,9 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
     """Which specialists to ask next (indices into ``names``), first to last.
 
     In turn while nothing is known; then, with lineage on, in proportion to what each
-    has delivered: a specialist's share of the turns is 1 + its keeps, halved while
-    its surface looks saturated, and the one furthest below its share goes first
-    (ties: the rotation). The control arm (lineage off) keeps a plain rotation:
+    has delivered: a specialist's share of the turns is 1 + its keeps while its last
+    two trials were not both misses (1 after that, halved once its surface looks
+    saturated), and the one furthest below its share goes first (ties: the rotation). The control arm (lineage off) keeps a plain rotation:
     handing out turns by yield is itself a use of the lineage.
     """
     n = len(names)
@@ -396,8 +396,12 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
             flat[r.agent] += 1
 
     def share(i: int) -> float:
-        weight = (1 + keeps[names[i]]) * (0.5 if flat[names[i]] >= SATURATION else 1.0)
-        return turns[names[i]] / weight
+        name = names[i]
+        # A specialist on a run keeps the ball; two misses in a row hand it back to the rest.
+        weight = 1 + keeps[name] if flat[name] < 2 else 1.0
+        if flat[name] >= SATURATION:
+            weight *= 0.5
+        return turns[name] / weight
 
     return sorted(rotation, key=lambda i: (share(i), rotation.index(i)))
 

@@ -267,3 +267,20 @@ def test_a_discard_that_beat_its_parent_is_tried_again_on_the_new_best(toy):
     for seed in range(10):
         p = Tuner(toy, toy.surface("opt"), seed=seed).propose(view(toy, program=program, mine=[flat]))
         assert not p.hypothesis.startswith("switch on half_precision")
+
+
+def test_a_technique_that_would_walk_back_a_kept_move_loses_to_other_moves(toy):
+    # WIDTH 16 → 8 helped a lot; a technique that sets WIDTH = 64 again is not chosen.
+    text = TASK + """[[surfaces.techniques]]
+name = "wide"
+description = "wider layers"
+set = { WIDTH = 64 }
+"""
+    folder = toy.folder
+    (folder / "task.toml").write_text(text)
+    task = load_task(folder)
+    program = {"train.py": set_constant(RECIPE, "WIDTH", 8)}
+    kept = _legal("keep", {"WIDTH": ("16", "8")}, delta_vs_parent=-0.3, delta_vs_best=-0.3)
+    for seed in range(30):
+        p = Tuner(task, task.surface("opt"), seed=seed).propose(view(task, program=program, mine=[kept]))
+        assert not p.hypothesis.startswith("switch on wide"), p.hypothesis

@@ -142,6 +142,9 @@ def test_turns_go_to_the_specialists_that_deliver():
     # Running trials count as turns taken: arch with 3 in flight is no longer first.
     busy = rows + [row(7 + i, "arch", None) for i in range(5)]
     assert turn_order(names, busy, 0, lineage=True)[0] == 1
+    # Two misses in a row hand the ball back: arch (2 keeps, then 2 discards) weighs 1 again.
+    cold = rows + [row(7, "arch", "discard"), row(8, "arch", "discard")]
+    assert turn_order(names, cold, 0, lineage=True)[-1] == 0
     # The control arm does not use the record: plain rotation whatever happened.
     assert turn_order(names, rows, 2, lineage=False) == [2, 0, 1]
 
