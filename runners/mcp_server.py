@@ -34,7 +34,7 @@ from ledger.errors import ArlError, ConflictError
 from ledger.programs import get_program, read_folder
 from ledger.store import Ledger
 from runners.search import SearchError, find_search
-from runners.submit import record_rejection, submit, task_of
+from runners.submit import merged_surfaces, record_rejection, submit, task_of
 from tasks.manifest import Surface, Task
 
 #: Submissions give up after this many lost races for the next sequence number.
@@ -83,8 +83,7 @@ def record_proposal(ledger: Ledger, task: Task, tools: LedgerTools, proposal: Pr
                 return record_rejection(ledger, tools.search_id, seq, label=label, reason=reason, **common), seq
             parent = (get_program(ledger, state.trials[proposal.parents[0]].program_digest)
                       if proposal.parents else read_folder(task.recipe_dir))
-            also = proposal.also_surfaces + tuple(
-                state.trials[t].surface for t in proposal.parents[1:] if t in state.trials)
+            also = proposal.also_surfaces + merged_surfaces(state, proposal.parents)
             return submit(ledger, task, tools.search_id, seq, program=proposal.program, parent_program=parent,
                           also_surfaces=also, **common), seq
         except ConflictError:

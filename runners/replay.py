@@ -30,7 +30,7 @@ from ledger.programs import get_program, program_digest
 from ledger.projections import State, rebuild
 from ledger.store import Ledger, decode_states
 from runners.search import Search, SearchConfig, build_team, find_search, summarize
-from runners.submit import start_search, submit, task_of
+from runners.submit import merged_surfaces, start_search, submit, task_of
 from runners.worker import Worker
 from tasks.manifest import Task
 
@@ -186,7 +186,7 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
                parent_program=parent, parents=tuple(ev.trial_id(replay, state.trials[p].seq)
                                                     for p in row.parents if p in state.trials),
                hypothesis=row.hypothesis, expected_delta=row.expected_delta, backend=row.backend,
-               seeds=seeds.get(row.trial_id), also_surfaces=_surfaces(state, row))
+               seeds=seeds.get(row.trial_id), also_surfaces=merged_surfaces(state, row.parents))
     _drain(ledger, workers)
     after = rebuild(ledger)
     report = agreement(original, replay, ran, {r.seq: r for r in after.trials_of(replay)},
@@ -230,10 +230,6 @@ def _ran_beside(first, base) -> bool:
     """Whether the original search proposed its first trial while the baseline still ran."""
     return (first.proposed_at is not None and base.labeled_at is not None
             and first.proposed_at < base.labeled_at)
-
-
-def _surfaces(state: State, row) -> tuple[str, ...]:
-    return tuple(state.trials[p].surface for p in row.parents[1:] if p in state.trials)
 
 
 def _drain(ledger: Ledger, workers: int) -> None:

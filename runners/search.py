@@ -28,7 +28,7 @@ from ledger.errors import ArlError, ConflictError
 from ledger.programs import get_program, put_program, read_folder
 from ledger.projections import Projector, SearchRow, State
 from ledger.store import Ledger
-from runners.submit import record_rejection, start_search, submit, task_of
+from runners.submit import merged_surfaces, record_rejection, start_search, submit, task_of
 from runners.worker import Worker
 from tasks.adapters import bind, recorded_paths
 from tasks.manifest import Task
@@ -337,7 +337,7 @@ class Search:
             record_rejection(self.ledger, self.search_id, seq, label=label, reason=reason, **common)
             return
         parent = self.program_of(p.parents[0]) if p.parents else self.base_program
-        also = p.also_surfaces + tuple(state.trials[t].surface for t in p.parents[1:] if t in state.trials)
+        also = p.also_surfaces + merged_surfaces(state, p.parents)
         submit(self.ledger, self.task, self.search_id, seq, program=p.program,
                parent_program=parent, also_surfaces=also, **common)
 

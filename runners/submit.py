@@ -53,6 +53,29 @@ def start_search(
     return search
 
 
+def merged_surfaces(state, parents: tuple[str, ...]) -> tuple[str, ...]:
+    """The surfaces a merge may touch besides its own: those of the trials that brought
+    the merged-in line its changes, i.e. the ancestors of ``parents[1:]`` (through every
+    parent: a keep that was itself a merge carries its own parents' changes) that are
+    not ancestors of ``parents[0]``, the program the merge starts from."""
+
+    def ancestors(trial: str) -> set[str]:
+        seen, todo = set(), [trial]
+        while todo:
+            t = todo.pop()
+            if t in seen or t not in state.trials:
+                continue
+            seen.add(t)
+            todo.extend(state.trials[t].parents)
+        return seen
+
+    if len(parents) < 2:
+        return ()
+    base = ancestors(parents[0])
+    brought = set().union(*(ancestors(p) for p in parents[1:])) - base
+    return tuple(sorted({state.trials[t].surface for t in brought if state.trials[t].surface}))
+
+
 def submit(
     ledger: Ledger,
     task: Task,

@@ -79,3 +79,23 @@ def test_other_files_and_protected_files(tmp_path):
     assert label is Label.ILLEGAL_EDIT and "data.txt" in reason
     label, _ = scope_violation(task, "docs", base, dict(base, **{"new.py": b"x = 1\n"}))
     assert label is Label.OUT_OF_SURFACE
+
+
+def test_a_merge_may_touch_every_surface_on_the_way_to_the_merged_keep():
+    # #5 (artifact) merged #1 (arch) into #3 (data); merging #5 into another best carries
+    # arch's change too, so arch is allowed alongside artifact and data (the seen bug:
+    # "the edit changes D_MODEL (owned by surface arch)").
+    from types import SimpleNamespace
+
+    from runners.submit import merged_surfaces
+
+    rows = {"t0": ("", ()), "t1": ("arch", ("t0",)), "t3": ("data", ("t0",)),
+            "t5": ("artifact", ("t3", "t1")), "t6": ("arch", ("t0",))}
+    trials = {k: SimpleNamespace(surface=s, parents=p) for k, (s, p) in rows.items()}
+
+    state = SimpleNamespace(trials=trials)
+    assert merged_surfaces(state, ("t6", "t5")) == ("arch", "artifact", "data")
+    # Only what the merged-in line brought: merging #6 into #5 brings arch alone
+    # (#5's own ancestry is where the merge starts, so data and artifact are not added).
+    assert merged_surfaces(state, ("t5", "t6")) == ("arch",)
+    assert merged_surfaces(state, ("t5",)) == ()
