@@ -69,10 +69,12 @@ def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
 
     shutil.copytree(TINY, slow)
     recipe = slow / "recipe" / "train.py"
-    recipe.write_text(recipe.read_text().replace("SLEEP_S = 0.0", "SLEEP_S = 0.4"))
+    recipe.write_text(recipe.read_text().replace("SLEEP_S = 0.0", "SLEEP_S = 1.5"))
     arl = [sys.executable, "-m", "runners.cli"]
+    # Ctrl-C as a terminal sends it, whatever this test process inherited for SIGINT.
     proc = subprocess.Popen([*arl, "run", str(slow), "--trials", "10", "--store", sqlite_url, "--name", "stoppy"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     with Ledger.open(sqlite_url) as ledger:
         deadline = time.monotonic() + 60
         while sum(isinstance(e, ev.TrialLabeled) for _, e in ledger.read(0, 10_000)) < 3:
