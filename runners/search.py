@@ -373,8 +373,9 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
     In turn while nothing is known; then, with lineage on, in proportion to what each
     has delivered: a specialist's share of the turns is 1 + its keeps while its last
     two trials were not both misses (1 after that, halved once its surface looks
-    saturated), and the one furthest below its share goes first (ties: the rotation). The control arm (lineage off) keeps a plain rotation:
-    handing out turns by yield is itself a use of the lineage.
+    saturated), and the one furthest below its share goes first (ties: the rotation).
+    The control arm (lineage off) keeps a plain rotation: handing out turns by yield
+    is itself a use of the lineage.
     """
     n = len(names)
     rotation = [(turn + k) % n for k in range(n)]
