@@ -175,11 +175,9 @@ class Tuner:
         for name, value in move.values.items():
             if name not in current:
                 continue
-            direction = _direction(_parse(current[name]), value)
-            legal = [g for g, ok in stats.get((name, -direction), ()) if ok] if direction else []
-            if legal:
-                scale = max(view.noise_floor, 1e-9)
-                worst = min(worst, 0.5 - 0.5 * max(-2.0, min(2.0, sum(legal) / len(legal) / scale)))
+            prior = _untried_prior(stats, name, _direction(_parse(current[name]), value), view.noise_floor)
+            if prior is not None:
+                worst = min(worst, prior)
         return worst
 
     def _reaction(self, mine: list[TrialLine]) -> str | None:
@@ -232,12 +230,9 @@ class Tuner:
         if not history:
             # Untried: worth a look, unless it walks back a move that measurably helped
             # (or forward from one that measurably hurt) — one knob, opposite direction.
-            opposite = stats.get((move.key[0], -move.key[1])) if len(move.key) == 2 and \
-                isinstance(move.key[1], int) and move.key[1] != 0 else None
-            legal = [g for g, ok in opposite or () if ok]
-            if not legal:
-                return 0.5
-            return 0.5 - 0.5 * max(-2.0, min(2.0, sum(legal) / len(legal) / scale))
+            knob_move = len(move.key) == 2 and isinstance(move.key[1], int)
+            prior = _untried_prior(stats, move.key[0], move.key[1], view.noise_floor) if knob_move else None
+            return 0.5 if prior is None else prior
         mean = sum(g for g, _ in history) / len(history)
         return max(-2.0, min(2.0, mean / scale)) / math.sqrt(len(history))
 
@@ -322,6 +317,17 @@ def _common_ancestor(view: LineageView, keep: TrialLine) -> str | None:
         if parent in chain:
             return parent
     return None
+
+
+def _untried_prior(stats: dict, knob: str, direction: int, noise_floor: float) -> float | None:
+    """The score of an untried move of ``knob`` in ``direction`` judged by the legal outcomes
+    of the opposite move: walking back one that helped scores low, one that hurt high.
+    None when the opposite move has no legal outcome (or the change has no direction)."""
+    legal = [g for g, ok in stats.get((knob, -direction), ()) if ok] if direction else []
+    if not legal:
+        return None
+    scale = max(noise_floor, 1e-9)
+    return 0.5 - 0.5 * max(-2.0, min(2.0, sum(legal) / len(legal) / scale))
 
 
 def _direction(old: object, new: object) -> int:
