@@ -7,13 +7,15 @@
 * threads: OMP/MKL/OpenBLAS/torch thread counts set to ``threads``;
 * environment: only what a recipe needs — no store URL, no credentials, no keys;
 * bubblewrap when installed: no network, read-only system, writable only the
-  folders given, held-out data and the ledger hidden behind empty tmpfs.
+  folders given, held-out data and the ledger hidden behind empty tmpfs
+  (or, for a file, an empty one bound over it).
 
 Peak memory and CPU time come from ``wait4`` on the child, not from the recipe.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -220,8 +222,10 @@ def _bwrap_argv(
     for path in _python_paths():
         args += ["--ro-bind", path, path]
     for path in hidden:
-        if path.exists():
+        if path.is_dir():
             args += ["--tmpfs", str(path)]
+        elif path.exists():  # a file: masked by an empty one (not /dev/null: binds are nodev)
+            args += ["--ro-bind", _empty_file(), str(path)]
     for path in readable:
         args += ["--ro-bind", str(path), str(path)]
     for path in (cwd, *writable):
@@ -230,11 +234,45 @@ def _bwrap_argv(
     return args + argv
 
 
-def _python_paths() -> list[str]:
-    """Folders under /tmp that the running Python needs (prefix, executable, sys.path)."""
+_empty: list[str] = []
+
+
+def _empty_file() -> str:
+    """An empty read-only file to bind over hidden ones, made once per process."""
+    if not _empty or not os.path.exists(_empty[-1]):
+        fd, path = tempfile.mkstemp(prefix="arl-empty-")
+        os.close(fd)
+        os.chmod(path, 0o444)
+        _empty.append(path)
+        atexit.register(lambda: os.path.exists(path) and os.remove(path))
+    return _empty[-1]
+
+
+def hiding_sqlite(path: Path) -> list[Path]:
+    """What to hide so a recipe cannot read the SQLite ledger at ``path``.
+
+    Its folder, unless that folder also holds what the recipe's Python needs (a ledger
+    beside a checkout with its virtual environment): then the file and its journals,
+    each masked on its own.
+    """
+    path = path.resolve()
+    folder = str(path.parent)
+    if not any(p == folder or p.startswith(folder.rstrip("/") + "/") for p in _interpreter_paths()):
+        return [path.parent]
+    return [p for suffix in ("", "-wal", "-shm", "-journal")
+            if (p := path.with_name(path.name + suffix)).exists()]
+
+
+def _interpreter_paths() -> list[str]:
+    """Folders the running Python needs (prefix, executable, sys.path), resolved."""
     candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix,
                   os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
-    keep = sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)})
+    return sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)})
+
+
+def _python_paths() -> list[str]:
+    """Folders under /tmp that the running Python needs."""
+    keep = _interpreter_paths()
     under_tmp = [p for p in keep if p == "/tmp" or p.startswith("/tmp/")]
     # Outermost folders only: binding a parent already exposes its children.
     return [p for p in under_tmp if not any(p != q and p.startswith(q + "/") for q in under_tmp)]

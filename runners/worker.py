@@ -38,7 +38,7 @@ from ledger.projections import Projector, State, better
 from ledger.store import Ledger, hostname
 from ledger.trials import claim
 from runners.labels import label_evaluation, label_runs
-from runners.sandbox import run_process
+from runners.sandbox import hiding_sqlite, run_process
 from runners.submit import task_of
 from tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
@@ -302,7 +302,7 @@ class Worker:
     def _hidden(self, data: TaskData) -> list[Path]:
         hidden = [data.root]
         if self.ledger.kind == "sqlite":
-            hidden.append(Path(self.ledger.url.path).parent)
+            hidden += hiding_sqlite(Path(self.ledger.url.path))
         return hidden
 
     def _evaluate(self, loaded: _Loaded, runs: list[SeedRun], root: Path) -> Evaluation | str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,33 @@ def test_python_under_tmp_stays_visible(monkeypatch, tmp_path):
     paths = sandbox._python_paths()
     assert os.path.realpath(venv) in paths and os.path.realpath(checkout) in paths
     assert all(p.startswith("/tmp") for p in paths)
+
+
+def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp_path, request):
+    # A ledger in its own folder: the folder goes.
+    alone = tmp_path / "store" / "ledger.db"
+    alone.parent.mkdir()
+    alone.write_text("scores")
+    assert sandbox.hiding_sqlite(alone) == [alone.parent.resolve()]
+    # A ledger in a checkout that also holds the virtual environment (sys.path): hiding the
+    # folder would hide Python itself, so the ledger and its journals are masked instead.
+    # Outside /tmp, which the sandbox replaces with an empty tmpfs.
+    checkout = Path(tempfile.mkdtemp(prefix="arl-checkout-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(checkout))
+    (checkout / ".venv").mkdir()
+    ledger = checkout / "ledger.db"
+    ledger.write_text("scores")
+    (checkout / "ledger.db-wal").write_text("more scores")
+    (checkout / "notes.txt").write_text("visible")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(checkout / ".venv")])
+    hidden = sandbox.hiding_sqlite(ledger)
+    assert hidden == [ledger.resolve(), (checkout / "ledger.db-wal").resolve()]
+    if bwrap_path() is None:
+        return
+    work = tmp_path / "work"
+    work.mkdir()
+    code = "import sys\nfor f in sys.argv[1:]:\n    print(f.rsplit('/', 1)[1], repr(open(f).read()))\n"
+    p = run_process(["{python}", "-c", code, str(ledger), str(checkout / "ledger.db-wal"),
+                     str(checkout / "notes.txt")], cwd=work, timeout_s=20, memory_mb=300, hidden=hidden)
+    assert p.exit_code == 0, p.stderr_tail
+    assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt 'visible'"]
