@@ -256,8 +256,7 @@ def hiding_sqlite(path: Path) -> list[Path]:
     each masked on its own.
     """
     path = path.resolve()
-    folder = str(path.parent)
-    if not any(p == folder or p.startswith(folder.rstrip("/") + "/") for p in _interpreter_paths()):
+    if not any(Path(p).is_relative_to(path.parent) for p in _interpreter_paths()):
         return [path.parent]
     return [p for suffix in ("", "-wal", "-shm", "-journal")
             if (p := path.with_name(path.name + suffix)).exists()]
