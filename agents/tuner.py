@@ -6,7 +6,8 @@ its surface declares, reacting to outcomes the way the paper's agents learned to
 * a gate miss buys accuracy;
 * a crash, divergence or invalid edit is not retried unchanged;
 * otherwise it prefers the moves that improved before (mean delta per knob and
-  direction, with a bonus for moves not tried yet), and takes bigger or paired
+  direction, with a bonus for moves not tried yet, larger for untried moves that buy
+  what the objective measures when the task declares it), and takes bigger or paired
   steps once its surface looks saturated;
 * it merges a keep of another specialist that the best does not contain (a
   trial with two parents, three-way merged; a conflict is an invalid edit).
@@ -154,7 +155,7 @@ class Tuner:
                 continue  # never retry an outcome that already failed or did not help
             score = self._score(move, stats, view)
             if reaction is not None:
-                score += 3.0 * self._serves(move, reaction)
+                score += 3.0 * self._answers(move, reaction)
             if move.technique is not None:
                 score = min(score, self._walk_back(move, view, stats))
             scored.append((score + self.rng.random() * 0.25, i, move))
@@ -162,7 +163,7 @@ class Tuner:
             return self.rng.choice(moves)
         scored.sort(key=lambda s: (-s[0], s[1]))
         best = scored[0][2]
-        if reaction is not None and self._serves(best, reaction) > 0:
+        if reaction is not None and self._answers(best, reaction) > 0:
             best.why += f" (last trial: {mine[-1].label} — {mine[-1].reason[:120]})"
         return best
 
@@ -183,6 +184,17 @@ class Tuner:
     def _reaction(self, mine: list[TrialLine]) -> str | None:
         """The resource the last outcome says is short, if any."""
         return _REACTIONS.get(mine[-1].label or "") if mine else None
+
+    def _answers(self, move: Move, short: str) -> float:
+        """How well ``move`` answers a failure that says ``short`` is short. Paying for it
+        with what the objective measures is no answer: the best is legal already, so
+        raising epochs after a gate miss when the score is wallclock only gives back
+        the time the search is after."""
+        answer = self._serves(move, short)
+        resource = self.task.objective.resource
+        if resource is not None and resource != short:
+            answer += min(0.0, self._serves(move, resource))
+        return answer
 
     def _serves(self, move: Move, resource: str) -> float:
         """+1 per change that makes ``resource`` better, -1 per change that makes it worse.
@@ -232,9 +244,17 @@ class Tuner:
             # (or forward from one that measurably hurt) — one knob, opposite direction.
             knob_move = len(move.key) == 2 and isinstance(move.key[1], int)
             prior = _untried_prior(stats, move.key[0], move.key[1], view.noise_floor) if knob_move else None
-            return 0.5 if prior is None else prior
+            return (0.5 if prior is None else prior) + self._promise(move)
         mean = sum(g for g, _ in history) / len(history)
         return max(-2.0, min(2.0, mean / scale)) / math.sqrt(len(history))
+
+    def _promise(self, move: Move) -> float:
+        """A prior for an untried move from what the objective measures: +0.5 when the
+        move buys it (a speed-up when the score is wallclock), -0.5 when it costs it."""
+        resource = self.task.objective.resource
+        if resource is None:
+            return 0.0
+        return 0.5 * max(-1.0, min(1.0, self._serves(move, resource)))
 
     def _keys_of(self, t: TrialLine) -> list[tuple]:
         keys = []

@@ -84,6 +84,10 @@ class Objective(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     direction: Literal["min", "max"]
     #: Improvements smaller than this are confirmed on more seeds before they count.
     noise_floor: float = 0.0
+    #: What the metric measures, in the knobs' costs/buys vocabulary (e.g. "time" when the
+    #: score is wallclock): offline agents try the moves that buy it before the others.
+    #: None: the metric is not one of those resources, no move is preferred a priori.
+    resource: Literal["time", "size", "memory", "accuracy"] | None = None
 
 
 class Budgets(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

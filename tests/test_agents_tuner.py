@@ -284,3 +284,53 @@ set = { WIDTH = 64 }
     for seed in range(30):
         p = Tuner(task, task.surface("opt"), seed=seed).propose(view(task, program=program, mine=[kept]))
         assert not p.hypothesis.startswith("switch on wide"), p.hypothesis
+
+
+def timed_toy(tmp_path, *, extra: str = "", recipe: bytes = RECIPE):
+    """The toy task with an objective that measures time (like a wallclock score)."""
+    folder = tmp_path / "toy-time"
+    (folder / "recipe").mkdir(parents=True)
+    (folder / "task.toml").write_text(TASK.replace("noise_floor = 0.01", 'noise_floor = 0.01\nresource = "time"') + extra)
+    (folder / "recipe" / "train.py").write_bytes(recipe)
+    (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
+    (folder / "data.py").write_text("def prepare(cache): ...\n")
+    return load_task(folder)
+
+
+def test_an_objective_that_measures_time_tries_speed_ups_first(tmp_path):
+    timed = timed_toy(tmp_path)
+    assert timed.objective.resource == "time"
+    for seed in range(10):
+        (name, (old, new)), = changed(Tuner(timed, timed.surface("opt"), seed=seed).propose(view(timed))).items()
+        assert name in ("EPOCHS", "WIDTH") and float(new) < float(old), (seed, name, old, new)
+
+
+def test_without_a_declared_resource_no_move_is_preferred(toy):
+    firsts = set()
+    for seed in range(10):
+        firsts.update(changed(Tuner(toy, toy.surface("opt"), seed=seed).propose(view(toy))))
+    assert len(firsts) > 2  # a spread of moves, not one preferred knob
+
+
+def test_a_gate_miss_on_a_timed_objective_buys_accuracy_that_costs_no_time(tmp_path):
+    recipe = RECIPE.replace(b'DTYPE = "float32"', b'DTYPE = "float32"\nTTA = False')
+    timed = timed_toy(tmp_path, recipe=recipe, extra='''
+[[surfaces.techniques]]
+name = "tta"
+description = "average predictions over flips at test time"
+set = { TTA = true }
+buys = ["accuracy"]
+''')
+    for seed in range(5):
+        miss = failed("gate_miss", {"EPOCHS": ("10", "9")})
+        p = Tuner(timed, timed.surface("opt"), seed=seed).propose(view(timed, mine=[miss], program={"train.py": recipe}))
+        assert constants(p.program["train.py"])["TTA"] == "True", p.hypothesis
+
+
+def test_a_gate_miss_on_a_timed_objective_is_not_answered_with_more_time(tmp_path):
+    timed = timed_toy(tmp_path)
+    for seed in range(10):
+        miss = failed("gate_miss", {"EPOCHS": ("10", "9")})
+        c = changed(Tuner(timed, timed.surface("opt"), seed=seed).propose(view(timed, mine=[miss])))
+        # EPOCHS and WIDTH buy accuracy with time; LR or the dtype cost none.
+        assert not ({"EPOCHS", "WIDTH"} & set(c)), (seed, c)
