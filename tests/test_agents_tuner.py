@@ -72,15 +72,18 @@ buys = ["size"]
 """
 
 
-@pytest.fixture
-def toy(tmp_path):
-    folder = tmp_path / "toy"
+def make_task(folder, manifest: str = TASK, recipe: bytes = RECIPE):
     (folder / "recipe").mkdir(parents=True)
-    (folder / "task.toml").write_text(TASK)
-    (folder / "recipe" / "train.py").write_bytes(RECIPE)
+    (folder / "task.toml").write_text(manifest)
+    (folder / "recipe" / "train.py").write_bytes(recipe)
     (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
     (folder / "data.py").write_text("def prepare(cache): ...\n")
     return load_task(folder)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return make_task(tmp_path / "toy")
 
 
 def view(task, *, mine=(), lineage=True, program=None, other_keeps=(), chain=()):
@@ -288,13 +291,8 @@ set = { WIDTH = 64 }
 
 def timed_toy(tmp_path, *, extra: str = "", recipe: bytes = RECIPE):
     """The toy task with an objective that measures time (like a wallclock score)."""
-    folder = tmp_path / "toy-time"
-    (folder / "recipe").mkdir(parents=True)
-    (folder / "task.toml").write_text(TASK.replace("noise_floor = 0.01", 'noise_floor = 0.01\nresource = "time"') + extra)
-    (folder / "recipe" / "train.py").write_bytes(recipe)
-    (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
-    (folder / "data.py").write_text("def prepare(cache): ...\n")
-    return load_task(folder)
+    manifest = TASK.replace("noise_floor = 0.01", 'noise_floor = 0.01\nresource = "time"') + extra
+    return make_task(tmp_path / "toy-time", manifest, recipe)
 
 
 def test_an_objective_that_measures_time_tries_speed_ups_first(tmp_path):
