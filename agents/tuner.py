@@ -3,7 +3,8 @@ its surface declares, reacting to outcomes the way the paper's agents learned to
 
 * a budget overrun shrinks what costs time, a size violation what costs size (or
   switches on a technique that buys size), an oom what costs memory;
-* a gate miss buys accuracy;
+* a gate miss buys accuracy; a failure that beat the best (a faster variant that
+  missed the gate) is answered on top of the failed program itself;
 * a crash, divergence or invalid edit is not retried unchanged;
 * otherwise it prefers the moves that improved before (mean delta per knob and
   direction, with a bonus for moves not tried yet, larger for untried moves that buy
@@ -31,6 +32,7 @@ from agents.lineage import LineageView, TrialLine
 from agents.merge import MergeConflict, merge_programs
 from ledger.events import Label
 from ledger.programs import program_digest
+from ledger.projections import better
 from tasks.manifest import Knob, Surface, Task, Technique
 
 _REACTIONS: dict[str, str] = {
@@ -80,6 +82,9 @@ class Tuner:
             merge = self._merge(view)
             if merge is not None:
                 return merge
+            rescue = self._rescue(view)
+            if rescue is not None:
+                return rescue
         program = view.best_program
         current = self._values(program)
         moves = self._candidates(current, view)
@@ -102,7 +107,10 @@ class Tuner:
             values[knob.name] = constants(program.get(knob.file, b"")).get(knob.name, "")
         return values
 
-    def _candidates(self, current: dict[str, str], view: LineageView) -> list[Move]:
+    def _candidates(self, current: dict[str, str], view: LineageView,
+                    program: dict[str, bytes] | None = None) -> list[Move]:
+        """The moves from ``program`` (the best's by default) whose knob values are ``current``."""
+        program = view.best_program if program is None else program
         saturated = self.lineage and view.saturated
         moves: list[Move] = []
         for knob in self.surface.knobs:
@@ -122,7 +130,7 @@ class Tuner:
         for technique in self.surface.techniques:
             # On now, or switched on earlier on the way to the best and moved on from since
             # (undoing a later keep would only walk back up the chain).
-            if self._technique_on(technique, view.best_program) or technique.name in applied:
+            if self._technique_on(technique, program) or technique.name in applied:
                 continue
             moves.append(Move(values=dict(technique.set), technique=technique,
                               key=("technique", technique.name),
@@ -306,6 +314,44 @@ class Tuner:
                 if text.count(edit.search) == 1:
                     child[edit.file] = text.replace(edit.search, edit.replace).encode()
         return child
+
+    def _rescue(self, view: LineageView) -> Proposal | None:
+        """Answer a failure that beat the best on top of the failed program itself.
+
+        A child of the best that scored better than it but failed for want of a
+        resource — a speed-up that missed the accuracy gate, a better model over the
+        size cap — is the most promising program in the search. Walking away from it
+        wastes the find; the move that answers the shortage from this surface, without
+        costing what the objective measures (``flip_tta`` after a faster variant missed
+        the gate), is tried on it, with the failed trial as parent. Each failed
+        program gets each answer once (the search's known programs say which)."""
+        best = view.best
+        if best is None or best.score is None:
+            return None
+        for failed in view.best_children:  # failures first, newest first
+            short = _REACTIONS.get(failed.label or "")
+            if short is None or failed.score is None or not better(view.direction, failed.score, best.score):
+                continue
+            try:
+                program = self.program_of(failed.trial_id)
+            except Exception:  # its program never reached the store: nothing to build on
+                continue
+            answers = []
+            for move in self._candidates(self._values(program), view, program):
+                answer = self._answers(move, short)
+                if answer > 0 and program_digest(self._apply(program, move)) not in view.known_programs:
+                    answers.append((-answer, self.rng.random(), move))
+            if not answers:
+                continue
+            move = min(answers, key=lambda a: a[:2])[2]
+            return Proposal(
+                agent=self.name, surface=self.surface.name, backend=self.backend,
+                hypothesis=(f"{move.why} on top of #{failed.seq} ({failed.hypothesis[:80]}), which beat the "
+                            f"best but failed: {failed.label} — {failed.reason[:120]}"),
+                expected_delta=self._expected(move, view), parents=(failed.trial_id,),
+                program=self._apply(program, move),
+            )
+        return None
 
     def _merge(self, view: LineageView) -> Proposal | None:
         for keep in view.other_keeps:  # the view leaves out keeps already merged

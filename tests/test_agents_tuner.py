@@ -332,3 +332,42 @@ def test_a_gate_miss_on_a_timed_objective_is_not_answered_with_more_time(tmp_pat
         c = changed(Tuner(timed, timed.surface("opt"), seed=seed).propose(view(timed, mine=[miss])))
         # EPOCHS and WIDTH buy accuracy with time; LR or the dtype cost none.
         assert not ({"EPOCHS", "WIDTH"} & set(c)), (seed, c)
+
+
+def test_a_faster_variant_that_missed_the_gate_is_answered_on_its_own_program(tmp_path):
+    recipe = RECIPE.replace(b'DTYPE = "float32"', b'DTYPE = "float32"\nTTA = False')
+    timed = timed_toy(tmp_path, recipe=recipe, extra='''
+[[surfaces.techniques]]
+name = "tta"
+description = "average predictions over flips at test time"
+set = { TTA = true }
+buys = ["accuracy"]
+''')
+    fast = {"train.py": set_constant(recipe, "EPOCHS", 5)}
+    programs = {"t0": {"train.py": recipe}, "t3": fast}
+
+    def miss(score: float) -> TrialLine:
+        return TrialLine(seq=3, trial_id="t3", agent="sched", surface="sched", hypothesis="lower EPOCHS 10 → 5",
+                         label="gate_miss", score=score, delta_vs_best=score - 1.0, parents=("t0",),
+                         reason="check accuracy failed: 0.565 vs limit 0.57 (under by 0.005)")
+
+    for seed in range(5):
+        tuner = Tuner(timed, timed.surface("opt"), seed=seed, program_of=programs.__getitem__)
+        v = view(timed, program=programs["t0"])
+        v.best_children = [miss(0.8)]  # 20 % faster than the best, but under the gate
+        p = tuner.propose(v)
+        assert p.parents == ("t3",) and "on top of #3" in p.hypothesis, p.hypothesis
+        after = constants(p.program["train.py"])
+        assert after["TTA"] == "True" and after["EPOCHS"] == "5"  # the speed-up stays, accuracy is bought
+        # Each answer once: with that program in the search, the tuner moves on from the best.
+        v.known_programs = frozenset({program_digest(p.program)})
+        assert tuner.propose(v).parents == ("t0",)
+        # A failure that was no faster than the best is not worth answering.
+        v = view(timed, program=programs["t0"])
+        v.best_children = [miss(1.1)]
+        assert tuner.propose(v).parents == ("t0",)
+    # The control arm has no lineage: it never builds on a failure.
+    off = Tuner(timed, timed.surface("opt"), seed=0, lineage=False, program_of=programs.__getitem__)
+    v = view(timed, program=programs["t0"], lineage=False)
+    v.best_children = [miss(0.8)]
+    assert off.propose(v).parents == ("t0",)
