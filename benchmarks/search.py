@@ -20,8 +20,7 @@ several, and the table is always computed from the recorded rows (with the
 commits they were measured at).
 
 Issue targets: lineage on beats lineage off and random on both tasks and is at
-least level with TPE; golf-mini >= 15 % bpb, airbench-mini >= 20 % in time (its score is the
-recipe's CPU time on its one thread, i.e. its wallclock on a core of its own).
+least level with TPE; golf-mini >= 15 % bpb, airbench-mini >= 20 % wallclock.
 Defaults follow the issue (golf-mini 30 trials x 3 seeds, airbench-mini 20 x 2).
 """
 

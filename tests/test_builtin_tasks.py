@@ -246,9 +246,7 @@ def test_airbench_base_program_scores_and_passes_every_check(airbench, tmp_path)
     ev = _evaluate(airbench, [run], tmp_path / "scratch")
     checks = _checks(ev)
     assert set(checks) == {"train_s", "eval_s", "harness", "finite", "accuracy"}
-    # The score is the run's time on its one thread (CPU seconds); its wall time bounds it.
-    assert ev.score == pytest.approx(run.process.cpu_s) and ev.per_seed == {0: ev.score}
-    assert ev.metrics["train_s"] == pytest.approx(run.process.wall_s) and 0 < ev.score <= run.process.wall_s
+    assert ev.score == pytest.approx(run.process.wall_s) and ev.per_seed == {0: ev.score}
     assert 0.3 < ev.metrics["accuracy"] <= 1.0  # two epochs: well above chance
     assert checks["accuracy"].fails_as == Label.GATE_MISS and checks["accuracy"].limit == airbench.gates.accuracy
     assert all(c.passed for c in ev.checks if c.name != "accuracy")
@@ -260,20 +258,6 @@ def test_airbench_untrained_model_misses_the_gate(airbench, tmp_path):
     ev = _evaluate(airbench, [run], tmp_path / "scratch")
     assert [c.name for c in ev.failed] == ["accuracy"] and ev.failed[0].fails_as == Label.GATE_MISS
     assert ev.metrics["accuracy"] < 0.3 and ev.score is not None
-
-
-def test_airbench_time_spent_outside_the_measured_processes_overruns_the_budget(airbench, tmp_path):
-    """The score is CPU time: work left to a process the recipe never waited for is not
-    measured, and shows as wallclock far beyond the CPU time."""
-    hidden = Process(exit_code=0, wall_s=40.0, cpu_s=3.0)
-    runs = [SeedRun(seed=0, process=hidden, workspace=str(tmp_path), out=str(tmp_path / "out"))]
-    (tmp_path / "out").mkdir()
-    ev = _evaluate(airbench, runs, tmp_path / "scratch")
-    check = _checks(ev)["cpu_accounted"]
-    assert not check.passed and check.fails_as == Label.TRAIN_BUDGET_OVERRUN and "wait for every process" in check.detail
-    fair = Process(exit_code=0, wall_s=40.0, cpu_s=14.0)  # two runs and the evaluator on two cores
-    runs = [SeedRun(seed=0, process=fair, workspace=str(tmp_path), out=str(tmp_path / "out"))]
-    assert "cpu_accounted" not in _checks(_evaluate(airbench, runs, tmp_path / "scratch2"))
 
 
 def test_evaluators_give_no_score_when_a_run_failed(task, tmp_path):

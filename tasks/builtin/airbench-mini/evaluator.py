@@ -1,14 +1,7 @@
-"""airbench-mini evaluator: the score is the training run's time on its one thread,
-legal only above the accuracy gate.
+"""airbench-mini evaluator: the score is the training wallclock, legal only above the accuracy gate.
 
-The time is the recipe process's CPU seconds (user + system, of the process and every
-process it started, as the worker's ``wait4`` reports them), averaged over the seeds:
-what its wallclock is on a core of its own. Wallclock itself swings by 30 % here when
-another run or the evaluator shares the two cores (the unchanged base measured
-20.1-26.4 s across nine searches), which buries the effects a search is after; the
-recipe runs on one thread, so its CPU time is its wallclock without the waiting. The
-wallclock still bounds it: ``train_s`` (the slowest seed's wall time) is the budget
-check, and each seed's wall time is kept in the metrics. Accuracy: for each seed the harness (task code, run in the
+Wallclock is the recipe process's wall time measured by the worker from outside,
+averaged over the seeds. Accuracy: for each seed the harness (task code, run in the
 sandbox) loads the saved model through the program's ``load`` and writes logits for
 the unlabeled test images; this module, which alone holds the labels, scores them.
 """
@@ -24,40 +17,22 @@ import numpy as np
 
 from tasks.evaluation import Check, EvalContext, Evaluation, Label
 
-VERSION = "2"  # 2: score = CPU time (1: wallclock)
+VERSION = "1"
 HARNESS = Path(__file__).with_name("harness.py")
 #: The harness is killed at this multiple of the eval budget (the check fails long before).
 EVAL_KILL_FACTOR = 3.0
-#: A seed whose wall time exceeds its CPU time by more than this factor (plus start-up
-#: slack) did its work where the measurement cannot see it: in a process it started
-#: and never waited for. Sharing two cores with one other run costs at most ~1.5x.
-UNSEEN_FACTOR, UNSEEN_SLACK_S = 3.0, 5.0
 
 
 def evaluate(ctx: EvalContext) -> Evaluation:
     budgets, gates = ctx.task.budgets, ctx.task.gates
     walls = {r.seed: r.process.wall_s for r in ctx.runs}
-    cpus = {r.seed: r.process.cpu_s for r in ctx.runs}
     train_s = max(walls.values())
-    metrics: dict[str, float] = {"train_s": train_s, "mean_train_s": float(np.mean(list(walls.values()))),
-                                 "train_cpu_s": float(np.mean(list(cpus.values())))}
+    metrics: dict[str, float] = {"train_s": train_s, "mean_train_s": float(np.mean(list(walls.values())))}
     for seed, wall in walls.items():
         metrics[f"train_s_seed{seed}"] = wall
-        metrics[f"train_cpu_s_seed{seed}"] = cpus[seed]
     checks = [Check(name="train_s", passed=train_s <= budgets.train_s, value=round(train_s, 3),
                     limit=budgets.train_s, detail=f"slowest of {len(walls)} seeds",
                     fails_as=Label.TRAIN_BUDGET_OVERRUN)]
-    unseen = {r.seed: (r.process.wall_s, r.process.cpu_s) for r in ctx.runs
-              if r.process.ok and r.process.wall_s > UNSEEN_FACTOR * r.process.cpu_s + UNSEEN_SLACK_S}
-    if unseen:
-        # Threads are a budget (one): time spent outside the measured process overruns it.
-        seed, (wall, cpu) = next(iter(unseen.items()))
-        checks.append(Check(name="cpu_accounted", passed=False, value=round(wall, 3),
-                            limit=round(UNSEEN_FACTOR * cpu + UNSEEN_SLACK_S, 3),
-                            detail=f"seed {seed}: {wall:.1f} s of wallclock but {cpu:.1f} s of CPU; the score "
-                                   "counts the CPU time of the recipe and of the processes it waits for: "
-                                   "wait for every process it starts",
-                            fails_as=Label.TRAIN_BUDGET_OVERRUN))
     if not all(r.process.ok for r in ctx.runs):
         return Evaluation(score=None, metrics=metrics, checks=checks)
 
@@ -111,4 +86,5 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         checks.append(Check(name="accuracy", passed=mean_acc >= gates.accuracy, value=round(mean_acc, 5),
                             limit=gates.accuracy, detail=f"mean test accuracy over {len(accuracy)} seeds",
                             fails_as=Label.GATE_MISS))
-    return Evaluation(score=metrics["train_cpu_s"], metrics=metrics, checks=checks, per_seed=cpus)
+    score = metrics["mean_train_s"]
+    return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=walls)

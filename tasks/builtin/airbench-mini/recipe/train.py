@@ -1,8 +1,7 @@
 """airbench-mini: train a small CIFAR-10 classifier as fast as possible on one CPU thread.
 
-The score is this process's time on its one thread (its CPU seconds, measured from
-outside, with any process it starts), so everything counts: start-up, data loading,
-training and saving. It is legal only if the saved model's
+The score is this process's wallclock, timed from outside, so everything counts:
+start-up, data loading, training and saving. It is legal only if the saved model's
 mean test accuracy over the evaluator's seeds reaches the gate; the evaluator holds
 the test labels and runs ``load`` and ``predict`` on the test images itself.
 """
