@@ -39,6 +39,8 @@ class TrialLine(msgspec.Struct, kw_only=True):
     delta_vs_parent: float | None = None
     #: Top-level constants the trial changed vs its first parent: NAME → (old, new) source text.
     changes: dict[str, tuple[str | None, str | None]] = {}
+    #: For a failure: how far the check that labelled it missed, as a fraction of its limit.
+    shortfall: float | None = None
 
     @classmethod
     def of(cls, row: TrialRow, changes: dict[str, tuple[str | None, str | None]] | None = None) -> TrialLine:
@@ -48,6 +50,7 @@ class TrialLine(msgspec.Struct, kw_only=True):
             hypothesis=row.hypothesis, label=row.label.value if row.label else None,
             score=row.score, delta_vs_best=row.delta_vs_best, reason=row.reason,
             parents=row.parents, changes=changes or {}, delta_vs_parent=row.delta_vs_parent,
+            shortfall=row.shortfalls.get(row.label.value) if row.label else None,
         )
 
 

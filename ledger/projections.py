@@ -23,7 +23,7 @@ from ledger.events import Label
 from ledger.store import Ledger, decode_states
 
 #: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3  # 3: TrialRow.shortfalls
 
 
 class TrialRow(msgspec.Struct, kw_only=True, gc=False):
@@ -48,6 +48,9 @@ class TrialRow(msgspec.Struct, kw_only=True, gc=False):
     reason: str = ""
     delta_vs_best: float | None = None
     delta_vs_parent: float | None = None
+    #: For each failed check with a value and a limit, by the label it fails as: how far
+    #: it missed, as a fraction of the limit (0.02: 2 % short of an accuracy gate).
+    shortfalls: dict[str, float] = {}
     proposed_at: datetime | None = None
     labeled_at: datetime | None = None
     version: int = 0  # last stream version seen
@@ -235,6 +238,10 @@ def _on_evaluated(s: State, e: ev.TrialEvaluated, _nid: int) -> None:
     row = s.trials[e.originator_id]
     row.status = "evaluated"
     row.score = e.score
+    row.shortfalls = {
+        c.fails_as.value: abs(c.value - c.limit) / abs(c.limit)
+        for c in e.checks if not c.passed and c.value is not None and c.limit
+    }
 
 
 def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:

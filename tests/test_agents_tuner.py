@@ -346,10 +346,10 @@ buys = ["accuracy"]
     fast = {"train.py": set_constant(recipe, "EPOCHS", 5)}
     programs = {"t0": {"train.py": recipe}, "t3": fast}
 
-    def miss(score: float) -> TrialLine:
+    def miss(score: float, shortfall: float = 0.005 / 0.57) -> TrialLine:
         return TrialLine(seq=3, trial_id="t3", agent="sched", surface="sched", hypothesis="lower EPOCHS 10 → 5",
                          label="gate_miss", score=score, delta_vs_best=score - 1.0, parents=("t0",),
-                         reason="check accuracy failed: 0.565 vs limit 0.57 (under by 0.005)")
+                         reason="check accuracy failed: 0.565 vs limit 0.57 (under by 0.005)", shortfall=shortfall)
 
     for seed in range(5):
         tuner = Tuner(timed, timed.surface("opt"), seed=seed, program_of=programs.__getitem__)
@@ -365,6 +365,9 @@ buys = ["accuracy"]
         # A failure that was no faster than the best is not worth answering.
         v = view(timed, program=programs["t0"])
         v.best_children = [miss(1.1)]
+        assert tuner.propose(v).parents == ("t0",)
+        # Nor one too far below the gate for one move to bring back (0.45 against 0.57).
+        v.best_children = [miss(0.8, shortfall=0.12 / 0.57)]
         assert tuner.propose(v).parents == ("t0",)
     # The control arm has no lineage: it never builds on a failure.
     off = Tuner(timed, timed.surface("opt"), seed=0, lineage=False, program_of=programs.__getitem__)

@@ -11,10 +11,12 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ledger import Ledger, events as ev
 from ledger.events import Label
+from agents.lineage import TrialLine
 from ledger.projections import Projector, State, rebuild
 from tests.factories import synthetic_search
 
@@ -69,6 +71,24 @@ def test_views_of_a_small_search(direction, best_seq):
     assert not state.queue
     state.apply(101, ev.LeaseExpired(originator_id=t(3), originator_version=4, search_id=s, runner="a"))
     assert list(state.queue) == [t(3)] and state.trials[t(3)].status == "submitted"
+
+
+def test_a_failed_check_says_how_far_it_missed():
+    s = str(uuid.uuid4())
+    log = [ev.SearchStarted(originator_id=s, originator_version=1, name="n", task="k", task_digest="d",
+                            direction="min"),
+           _trial(s, 0, agent="baseline"), *_steps(s, 0, Label.BASELINE, 30.0), _trial(s, 1)]
+    steps = _steps(s, 1, Label.GATE_MISS, 24.0)
+    steps[3] = msgspec.structs.replace(steps[3], checks=(
+        ev.Check(name="train_s", passed=True, value=25.0, limit=150.0, fails_as=Label.TRAIN_BUDGET_OVERRUN),
+        ev.Check(name="accuracy", passed=False, value=0.5586, limit=0.57, fails_as=Label.GATE_MISS)))
+    state = State()
+    for i, e in enumerate(log + steps, 1):
+        state.apply(i, e)
+    row = state.trials[ev.trial_id(s, 1)]
+    assert row.shortfalls == {"gate_miss": pytest.approx(0.02)}  # passed checks are not listed
+    assert TrialLine.of(row).shortfall == pytest.approx(0.02)
+    assert TrialLine.of(state.trials[ev.trial_id(s, 0)]).shortfall is None
 
 
 def test_rebuild_equals_live_state(store_url):
