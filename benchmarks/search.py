@@ -172,7 +172,7 @@ def main() -> None:
 
 def print_table(plan, arms, args, results, recorded, commit) -> None:
     print(f"\nsearch benchmark ({args.workers} workers; results {args.results}; this checkout at {commit})", flush=True)
-    print(f"{'task':14} {'arm':12} {'median gain':>11}  {'per seed':20} repeated  label mix")
+    print(f"{'task':14} {'arm':12} {'median gain':>11}  {'per seed':20} {'baselines':18} repeated  label mix")
     commits = set()
     for task, trials, seeds in plan:
         for arm in arms:
@@ -185,7 +185,8 @@ def print_table(plan, arms, args, results, recorded, commit) -> None:
             mix = ", ".join(f"{k} {v}" for k, v in labels.most_common())
             missing = f" (seeds {len(rows)}/{seeds})" if len(rows) < seeds else ""
             print(f"{task:14} {arm:12} {statistics.median(gains):>+10.1%}  "
-                  f"{' '.join(f'{g:+.1%}' for g in gains):20} {sum(r['repeats'] for r in rows):8}  {mix}"
+                  f"{' '.join(f'{g:+.1%}' for g in gains):20} "
+                  f"{' '.join(format(r['baseline'], '.4g') for r in rows):18} {sum(r['repeats'] for r in rows):8}  {mix}"
                   f"  ({sum(r['minutes'] for r in rows):.0f} min){missing}", flush=True)
     if len(commits) > 1:
         print(f"measured at commits {', '.join(sorted(commits))}: compare with care", flush=True)
