@@ -295,6 +295,18 @@ def timed_toy(tmp_path, *, extra: str = "", recipe: bytes = RECIPE):
     return make_task(tmp_path / "toy-time", manifest, recipe)
 
 
+def tta_toy(tmp_path):
+    """The timed toy task with a technique that buys accuracy at no training time (test-time flips)."""
+    recipe = RECIPE.replace(b'DTYPE = "float32"', b'DTYPE = "float32"\nTTA = False')
+    return timed_toy(tmp_path, recipe=recipe, extra='''
+[[surfaces.techniques]]
+name = "tta"
+description = "average predictions over flips at test time"
+set = { TTA = true }
+buys = ["accuracy"]
+'''), recipe
+
+
 def test_an_objective_that_measures_time_tries_speed_ups_first(tmp_path):
     timed = timed_toy(tmp_path)
     assert timed.objective.resource == "time"
@@ -311,14 +323,7 @@ def test_without_a_declared_resource_no_move_is_preferred(toy):
 
 
 def test_a_gate_miss_on_a_timed_objective_buys_accuracy_that_costs_no_time(tmp_path):
-    recipe = RECIPE.replace(b'DTYPE = "float32"', b'DTYPE = "float32"\nTTA = False')
-    timed = timed_toy(tmp_path, recipe=recipe, extra='''
-[[surfaces.techniques]]
-name = "tta"
-description = "average predictions over flips at test time"
-set = { TTA = true }
-buys = ["accuracy"]
-''')
+    timed, recipe = tta_toy(tmp_path)
     for seed in range(5):
         miss = failed("gate_miss", {"EPOCHS": ("10", "9")})
         p = Tuner(timed, timed.surface("opt"), seed=seed).propose(view(timed, mine=[miss], program={"train.py": recipe}))
@@ -335,14 +340,7 @@ def test_a_gate_miss_on_a_timed_objective_is_not_answered_with_more_time(tmp_pat
 
 
 def test_a_faster_variant_that_missed_the_gate_is_answered_on_its_own_program(tmp_path):
-    recipe = RECIPE.replace(b'DTYPE = "float32"', b'DTYPE = "float32"\nTTA = False')
-    timed = timed_toy(tmp_path, recipe=recipe, extra='''
-[[surfaces.techniques]]
-name = "tta"
-description = "average predictions over flips at test time"
-set = { TTA = true }
-buys = ["accuracy"]
-''')
+    timed, recipe = tta_toy(tmp_path)
     fast = {"train.py": set_constant(recipe, "EPOCHS", 5)}
     programs = {"t0": {"train.py": recipe}, "t3": fast}
 
