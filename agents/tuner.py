@@ -327,11 +327,11 @@ class Tuner:
         A child of the best that scored better than it but failed for want of a
         resource — a speed-up that just missed the accuracy gate, a better model just
         over the size cap (by at most ``RESCUE_SHORTFALL`` of the limit) — is the most
-        promising program in the search. Walking away from it
-        wastes the find; the move that answers the shortage from this surface, without
-        costing what the objective measures (``flip_tta`` after a faster variant missed
-        the gate), is tried on it, with the failed trial as parent. Each failed
-        program gets each answer once (the search's known programs say which)."""
+        promising program in the search, and walking away from it wastes the find. The
+        move of this surface that answers the shortage without costing what the
+        objective measures (``flip_tta`` after a faster variant missed the gate) is
+        tried on it, with the failed trial as parent. Each failed program gets each
+        answer once (the search's known programs say which)."""
         best = view.best
         if best is None or best.score is None:
             return None
