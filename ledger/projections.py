@@ -238,10 +238,12 @@ def _on_evaluated(s: State, e: ev.TrialEvaluated, _nid: int) -> None:
     row = s.trials[e.originator_id]
     row.status = "evaluated"
     row.score = e.score
-    row.shortfalls = {
-        c.fails_as.value: abs(c.value - c.limit) / abs(c.limit)
-        for c in e.checks if not c.passed and c.value is not None and c.limit
-    }
+    row.shortfalls = {}
+    for c in e.checks:
+        if not c.passed and c.value is not None and c.limit:
+            # Two failed checks with one label (e.g. two size caps): the worse one counts.
+            miss = abs(c.value - c.limit) / abs(c.limit)
+            row.shortfalls[c.fails_as.value] = max(miss, row.shortfalls.get(c.fails_as.value, 0.0))
 
 
 def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
