@@ -177,7 +177,7 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
     base = ran[0] if ran and ran[0].seq == 0 else None
     for row in ran:
         if row.seq == 1 and base is not None and not _ran_beside(row, base):
-            _drain(ledger, 1)  # the baseline alone first, as the original search measured it
+            drain(ledger, 1)  # the baseline alone first, as the original search measured it
         program = get_program(ledger, row.program_digest)
         parent = (get_program(ledger, state.trials[row.parents[0]].program_digest)
                   if row.parents and state.trials.get(row.parents[0]) and state.trials[row.parents[0]].program_digest
@@ -187,7 +187,7 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
                                                     for p in row.parents if p in state.trials),
                hypothesis=row.hypothesis, expected_delta=row.expected_delta, backend=row.backend,
                seeds=seeds.get(row.trial_id), also_surfaces=merged_surfaces(state, row.parents))
-    _drain(ledger, workers)
+    drain(ledger, workers)
     after = rebuild(ledger)
     report = agreement(original, replay, ran, {r.seq: r for r in after.trials_of(replay)},
                        noise_floor=task.objective.noise_floor, not_rerun=len(rows) - len(ran))
@@ -232,7 +232,8 @@ def _ran_beside(first, base) -> bool:
             and first.proposed_at < base.labeled_at)
 
 
-def _drain(ledger: Ledger, workers: int) -> None:
+def drain(ledger: Ledger, workers: int) -> None:
+    """Run every submitted trial with ``workers`` workers side by side; return when none is left."""
     pool = [Worker(ledger, name=f"replay-w{i}") for i in range(max(1, workers))]
     threads = [threading.Thread(target=w.run, kwargs={"exit_when_idle": True}) for w in pool]
     for t in threads:
