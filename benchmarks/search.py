@@ -19,6 +19,11 @@ a benchmark that needs more CPU hours than one sitting can be completed over
 several, and the table is always computed from the recorded rows (with the
 commits they were measured at).
 
+A search's gain compares two single measurements (its best and its own
+baseline); where the score is a time both move with the machine. The
+"confirmed" column shows, where benchmarks/confirm.py has run on the search's
+ledger, the median gain of the best measured again beside the base program.
+
 Issue targets: lineage on beats lineage off and random on both tasks and is at
 least level with TPE; golf-mini >= 15 % bpb, airbench-mini >= 20 % wallclock.
 Defaults follow the issue (golf-mini 30 trials x 3 seeds, airbench-mini 20 x 2).
@@ -52,6 +57,7 @@ ARMS = {
     "tpe": dict(agents="tpe", lineage=True),
 }
 DEFAULTS = {"golf-mini": (30, 3), "airbench-mini": (20, 2)}
+CONFIRMED = ROOT / "benchmarks" / "results" / "confirm.jsonl"
 
 
 def repeated_failures(rows) -> int:
@@ -172,7 +178,11 @@ def main() -> None:
 
 def print_table(plan, arms, args, results, recorded, commit) -> None:
     print(f"\nsearch benchmark ({args.workers} workers; results {args.results}; this checkout at {commit})", flush=True)
-    print(f"{'task':14} {'arm':12} {'median gain':>11}  {'per seed':20} {'baselines':18} repeated  label mix")
+    # Gains measured again by benchmarks/confirm.py (best beside base, several rounds, one sitting).
+    confirmed = {r["search_id"]: r["confirmed_gain"] for r in load_results(CONFIRMED)
+                 if r.get("confirmed_gain") is not None}
+    print(f"{'task':14} {'arm':12} {'median gain':>11}  {'per seed':20} {'baselines':18} {'confirmed':>13} "
+          "repeated  label mix")
     commits = set()
     for task, trials, seeds in plan:
         for arm in arms:
@@ -184,9 +194,12 @@ def print_table(plan, arms, args, results, recorded, commit) -> None:
             labels = sum((Counter(r["labels"]) for r in rows), Counter())
             mix = ", ".join(f"{k} {v}" for k, v in labels.most_common())
             missing = f" (seeds {len(rows)}/{seeds})" if len(rows) < seeds else ""
+            again = [confirmed[r["search_id"]] for r in rows if r["search_id"] in confirmed]
+            again_text = f"{statistics.median(again):+.1%} ({len(again)})" if again else "—"
             print(f"{task:14} {arm:12} {statistics.median(gains):>+10.1%}  "
                   f"{' '.join(f'{g:+.1%}' for g in gains):20} "
-                  f"{' '.join(format(r['baseline'], '.4g') for r in rows):18} {sum(r['repeats'] for r in rows):8}  {mix}"
+                  f"{' '.join(format(r['baseline'], '.4g') for r in rows):18} {again_text:>13} "
+                  f"{sum(r['repeats'] for r in rows):8}  {mix}"
                   f"  ({sum(r['minutes'] for r in rows):.0f} min){missing}", flush=True)
     if len(commits) > 1:
         print(f"measured at commits {', '.join(sorted(commits))}: compare with care", flush=True)
