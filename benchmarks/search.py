@@ -130,8 +130,8 @@ def main() -> None:
     parser.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'bench-search.db'}")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "search.jsonl",
                         help="JSON lines of finished searches (read to skip, appended to)")
-    parser.add_argument("--fresh", default="", help="comma-separated arms to measure again even if recorded "
-                        "(e.g. after changing the tuner); the table uses the newest row")
+    parser.add_argument("--fresh", default="", help="comma-separated arms to measure again where recorded at "
+                        "another commit (e.g. after changing the tuner); the table uses the newest row")
     parser.add_argument("--table-only", action="store_true", help="print the table of recorded results, run nothing")
     args = parser.parse_args()
     tasks = args.task or list(DEFAULTS)
@@ -161,7 +161,9 @@ def main() -> None:
             # still compares all arms on the same seeds (the table is printed after each round).
             for seed in range(seeds):
                 for arm in arms:
-                    if recorded(task, arm, seed, trials) and (arm not in fresh or (task, arm, seed) in done_now):
+                    row = recorded(task, arm, seed, trials)
+                    # --fresh re-measures rows of another commit: an interrupted re-measurement resumes.
+                    if row and (arm not in fresh or (task, arm, seed) in done_now or row["commit"] == f"g{commit}"):
                         continue
                     config = SearchConfig(trials=trials, workers=args.workers, seed=seed, **ARMS[arm])
                     summary = run_search(ledger, task, config, name=f"bench {task} {arm} seed {seed}",
