@@ -38,7 +38,7 @@ from benchmarks.search import _NAME, _commit, load_results  # noqa: E402
 from ledger import Ledger  # noqa: E402
 from ledger import events as ev  # noqa: E402
 from ledger.programs import get_program  # noqa: E402
-from ledger.projections import SearchRow, State, TrialRow, rebuild  # noqa: E402
+from ledger.projections import SearchRow, State, TrialRow, rebuild, relative_gain  # noqa: E402
 from runners.replay import drain  # noqa: E402
 from runners.submit import start_search, submit  # noqa: E402
 from tasks.manifest import Task  # noqa: E402
@@ -103,8 +103,7 @@ def round_gain(direction: str, base, best) -> float | None:
         return None
     if best.score is None or best.label is None or not best.label.legal:
         return 0.0
-    sign = -1 if direction == "min" else 1
-    return sign * (best.score - base.score) / abs(base.score)
+    return relative_gain(direction, best.score, base.score)
 
 
 @dataclass
@@ -171,10 +170,7 @@ def result_row(task: Task, line: Line, workers: int) -> dict:
 
 def searched_gain(origin: SearchRow) -> float:
     """The gain the search itself reported: its best against its own baseline."""
-    if origin.best_score is None or not origin.baseline_score:
-        return 0.0
-    sign = -1 if origin.direction == "min" else 1
-    return sign * (origin.best_score - origin.baseline_score) / abs(origin.baseline_score)
+    return relative_gain(origin.direction, origin.best_score, origin.baseline_score) or 0.0
 
 
 def print_table(task: Task, rounds: int, lines: list[Line]) -> None:

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ledger import Ledger  # noqa: E402
-from ledger.projections import State, rebuild  # noqa: E402
+from ledger.projections import State, rebuild, relative_gain  # noqa: E402
 from runners.search import SearchConfig, run_search  # noqa: E402
 from tasks.registry import resolve  # noqa: E402
 
@@ -100,10 +100,7 @@ def collect(ledger: Ledger, state: State, results: list[dict], path: Path) -> No
         started = ledger.stream(search.search_id)[0]
         config = started.config
         rows = state.trials_of(search.search_id)
-        gain = None
-        if search.best_score is not None and search.baseline_score:
-            sign = -1 if search.direction == "min" else 1
-            gain = sign * (search.best_score - search.baseline_score) / abs(search.baseline_score)
+        gain = relative_gain(search.direction, search.best_score, search.baseline_score)
         last = max((r.labeled_at for r in rows if r.labeled_at), default=search.stopped_at)
         row = dict(task=m["task"], arm=m["arm"], seed=int(m["seed"]), trials=config.get("trials"),
                    workers=config.get("workers"), search_id=search.search_id,

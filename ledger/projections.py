@@ -160,6 +160,15 @@ def better(direction: str, score: float, than: float | None) -> bool:
     return score < than if direction == "min" else score > than
 
 
+def relative_gain(direction: str, score: float | None, reference: float | None) -> float | None:
+    """How much better ``score`` is than ``reference``, as a fraction of it (positive = better);
+    None without both, or against a reference of 0."""
+    if score is None or not reference:
+        return None
+    change = (score - reference) / abs(reference)
+    return -change if direction == "min" else change
+
+
 def _on_search_started(s: State, e: ev.SearchStarted, _nid: int) -> None:
     s.searches[e.originator_id] = SearchRow(
         search_id=e.originator_id,

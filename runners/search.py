@@ -26,7 +26,7 @@ from agents.usage import TokenMeter
 from ledger import events as ev
 from ledger.errors import ArlError, ConflictError
 from ledger.programs import get_program, put_program, read_folder
-from ledger.projections import Projector, SearchRow, State
+from ledger.projections import Projector, SearchRow, State, relative_gain
 from ledger.store import Ledger
 from runners.submit import merged_surfaces, record_rejection, start_search, submit, task_of
 from runners.worker import Worker
@@ -82,10 +82,7 @@ class Summary(msgspec.Struct, kw_only=True):
     @property
     def gain(self) -> float | None:
         """Relative improvement of the best over the baseline (positive = better)."""
-        if self.baseline in (None, 0) or self.best is None:
-            return None
-        change = (self.best - self.baseline) / abs(self.baseline)
-        return -change if self.direction == "min" else change
+        return relative_gain(self.direction, self.best, self.baseline)
 
 
 def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary:
