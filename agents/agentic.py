@@ -27,16 +27,16 @@ from typing import Any
 
 import msgspec
 
-from agents.base import Proposal
-from agents.lineage import LineageView
-from agents.llm import ChatBackend, ChatCall, LLMError, LLMUnavailable, ReplyTooLarge, Usage
-from agents.tools import SPECS, LedgerTools, ToolError
-from agents.usage import TokenMeter
-from ledger.errors import ArlError
-from ledger.events import Label
-from ledger.projections import Projector
-from ledger.store import Ledger
-from tasks.manifest import Surface, Task
+from arl.agents.base import Proposal
+from arl.agents.lineage import LineageView
+from arl.agents.llm import ChatBackend, ChatCall, LLMError, LLMUnavailable, ReplyTooLarge, Usage
+from arl.agents.tools import SPECS, LedgerTools, ToolError
+from arl.agents.usage import TokenMeter
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Label
+from arl.ledger.projections import Projector
+from arl.ledger.store import Ledger
+from arl.tasks.manifest import Surface, Task
 
 #: Tools a session may call: all but ``wait`` (the session's own trial is only
 #: recorded once the session has ended, so there is nothing of its own to wait for).

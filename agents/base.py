@@ -1,10 +1,12 @@
 """What every specialist backend has in common: it turns a lineage view into a proposal.
 
-A backend never writes to the ledger itself. The search driver hands it a
-:class:`~agents.lineage.LineageView`, gets back a :class:`Proposal`, and records
+A backend never writes a trial itself. The search driver hands it a
+:class:`~arl.agents.lineage.LineageView`, gets back a :class:`Proposal`, and records
 it: a proposal with a program is submitted (and scope-checked); one whose
 output could not become a program is recorded with its label and reason
 (``invalid_edit`` for a diff that does not apply, garbage from a model, …).
+What a backend may read of its search besides the view is a :class:`SearchSeat`,
+which the driver provides — backends never depend on the driver itself.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Protocol
 
 import msgspec
 
-from agents.lineage import LineageView
-from ledger.events import Label
-from tasks.manifest import Surface, Task
+from arl.agents.lineage import LineageView
+from arl.ledger.events import Label
+from arl.ledger.programs import Program
+from arl.ledger.projections import Projector
+from arl.ledger.store import Ledger
+from arl.tasks.manifest import Surface
 
 
 class Proposal(msgspec.Struct, kw_only=True):
@@ -47,6 +52,21 @@ class Specialist(Protocol):
     def propose(self, view: LineageView) -> Proposal: ...
 
 
-def specialist_names(task: Task) -> list[str]:
-    """One specialist per surface, named after it."""
-    return [s.name for s in task.surfaces]
+class SearchSeat(Protocol):
+    """What a specialist backend may read of the search it proposes into (the driver is one)."""
+
+    ledger: Ledger
+    search_id: str
+    #: The search's projector: caught up by whoever reads through it.
+    projector: Projector
+    #: The program the search started from.
+    base_program: Program
+
+    @property
+    def lineage(self) -> bool:
+        """False in the control arm: agents see only the current best."""
+        ...
+
+    def program_of(self, trial_id: str) -> Program:
+        """The program of one of the search's trials."""
+        ...

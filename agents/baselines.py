@@ -13,14 +13,13 @@ import math
 import random
 from collections.abc import Callable
 
-from agents.base import Proposal
-from agents.edits import constants
-from agents.lineage import LineageView
-from agents.tuner import _fmt, _parse, set_constant
-from ledger.events import trial_id
-from ledger.programs import program_digest
-from ledger.projections import State
-from tasks.manifest import Knob, Task, Technique
+from arl.agents.base import Proposal
+from arl.agents.lineage import LineageView
+from arl.ledger.events import trial_id
+from arl.ledger.programs import program_digest
+from arl.ledger.projections import State
+from arl.tasks.knobs import constants, format_value, parse_value, set_constant
+from arl.tasks.manifest import Knob, Task, Technique
 
 
 class _SearchSpace:
@@ -53,8 +52,8 @@ class _SearchSpace:
         return program
 
     def describe(self, config: dict[str, object], base: dict[str, bytes]) -> str:
-        current = {k.name: _parse(constants(base.get(k.file, b"")).get(k.name, "")) for k in self.knobs}
-        changes = [f"{k} {_fmt(current.get(k))} → {_fmt(v)}" for k, v in config.items()
+        current = {k.name: parse_value(constants(base.get(k.file, b"")).get(k.name, "")) for k in self.knobs}
+        changes = [f"{k} {format_value(current.get(k))} → {format_value(v)}" for k, v in config.items()
                    if not k.startswith("technique:") and current.get(k) != v]
         changes += [k.split(":", 1)[1] for k, v in config.items() if k.startswith("technique:") and v]
         return ", ".join(changes) or "the base configuration"

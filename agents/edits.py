@@ -2,79 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from ledger.errors import ArlError
-from ledger.events import Label
-from ledger.programs import check_path
-from tasks.adapters import pin_violation
-from tasks.manifest import Task
-
-
-def touched(parent: Mapping[str, bytes], child: Mapping[str, bytes]) -> list[str]:
-    """Paths added, removed or changed from parent to child, sorted."""
-    return sorted(p for p in parent.keys() | child.keys() if parent.get(p) != child.get(p))
-
-
-def unified_diff(parent: Mapping[str, bytes], child: Mapping[str, bytes]) -> str:
-    """A git-style unified diff of every touched file (binary files named only)."""
-    out: list[str] = []
-    for path in touched(parent, child):
-        a, b = parent.get(path), child.get(path)
-        try:
-            a_lines = a.decode().splitlines(keepends=True) if a is not None else []
-            b_lines = b.decode().splitlines(keepends=True) if b is not None else []
-        except UnicodeDecodeError:
-            out.append(f"Binary files a/{path} and b/{path} differ\n")
-            continue
-        out.append(f"diff --git a/{path} b/{path}\n")
-        if a is None or b is None:  # lets an empty file's creation or deletion round-trip
-            out.append(f"{'new' if a is None else 'deleted'} file mode 100644\n")
-        out.extend(
-            difflib.unified_diff(
-                a_lines, b_lines,
-                fromfile=f"a/{path}" if a is not None else "/dev/null",
-                tofile=f"b/{path}" if b is not None else "/dev/null",
-            )
-        )
-    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in out)
-
-
-def scope_violation(
-    task: Task, surface: str, parent: Mapping[str, bytes], child: Mapping[str, bytes],
-    *, also: tuple[str, ...] = (),
-) -> tuple[Label, str] | None:
-    """Protected files first (illegal_edit), then files outside the surface (out_of_surface).
-
-    ``also`` names further surfaces the edit may touch (a merge of two specialists' keeps).
-    """
-    changed = touched(parent, child)
-    protected = [p for p in changed if task.is_protected(p)]
-    if protected:
-        return Label.ILLEGAL_EDIT, f"the edit touches protected file(s): {', '.join(protected)}"
-    mine = [task.surface(name) for name in (surface, *also)]
-    allowed = {f for s in mine for f in s.files}
-    outside = [p for p in changed if p not in allowed]
-    if outside:
-        return (
-            Label.OUT_OF_SURFACE,
-            f"surface {surface!r} owns {', '.join(sorted(allowed))}; the edit also touches "
-            f"{', '.join(outside)}",
-        )
-    # Several surfaces may share a file; then the knobs say who owns which constant.
-    # A surface owns its knobs and whatever its named techniques set.
-    own = {k.name for s in mine for k in s.knobs} | {n for s in mine for t in s.techniques for n in t.set}
-    owners = {k.name: s.name for s in task.surfaces for k in s.knobs if k.name not in own}
-    foreign = sorted(name for name in constant_changes(dict(parent), dict(child)) if name in owners)
-    if foreign:
-        return (
-            Label.OUT_OF_SURFACE,
-            "the edit changes " + ", ".join(f"{n} (owned by surface {owners[n]})" for n in foreign),
-        )
-    return None
+from arl.ledger.errors import ArlError
+from arl.ledger.programs import check_path
 
 
 # --- applying edits ------------------------------------------------------------
@@ -353,56 +286,3 @@ def _git_paths(rest: str) -> tuple[str, str]:
     old = parts[0][2:] if parts[0].startswith("a/") else parts[0]
     new = parts[-1][2:] if parts[-1].startswith("b/") else parts[-1]
     return old, new
-
-
-_CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*(#.*)?$", re.M)
-
-
-def constants(source: bytes) -> dict[str, str]:
-    """Top-level ``NAME = value`` constants of a recipe file (value as source text)."""
-    try:
-        text = source.decode()
-    except UnicodeDecodeError:
-        return {}
-    return {m.group(1): m.group(2) for m in _CONSTANT.finditer(text)}
-
-
-def constant_changes(parent: dict[str, bytes], child: dict[str, bytes]) -> dict[str, tuple[str | None, str | None]]:
-    changes: dict[str, tuple[str | None, str | None]] = {}
-    for path in sorted(parent.keys() | child.keys()):
-        if parent.get(path) == child.get(path) or not path.endswith(".py"):
-            continue
-        a, b = constants(parent.get(path, b"")), constants(child.get(path, b""))
-        for name in sorted(a.keys() | b.keys()):
-            if a.get(name) != b.get(name):
-                changes[name] = (a.get(name), b.get(name))
-    return changes
-
-
-def program_problems(
-    task: Task, program: Mapping[str, bytes], reference: Mapping[str, bytes]
-) -> list[tuple[str, Label, str]]:
-    """What is wrong with a program before anything runs, as (check, label, detail), in the
-    order a worker applies them: protected files that differ from ``reference``, pinned
-    lines, syntax, code alone over the artifact cap. Empty when nothing is."""
-    found: list[tuple[str, Label, str]] = []
-    for path in sorted(program.keys() | reference.keys()):
-        if task.is_protected(path) and program.get(path) != reference.get(path):
-            found.append(("protected", Label.ILLEGAL_EDIT, f"protected file {path} differs from the task's"))
-    pinned = pin_violation(task, program)
-    if pinned is not None:
-        found.append(("pinned", *pinned))
-    for path, data in sorted(program.items()):
-        if path.endswith(".py"):
-            try:
-                compile(data, path, "exec")
-            except (SyntaxError, ValueError) as e:
-                line = getattr(e, "lineno", None)
-                message = e.msg if isinstance(e, SyntaxError) else e
-                found.append(("syntax", Label.INVALID_EDIT,
-                              f"{path}{f':{line}' if line else ''}: {type(e).__name__}: {message}"))
-    cap = task.gates.artifact_bytes
-    size = sum(len(d) for d in program.values())
-    if cap is not None and size > cap:
-        found.append(("size", Label.SIZE_VIOLATION, f"code alone is {size} B, over the {cap} B artifact cap"))
-    return found

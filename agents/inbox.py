@@ -33,21 +33,18 @@ import threading
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import watchfiles
 
-from agents.base import Proposal
-from agents.edits import EditError, apply_search_replace, apply_unified_diff
-from agents.lineage import LineageView, TrialLine, build_view
-from ledger import events as ev
-from ledger.errors import ArlError
-from ledger.events import Label
-from tasks.manifest import Surface, Task
-
-if TYPE_CHECKING:
-    from runners.search import Search
+from arl.agents.base import Proposal, SearchSeat
+from arl.agents.edits import EditError, apply_search_replace, apply_unified_diff
+from arl.agents.lineage import LineageView, TrialLine, build_view
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Label
+from arl.tasks.manifest import Surface, Task
 
 SUFFIXES = (".json", ".toml")
 #: Bigger files are refused: a proposal is a hypothesis and an edit, not a data set.
@@ -371,7 +368,7 @@ class InboxTeam:
     """Builds the inbox specialists of a search (``arl run --agents inbox --inbox FOLDER``)."""
 
     @staticmethod
-    def build(task: Task, folder: Path, search: Search, *, wait_s: float | None = None) -> list[InboxSpecialist]:
+    def build(task: Task, folder: Path, search: SearchSeat, *, wait_s: float | None = None) -> list[InboxSpecialist]:
         ledger = search.ledger
         used = {e.agent_call_digest for _, e in ledger.iter_events()
                 if isinstance(e, ev.TrialProposed) and e.backend == "inbox" and e.agent_call_digest}
@@ -382,7 +379,7 @@ class InboxTeam:
             state = search.projector.catch_up()
             view = build_view(state, search.search_id, specialist=specialist, surface=specialist,
                               metric=task.objective.metric, program_of=search.program_of,
-                              lineage=search.config.lineage)
+                              lineage=search.lineage)
             if parent is None:
                 return view
             row = state.trials.get(parent)

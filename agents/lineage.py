@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from agents.edits import constant_changes
-from ledger.events import Label
-from ledger.projections import State, TrialRow
+from arl.tasks.knobs import constant_changes
+from arl.ledger.events import Label
+from arl.ledger.projections import State, TrialRow
 
 #: How many items of each list a view keeps.
 RECENT = 8

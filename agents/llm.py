@@ -24,13 +24,13 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 
-from agents.base import Proposal
-from agents.edits import EditError, apply_search_replace, apply_unified_diff
-from agents.lineage import LineageView
-from ledger.errors import ArlError
-from ledger.events import Label
-from ledger.programs import read_folder
-from tasks.manifest import Surface, Task
+from arl.agents.base import Proposal
+from arl.agents.edits import EditError, apply_search_replace, apply_unified_diff
+from arl.agents.lineage import LineageView
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Label
+from arl.ledger.programs import read_folder
+from arl.tasks.manifest import Surface, Task
 
 #: Environment variable holding the API key (sent as a Bearer token only when set).
 API_KEY_ENV = "ARL_LLM_API_KEY"

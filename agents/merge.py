@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 
-from ledger.errors import ArlError
+from arl.ledger.errors import ArlError
 
 
 class MergeConflict(ArlError):

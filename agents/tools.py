@@ -34,24 +34,18 @@ from typing import Annotated, Any
 import duckdb
 import msgspec
 
-from agents.base import Proposal
-from agents.edits import (
-    EditError,
-    apply_search_replace,
-    apply_unified_diff,
-    program_problems,
-    scope_violation,
-    touched,
-    unified_diff,
-)
-from agents.lineage import build_view
-from ledger import events as ev
-from ledger.errors import ArlError
-from ledger.events import Label
-from ledger.programs import get_program, program_digest, read_folder
-from ledger.projections import Projector, State, TrialRow
-from ledger.store import Ledger
-from tasks.manifest import Surface, Task
+from arl.agents.base import Proposal
+from arl.agents.edits import EditError, apply_search_replace, apply_unified_diff
+from arl.agents.lineage import LineageView, build_view
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Label
+from arl.ledger.programs import Program, ProgramCache, program_digest, read_folder, touched, unified_diff
+from arl.ledger.projections import Projector, State, TrialRow
+from arl.ledger.store import Ledger
+from arl.queries.load import connect, refresh
+from arl.tasks import legality
+from arl.tasks.manifest import Surface, Task
 
 #: Default and largest page of text a tool returns (characters).
 TEXT_PAGE = 6_000
@@ -241,7 +235,7 @@ class LedgerTools:
         self.sink = sink
         self.projector = projector or Projector(ledger, name=f"tools/{search_id}/{specialist}", checkpoint_s=60.0)
         self._lock = threading.RLock()
-        self._programs: dict[str, dict[str, bytes]] = {}
+        self.programs = ProgramCache(ledger)
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._pinned: State | None = None
         started = ledger.stream(search_id)
@@ -286,7 +280,7 @@ class LedgerTools:
         with self._lock:
             state = self._current()
             view = build_view(state, self.search_id, specialist=self.specialist, surface=self.surface.name,
-                              metric=self.task.objective.metric, program_of=self._program_by_id,
+                              metric=self.task.objective.metric, program_of=self.program_of,
                               lineage=self.lineage_on)
             search = state.searches[self.search_id]
             best = state.trials.get(search.best_trial) if search.best_trial else None
@@ -363,20 +357,21 @@ class LedgerTools:
         out: dict[str, Any] = {"parents": [_trial_json(r) for r in candidate.parents]}
         if candidate.program is None:
             return {**out, "applies": False, "would_be": Label.INVALID_EDIT.value, "reason": candidate.error}
-        findings = preflight(self.task, self.surface.name, candidate.parent_program, candidate.program,
-                             also=self._also(candidate.parents))
+        findings = legality.findings(self.task, self.surface.name, candidate.parent_program, candidate.program,
+                                     self._reference(state), also=self._also(candidate.parents))
         digest = program_digest(candidate.program)
         same = next((r for r in state.trials_of(self.search_id) if r.program_digest == digest), None)
         if same is not None:
-            findings.append(("duplicate", Label.DUPLICATE, f"same program as trial #{same.seq} ({same.trial_id[:8]})"))
-        failed = [f for f in findings if f[1] is not None]
+            findings.append(legality.Finding("duplicate", Label.DUPLICATE,
+                                             f"same program as trial #{same.seq} ({same.trial_id[:8]})"))
+        failed = legality.first_failure(findings)
         cap = self.task.gates.artifact_bytes
         return {
             **out, "applies": True, "touched": touched(candidate.parent_program, candidate.program),
-            "checks": [{"name": n, "passed": label is None, "detail": d} for n, label, d in findings],
+            "checks": [{"name": f.check, "passed": f.passed, "detail": f.detail} for f in findings],
             "code_bytes": sum(len(b) for b in candidate.program.values()), "size_cap": cap,
-            "would_be": failed[0][1].value if failed else "submitted (a worker runs it)",
-            "reason": failed[0][2] if failed else "",
+            "would_be": failed.label.value if failed else "submitted (a worker runs it)",
+            "reason": failed.detail if failed else "",
         }
 
     def submit(self, hypothesis: str, edits: list[EditBlock] | None = None, diff: str | None = None,
@@ -466,15 +461,21 @@ class LedgerTools:
         if row.program_digest is None:
             why = f" ({row.label.value if row.label else row.status}: {_clip(row.reason, 120)})" if row.reason else ""
             raise ToolError(f"trial #{row.seq} has no program: its edit never became one{why}")
-        return self._program_by_id(row.trial_id)
+        return self.program_of(row.trial_id)
 
-    def _program_by_id(self, trial_id: str) -> dict[str, bytes]:
-        if trial_id not in self._programs:
-            row = self._current().trials[trial_id]
-            if row.program_digest is None:
-                raise ToolError(f"trial {trial_id[:8]} has no program")
-            self._programs[trial_id] = get_program(self.ledger, row.program_digest)
-        return self._programs[trial_id]
+    def program_of(self, trial_id: str) -> dict[str, bytes]:
+        row = self._current().trials[trial_id]
+        if row.program_digest is None:
+            raise ToolError(f"trial {trial_id[:8]} has no program")
+        return self.programs.get(row.program_digest)
+
+    def _reference(self, state: State) -> Program:
+        """What legality compares protected files with: the search's baseline program,
+        as the worker does (the task's recipe until the baseline is recorded)."""
+        base = state.trials.get(ev.trial_id(self.search_id, 0))
+        if base is not None and base.program_digest:
+            return self.programs.get(base.program_digest)
+        return read_folder(self.task.recipe_dir) if self.task.recipe_dir.is_dir() else {}
 
     def _recorded_edit(self, row: TrialRow) -> str:
         proposed = self.ledger.stream(row.trial_id)[0]
@@ -515,8 +516,6 @@ class LedgerTools:
         Copying the rows out keeps the rest of the ledger unreachable whatever the
         SQL says, and file access is switched off before the caller's SQL runs.
         """
-        from queries.load import connect, refresh
-
         if self._duck is None:
             self._duck = connect(self.ledger)
         else:
@@ -544,28 +543,24 @@ class LedgerTools:
         return con
 
 
-def preflight(task: Task, surface: str, parent: Mapping[str, bytes], program: Mapping[str, bytes], *,
-              also: tuple[str, ...] = ()) -> list[tuple[str, Label | None, str]]:
-    """What the scope check and a worker's preflight would say, without running anything.
+class McpSeat:
+    """A specialist's seat in ``arl run --agents mcp``: its proposals arrive through ``arl mcp``.
 
-    (check name, failing label or None, detail) in the order they are applied.
+    The driver keeps measuring the baseline, running workers and counting the
+    trial budget; this seat proposes nothing itself and only waits (briefly, so
+    Ctrl-C stays prompt) for the log to move.
     """
-    out: list[tuple[str, Label | None, str]] = []
-    changed = touched(parent, program)
-    out.append(("changes", None if changed else Label.DUPLICATE,
-                f"touches {', '.join(changed)}" if changed else "the edit changes nothing"))
-    violation = scope_violation(task, surface, parent, program, also=also)
-    out.append(("scope", violation[0] if violation else None, violation[1] if violation else "in your surface"))
-    problems = program_problems(task, program, read_folder(task.recipe_dir))
-    cap = task.gates.artifact_bytes
-    size = sum(len(d) for d in program.values())
-    passing = {"protected": "untouched", "pinned": "pinned lines kept", "syntax": "compiles",
-               "size": f"code alone is {size} B" + (f" of the {cap} B cap" if cap is not None else "")}
-    for check, ok_detail in passing.items():
-        failed = [p for p in problems if p[0] == check]
-        out.append((check, failed[0][1] if failed else None,
-                    "; ".join(d for _, _, d in failed) if failed else ok_detail))
-    return out
+
+    backend = "mcp"
+
+    def __init__(self, surface: Surface, ledger: Ledger) -> None:
+        self.surface = surface
+        self.name = surface.name
+        self.ledger = ledger
+
+    def propose(self, view: LineageView) -> None:
+        self.ledger.wait(self.ledger.head(), 1.0)
+        return None
 
 
 def _one_select(query: str) -> str:

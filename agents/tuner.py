@@ -20,20 +20,18 @@ Deterministic for a given seed and the same sequence of views.
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import re
 from collections.abc import Callable
 
-from agents.base import Proposal
-from agents.edits import constants
-from agents.lineage import LineageView, TrialLine
-from agents.merge import MergeConflict, merge_programs
-from ledger.events import Label
-from ledger.programs import program_digest
-from ledger.projections import better
-from tasks.manifest import Knob, Surface, Task, Technique
+from arl.agents.base import Proposal
+from arl.agents.lineage import LineageView, TrialLine
+from arl.agents.merge import MergeConflict, merge_programs
+from arl.ledger.events import Label
+from arl.ledger.programs import program_digest
+from arl.ledger.projections import better
+from arl.tasks.knobs import constants, format_value, parse_value, set_constant
+from arl.tasks.manifest import Knob, Surface, Task, Technique
 
 _REACTIONS: dict[str, str] = {
     # label → the resource the next move should make better
@@ -120,17 +118,17 @@ class Tuner:
         saturated = self.lineage and view.saturated
         moves: list[Move] = []
         for knob in self.surface.knobs:
-            value = _parse(current[knob.name])
+            value = parse_value(current[knob.name])
             seen = set()
             for direction in (+1, -1):
                 new = _step(knob, value, direction, self.rng, big=saturated)
-                if new is None or new == value or _fmt(new) in seen:
+                if new is None or new == value or format_value(new) in seen:
                     continue
-                seen.add(_fmt(new))
+                seen.add(format_value(new))
                 verb = "raise" if direction > 0 else "lower"
                 moves.append(Move(values={knob.name: new}, directions={knob.name: _direction(value, new)},
                                   key=(knob.name, _direction(value, new)),
-                                  why=f"{verb} {knob.name} {_fmt(value)} → {_fmt(new)}"))
+                                  why=f"{verb} {knob.name} {format_value(value)} → {format_value(new)}"))
         applied = {t.name for t in self.surface.techniques
                    if any(c.hypothesis.startswith(f"switch on {t.name}") for c in view.chain)}
         for technique in self.surface.techniques:
@@ -190,7 +188,7 @@ class Tuner:
         for name, value in move.values.items():
             if name not in current:
                 continue
-            prior = _untried_prior(stats, name, _direction(_parse(current[name]), value), view.noise_floor)
+            prior = _untried_prior(stats, name, _direction(parse_value(current[name]), value), view.noise_floor)
             if prior is not None:
                 worst = min(worst, prior)
         return worst
@@ -275,7 +273,7 @@ class Tuner:
         for name, (old, new) in t.changes.items():
             if self._knob(name) is None or old is None or new is None:
                 continue
-            keys.append((name, _direction(_parse(old), _parse(new))))
+            keys.append((name, _direction(parse_value(old), parse_value(new))))
         for technique in self.surface.techniques:
             if technique.name in t.hypothesis:
                 keys.append(("technique", technique.name))
@@ -287,7 +285,7 @@ class Tuner:
     def _move_signature(self, move: Move, view: LineageView) -> frozenset:
         if move.technique is not None and not move.values:
             return frozenset({move.why})
-        return frozenset((name, _fmt(value)) for name, value in move.values.items())
+        return frozenset((name, format_value(value)) for name, value in move.values.items())
 
     def _expected(self, move: Move, view: LineageView) -> float:
         """Expected delta in the objective's units (negative = lower)."""
@@ -306,7 +304,7 @@ class Tuner:
         values = {}
         for knob in self.surface.knobs:
             values.update({k: v for k, v in constants(program.get(knob.file, b"")).items()})
-        return all(k in values and _parse(values[k]) == v for k, v in technique.set.items())
+        return all(k in values and parse_value(values[k]) == v for k, v in technique.set.items())
 
     def _apply(self, program: dict[str, bytes], move: Move) -> dict[str, bytes]:
         child = dict(program)
@@ -412,33 +410,6 @@ def _direction(old: object, new: object) -> int:
     return 0
 
 
-def _parse(text: str) -> object:
-    text = text.strip()
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text.strip("'\"")
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # double quotes, as recipes are written
-    return str(value)
-
-
 def _step(knob: Knob, value: object, direction: int, rng: random.Random, *, big: bool) -> object | None:
     if knob.type == "bool":
         return (not value) if isinstance(value, bool) else None
@@ -469,11 +440,3 @@ def _step(knob: Knob, value: object, direction: int, rng: random.Random, *, big:
     else:
         new = float(f"{new:.4g}")
     return new
-
-
-def set_constant(source: bytes, name: str, value: object) -> bytes:
-    """Rewrite the ``NAME = value`` line of a recipe file, keeping its comment."""
-    text = source.decode()
-    pattern = re.compile(rf"^({re.escape(name)}\s*=\s*)(.+?)(\s*#.*)?$", re.M)
-    new, n = pattern.subn(lambda m: m.group(1) + _fmt(value) + (m.group(3) or ""), text, count=1)
-    return new.encode() if n else source

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from ledger import events as ev
-from ledger.errors import ArlError
-from ledger.store import Ledger
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.store import Ledger
 
 
 class _Usage(msgspec.Struct):

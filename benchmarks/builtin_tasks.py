@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runners.sandbox import run_process  # noqa: E402
-from tasks.evaluation import EvalContext, SeedRun  # noqa: E402
-from tasks.manifest import Task, load_task  # noqa: E402
+from arl.runners.sandbox import run_process  # noqa: E402
+from arl.tasks.evaluation import EvalContext, SeedRun  # noqa: E402
+from arl.tasks.manifest import Task, load_task  # noqa: E402
 
 BUILTIN = Path(__file__).resolve().parents[1] / "tasks" / "builtin"
 

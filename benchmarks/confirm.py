@@ -35,14 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.search import _NAME, _commit, load_results  # noqa: E402
-from ledger import Ledger  # noqa: E402
-from ledger import events as ev  # noqa: E402
-from ledger.programs import get_program  # noqa: E402
-from ledger.projections import SearchRow, State, TrialRow, rebuild, relative_gain  # noqa: E402
-from runners.replay import drain  # noqa: E402
-from runners.submit import start_search, submit  # noqa: E402
-from tasks.manifest import Task  # noqa: E402
-from tasks.registry import resolve  # noqa: E402
+from arl.ledger import Ledger  # noqa: E402
+from arl.ledger import events as ev  # noqa: E402
+from arl.ledger.programs import get_program  # noqa: E402
+from arl.ledger.projections import SearchRow, State, TrialRow, rebuild, relative_gain  # noqa: E402
+from arl.runners.replay import drain  # noqa: E402
+from arl.runners.trials import start_search, submit  # noqa: E402
+from arl.tasks.manifest import Task  # noqa: E402
+from arl.tasks.registry import resolve  # noqa: E402
 
 DONE = "confirm round complete"
 

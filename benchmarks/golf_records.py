@@ -17,7 +17,7 @@ from pathlib import Path
 # Run as a script: the repository root, not benchmarks/ (whose ledger.py shadows the package), comes first.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runners.evaluate import evaluate_folder  # noqa: E402
+from arl.runners.evaluate import evaluate_folder  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parameter-golf-records" / "track_10min_16mb"
 

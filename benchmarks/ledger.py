@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ledger import Ledger, events as ev  # noqa: E402
-from ledger.projections import Projector, rebuild  # noqa: E402
-from ledger.verify import verify  # noqa: E402
+from arl.ledger import Ledger, events as ev  # noqa: E402
+from arl.ledger.projections import Projector, rebuild  # noqa: E402
+from arl.ledger.verify import verify  # noqa: E402
 from tests.factories import program_bytes, synthetic_search  # noqa: E402
 
 

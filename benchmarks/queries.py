@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ledger import Ledger  # noqa: E402
-from queries.load import connect_with_stats  # noqa: E402
-from queries.named import NAMED, run_named  # noqa: E402
+from arl.ledger import Ledger  # noqa: E402
+from arl.queries.load import connect_with_stats  # noqa: E402
+from arl.queries.named import NAMED, run_named  # noqa: E402
 from tests.factories import synthetic_search  # noqa: E402
 
 LOAD_TARGET_S = 10.0

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from benchmarks.worker import make_probe_task  # noqa: E402
-from ledger import Ledger, events as ev  # noqa: E402
-from ledger.programs import read_folder  # noqa: E402
-from ledger.store import StoreURL  # noqa: E402
-from runners.submit import start_search, submit  # noqa: E402
-from tasks.manifest import load_task  # noqa: E402
+from arl.ledger import Ledger, events as ev  # noqa: E402
+from arl.ledger.programs import read_folder  # noqa: E402
+from arl.ledger.store import StoreURL  # noqa: E402
+from arl.runners.trials import start_search, submit  # noqa: E402
+from arl.tasks.manifest import load_task  # noqa: E402
 
 
 def run(url: str, task_dir: Path, workers: int, trials: int) -> tuple[float, list[float], list[float]]:
@@ -42,7 +42,7 @@ def run(url: str, task_dir: Path, workers: int, trials: int) -> tuple[float, lis
     program = read_folder(task.recipe_dir)
     with Ledger.open(url) as ledger:
         search = start_search(ledger, task, name=f"scale {workers}")
-        procs = [subprocess.Popen([sys.executable, "-m", "runners.cli", "worker", "--store", url,
+        procs = [subprocess.Popen([sys.executable, "-m", "arl.runners.cli", "worker", "--store", url,
                                    "--name", f"w{i}"], cwd=ROOT, stderr=subprocess.DEVNULL)
                  for i in range(workers)]
         def probe(seq: int) -> dict[str, bytes]:

@@ -45,10 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ledger import Ledger  # noqa: E402
-from ledger.projections import State, rebuild, relative_gain  # noqa: E402
-from runners.search import SearchConfig, run_search  # noqa: E402
-from tasks.registry import resolve  # noqa: E402
+from arl.ledger import Ledger  # noqa: E402
+from arl.ledger.projections import State, rebuild, relative_gain  # noqa: E402
+from arl.runners.search import SearchConfig, run_search  # noqa: E402
+from arl.tasks.registry import resolve  # noqa: E402
 
 ARMS = {
     "lineage-on": dict(agents="tuner", lineage=True),

@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ledger import Ledger, events as ev  # noqa: E402
-from ledger.programs import read_folder  # noqa: E402
-from runners.submit import start_search, submit  # noqa: E402
-from tasks.manifest import load_task  # noqa: E402
+from arl.ledger import Ledger, events as ev  # noqa: E402
+from arl.ledger.programs import read_folder  # noqa: E402
+from arl.runners.trials import start_search, submit  # noqa: E402
+from arl.tasks.manifest import load_task  # noqa: E402
 
 TASK = """
 name = "probe"
@@ -57,7 +57,7 @@ open(os.path.join(os.environ["ARL_OUT"], "finished"), "w").write(repr(time.time(
 
 EVALUATOR = """
 from pathlib import Path
-from tasks.evaluation import Evaluation
+from arl.tasks.evaluation import Evaluation
 VERSION = "1"
 def evaluate(ctx):
     out = Path(ctx.runs[0].out)
@@ -79,7 +79,7 @@ def measure(url: str, task_dir: Path, trials: int) -> list[dict[str, float]]:
     """Submit trials one at a time to a waiting worker process; time each from the record."""
     task = load_task(task_dir)
     program = read_folder(task.recipe_dir)
-    worker = subprocess.Popen([sys.executable, "-m", "runners.cli", "worker", "--store", url],
+    worker = subprocess.Popen([sys.executable, "-m", "arl.runners.cli", "worker", "--store", url],
                               cwd=ROOT, stderr=subprocess.DEVNULL)
     rows = []
     try:
@@ -108,8 +108,8 @@ def measure(url: str, task_dir: Path, trials: int) -> list[dict[str, float]]:
 
 
 def builtin_report() -> None:
-    from runners.taskcheck import check_task
-    from tasks.registry import BUILTIN
+    from arl.runners.taskcheck import check_task
+    from arl.tasks.registry import BUILTIN
 
     for folder in sorted(BUILTIN.glob("*/task.toml")):
         t0 = time.perf_counter()

@@ -4,9 +4,9 @@ Public surface: the event catalogue (``ledger.events``), :class:`Ledger` (the
 store of events and blobs), projections and verification.
 """
 
-from ledger.errors import ArlError, BlobError, ConflictError, StoreError
-from ledger.events import Label, trial_id
-from ledger.store import Ledger, StoreURL, default_store_url
+from arl.ledger.errors import ArlError, BlobError, ConflictError, StoreError
+from arl.ledger.events import Label, trial_id
+from arl.ledger.store import Ledger, StoreURL, default_store_url
 
 __version__ = "0.1.0"
 

@@ -2,8 +2,11 @@
 
 One schema per event, used by the writer (the store's mapper), the reader
 (projections, verification) and the SQL views. Evolve only by adding fields
-with defaults; the module path and class names are part of the stored schema
-(eventsourcing records ``ledger.events:ClassName`` as each event's topic).
+with defaults. The class names are part of the stored schema: each event is
+stored under the topic ``ledger.events:ClassName`` (:func:`topic`), a fixed
+schema name that no longer follows the module the class lives in, so moving
+this catalogue (it is ``arl.ledger.events`` since arl became one package) never
+strands a ledger written before.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
+from eventsourcing.utils import register_topic
 
 #: Bumped when the stored layout changes incompatibly; a ledger written with a
 #: higher number is refused by this version of arl.
@@ -231,6 +235,20 @@ AnyEvent = (
     | TrialLabeled
     | LeaseExpired
 )
+
+#: What every stored topic starts with: the catalogue's schema name (its module path when the
+#: first ledgers were written). Topics are never derived from where the classes live now.
+TOPIC_PREFIX = "ledger.events:"
+
+
+def topic(cls: type[Event]) -> str:
+    """The topic an event class is stored under."""
+    return TOPIC_PREFIX + cls.__name__
+
+
+for _cls in EVENT_TYPES:  # eventsourcing resolves a stored topic through this registry first
+    register_topic(topic(_cls), _cls)
+
 
 class BlobRefs(msgspec.Struct, gc=False):
     """Every event field that names a blob, across the catalogue.

@@ -7,12 +7,16 @@ Identical programs therefore have identical digests, whoever made them.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from ledger.errors import BlobError
-from ledger.store import Ledger
+from arl.ledger.errors import BlobError
+from arl.ledger.store import Ledger
 
 Program = dict[str, bytes]
 
@@ -40,8 +44,6 @@ def put_program(ledger: Ledger, files: Mapping[str, bytes]) -> str:
 
 def program_digest(files: Mapping[str, bytes]) -> str:
     """The digest a program would get, computed without a store."""
-    import hashlib
-
     digests = {check_path(p): hashlib.sha256(b).hexdigest() for p, b in files.items()}
     return hashlib.sha256(manifest_bytes(digests)).hexdigest()
 
@@ -72,3 +74,62 @@ def write_folder(files: Mapping[str, bytes], folder: Path) -> None:
         target = folder / check_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+
+
+class ProgramCache:
+    """Programs read from one ledger, by digest, the most recent ``size`` kept (thread-safe).
+
+    Programs never change once recorded, so a cached one is always right; every
+    reader of programs (driver, worker, tools) goes through one of these.
+    """
+
+    def __init__(self, ledger: Ledger, size: int = 256) -> None:
+        self.ledger = ledger
+        self.size = size
+        self._programs: OrderedDict[str, Program] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Program:
+        with self._lock:
+            program = self._programs.get(digest)
+            if program is not None:
+                self._programs.move_to_end(digest)
+                return program
+        program = get_program(self.ledger, digest)
+        with self._lock:
+            self._programs[digest] = program
+            while len(self._programs) > self.size:
+                self._programs.popitem(last=False)
+        return program
+
+
+# --- comparing programs -----------------------------------------------------------
+
+
+def touched(parent: Mapping[str, bytes], child: Mapping[str, bytes]) -> list[str]:
+    """Paths added, removed or changed from parent to child, sorted."""
+    return sorted(p for p in parent.keys() | child.keys() if parent.get(p) != child.get(p))
+
+
+def unified_diff(parent: Mapping[str, bytes], child: Mapping[str, bytes]) -> str:
+    """A git-style unified diff of every touched file (binary files named only)."""
+    out: list[str] = []
+    for path in touched(parent, child):
+        a, b = parent.get(path), child.get(path)
+        try:
+            a_lines = a.decode().splitlines(keepends=True) if a is not None else []
+            b_lines = b.decode().splitlines(keepends=True) if b is not None else []
+        except UnicodeDecodeError:
+            out.append(f"Binary files a/{path} and b/{path} differ\n")
+            continue
+        out.append(f"diff --git a/{path} b/{path}\n")
+        if a is None or b is None:  # lets an empty file's creation or deletion round-trip
+            out.append(f"{'new' if a is None else 'deleted'} file mode 100644\n")
+        out.extend(
+            difflib.unified_diff(
+                a_lines, b_lines,
+                fromfile=f"a/{path}" if a is not None else "/dev/null",
+                tofile=f"b/{path}" if b is not None else "/dev/null",
+            )
+        )
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in out)

@@ -18,9 +18,9 @@ from datetime import datetime
 
 import msgspec
 
-from ledger import events as ev
-from ledger.events import Label
-from ledger.store import Ledger, decode_states
+from arl.ledger import events as ev
+from arl.ledger.events import Label
+from arl.ledger.store import Ledger, decode_states
 
 #: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
 PROJECTION_VERSION = 3  # 3: TrialRow.shortfalls

@@ -41,14 +41,14 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
-from eventsourcing.utils import Environment, get_topic, resolve_topic
+from eventsourcing.utils import Environment, resolve_topic
 
-from ledger import events as ev
-from ledger.errors import BlobError, ConflictError, StoreError
+from arl.ledger import events as ev
+from arl.ledger.errors import BlobError, ConflictError, StoreError
 
 DEFAULT_PATH = Path(".arl") / "ledger.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_GENESIS = b"\x00" * 32
+GENESIS = b"\x00" * 32
 _SCHEMA_LOCK_KEY = 0x61726C  # "arl"
 
 
@@ -107,7 +107,7 @@ class StructMapper(Mapper):
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
-            topic=get_topic(type(domain_event)),
+            topic=ev.topic(type(domain_event)),
             state=ev.encode(domain_event),
         )
 
@@ -136,7 +136,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         if ids:
             c.execute("SELECT digest FROM arl_chain ORDER BY notification_id DESC LIMIT 1")
             row = c.fetchone()
-            prev = bytes(row[0]) if row else _GENESIS
+            prev = bytes(row[0]) if row else GENESIS
             links = []
             for nid, s in zip(ids, stored_events, strict=True):
                 prev = record_digest(
@@ -161,7 +161,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         if ids:
             curs.execute("SELECT digest FROM arl_chain ORDER BY notification_id DESC LIMIT 1")
             row = curs.fetchone()
-            prev = bytes(row["digest"]) if row else _GENESIS
+            prev = bytes(row["digest"]) if row else GENESIS
             links = []
             for nid, s in zip(ids, stored_events, strict=True):
                 prev = record_digest(
@@ -610,7 +610,7 @@ class Ledger:
                     c.execute("LOCK TABLE arl_blobs IN EXCLUSIVE MODE")
                 c.execute("SELECT chain FROM arl_blobs ORDER BY seq DESC LIMIT 1")
                 row = c.fetchone()
-                prev = bytes(_col(row, "chain")) if row else _GENESIS
+                prev = bytes(_col(row, "chain")) if row else GENESIS
                 new: dict[str, bytes] = {}
                 for digest, data in zip(digests, items, strict=True):
                     if digest in new:

@@ -18,11 +18,11 @@ from contextlib import contextmanager
 
 import msgspec
 
-from ledger import events as ev
-from ledger.store import _GENESIS, Ledger, blob_link, record_digest
+from arl.ledger import events as ev
+from arl.ledger.store import GENESIS, Ledger, blob_link, record_digest
 
 _refs_decoder = msgspec.json.Decoder(ev.BlobRefs)
-_ARL_TOPIC = f"{ev.__name__}:"
+_ARL_TOPIC = ev.TOPIC_PREFIX
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -106,7 +106,7 @@ def _verify_events(
     page: int,
 ) -> str | None:
     """Walk the log page by page beside the chain rows covering the same ids."""
-    prev = _GENESIS
+    prev = GENESIS
     after = 0
     refs_of = _refs_decoder.decode
     while True:
@@ -158,7 +158,7 @@ def _first_gap(events: list, chain: list) -> str:
 
 
 def _verify_blobs(ledger: Ledger, report: Report, seen: set[str]) -> str | None:
-    prev = _GENESIS
+    prev = GENESIS
     rows = _pages(ledger.read_blob_rows, lambda r: r[0], 1_000)
     for seq, digest, data, chain in rows:
         if hashlib.sha256(data).hexdigest() != digest:

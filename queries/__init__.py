@@ -1,21 +1,21 @@
 """arl forensics: the ledger in DuckDB, named queries, reports, export and import.
 
-    from ledger import Ledger
-    from queries import connect, run_named, run_sql
+    from arl.ledger import Ledger
+    from arl.queries import connect, run_named, run_sql
 
     with Ledger.open("sqlite:///runs/ledger.db", create=False) as ledger:
         con = connect(ledger)               # or connect(ledger, "cache.duckdb")
     print(run_named(con, "leaderboard").records())
 """
 
-from queries.errors import QueryError
-from queries.export import export
-from queries.imports import ImportResult, SourceError, import_autoresearch, import_recipes
-from queries.load import LoadStats, connect, connect_with_stats, refresh
-from queries.named import NAMED, resolve_search, run_named
-from queries.report import write_report
-from queries.table import Table, render, run_sql
-from queries.views import VIEWS
+from arl.queries.errors import QueryError
+from arl.queries.export import export
+from arl.queries.imports import ImportResult, SourceError, import_autoresearch, import_recipes
+from arl.queries.load import LoadStats, connect, connect_with_stats, refresh
+from arl.queries.named import NAMED, resolve_search, run_named
+from arl.queries.report import write_report
+from arl.queries.table import Table, render, run_sql
+from arl.queries.views import VIEWS
 
 __all__ = [
     "NAMED",

@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ledger import ArlError, Ledger
-from ledger.store import STORE_HELP
+from arl.ledger import ArlError, Ledger
+from arl.ledger.store import STORE_HELP
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
@@ -29,13 +29,13 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _format_arg(p: argparse.ArgumentParser) -> None:
-    from queries.table import FORMATS
+    from arl.queries.table import FORMATS
 
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
 
 
 def _connect(args: argparse.Namespace, ledger: Ledger):
-    from queries.load import connect
+    from arl.queries.load import connect
 
     def progress(n: int) -> None:  # pages of 100,000: only large ledgers report
         print(f"  … {n:,} events loaded into DuckDB", file=sys.stderr, flush=True)
@@ -44,13 +44,13 @@ def _connect(args: argparse.Namespace, ledger: Ledger):
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from queries.table import render, run_sql
+    from arl.queries.table import render, run_sql
 
     with Ledger.open(args.store, create=False) as ledger:
         con = _connect(args, ledger)
     try:
         if args.query is None:
-            from queries.prompt import interactive
+            from arl.queries.prompt import interactive
 
             return interactive(con, fmt=args.format)
         print(render(run_sql(con, args.query), args.format))
@@ -60,8 +60,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from queries.named import run_named
-    from queries.table import render
+    from arl.queries.named import run_named
+    from arl.queries.table import render
 
     with Ledger.open(args.store, create=False) as ledger:
         con = _connect(args, ledger)
@@ -74,7 +74,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from queries.export import export
+    from arl.queries.export import export
 
     if args.format in ("prov", "ro-crate"):
         return _export_provenance(args)
@@ -90,9 +90,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_provenance(args: argparse.Namespace) -> int:
-    from queries.export import export
-    from queries.provenance import export_prov, export_ro_crate
-    from runners.search import find_search
+    from arl.queries.export import export
+    from arl.queries.provenance import export_prov, export_ro_crate
+    from arl.ledger.searches import find_search
 
     with Ledger.open(args.store, create=False) as ledger:
         search = find_search(ledger, args.search) if args.search else None
@@ -111,7 +111,7 @@ def _export_provenance(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from queries.imports import IMPORTERS
+    from arl.queries.imports import IMPORTERS
 
     importer = IMPORTERS[args.source]
     kwargs = {"name": args.name}
@@ -126,7 +126,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from queries.report import write_report
+    from arl.queries.report import write_report
 
     with Ledger.open(args.store, create=False) as ledger:
         con = _connect(args, ledger)
@@ -144,7 +144,7 @@ class _UsageError(ArlError):
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``sql``, ``query``, ``export``, ``import`` and ``report`` to ``arl``'s subcommands."""
-    from queries.named import NAMED
+    from arl.queries.named import NAMED
 
     p = sub.add_parser("sql", help="run SQL over the ledger's views; no query: an interactive prompt")
     p.add_argument("query", nargs="?", help='one SQL statement, e.g. "SELECT label, count(*) FROM trials GROUP BY 1"')

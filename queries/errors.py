@@ -1,6 +1,6 @@
 """Errors of the forensics room; each message is one line: the problem and the fix."""
 
-from ledger import ArlError
+from arl.ledger import ArlError
 
 
 class QueryError(ArlError):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import duckdb
 
-from queries.errors import QueryError
-from queries.views import VIEWS
+from arl.queries.errors import QueryError
+from arl.queries.views import VIEWS
 
 FORMATS = ("parquet", "ndjson")
 

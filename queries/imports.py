@@ -31,9 +31,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ledger import ArlError, Ledger
-from ledger import events as ev
-from ledger.events import Check, Label
+from arl.ledger import ArlError, Ledger
+from arl.ledger import events as ev
+from arl.ledger.events import Check, Label
 
 _NAMESPACE = uuid.UUID("6d1c5c1e-7a0b-4f0e-9d2a-61726c696d70")  # "arl imp"
 
@@ -514,7 +514,7 @@ def _reason(notes: str) -> str:
 
 
 def _arl_version() -> str:
-    from ledger import __version__
+    from arl.ledger import __version__
 
     return __version__
 

@@ -32,10 +32,10 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from ledger import ArlError, Ledger
-from ledger import events as ev
-from queries.errors import QueryError
-from queries.views import create_views, refresh_trials, trial_rows_sql
+from arl.ledger import ArlError, Ledger
+from arl.ledger import events as ev
+from arl.queries.errors import QueryError
+from arl.queries.views import create_views, refresh_trials, trial_rows_sql
 
 #: Bump when the layout of the ``log`` tables changes in a way fields do not show.
 LOAD_VERSION = 1

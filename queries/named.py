@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from queries.errors import QueryError
-from queries.table import Table, run_sql
+from arl.ledger.searches import SearchRef, UnknownSearch, pick_search
+from arl.queries.errors import QueryError
+from arl.queries.table import Table, run_sql
 
 _IN_SEARCH = "($search IS NULL OR t.search = $search)"
 #: Labels of trials that ran legally; everything else but baseline is a failure of some kind.
@@ -228,7 +229,7 @@ ORDER BY search_name, x.search, x.agent NULLS FIRST
 
 
 def _prices(con: duckdb.DuckDBPyConnection) -> None:
-    from queries.prices import register_prices
+    from arl.queries.prices import register_prices
 
     register_prices(con)
 
@@ -274,24 +275,9 @@ def run_named(
 
 
 def resolve_search(con: duckdb.DuckDBPyConnection, text: str) -> str:
-    """A search id from its id, a unique id prefix, or its name (the latest search of that name)."""
-    rows = con.execute(
-        "SELECT search, name, started_at FROM searches "
-        "WHERE search = $t OR starts_with(search, $t) OR name = $t ORDER BY started_at DESC",
-        {"t": text},
-    ).fetchall()
-    exact = [r for r in rows if r[0] == text]
-    if exact:
-        return exact[0][0]
-    by_name = [r for r in rows if r[1] == text]
-    if by_name:
-        return by_name[0][0]
-    if len(rows) == 1:
-        return rows[0][0]
-    if not rows:
-        names = [r[0] for r in con.execute("SELECT name FROM searches ORDER BY started_at DESC LIMIT 5").fetchall()]
-        hint = f" (recent: {', '.join(names)})" if names else " (the ledger has none)"
-        raise QueryError(f"no search matches {text!r}{hint}; pass a search id, id prefix or name")
-    raise QueryError(
-        f"{len(rows)} searches start with {text!r}; give more of the id, or the full name"
-    )
+    """A search id by the rule every arl command uses (:func:`arl.ledger.searches.pick_search`)."""
+    rows = con.execute("SELECT search, name FROM searches ORDER BY started_at, search").fetchall()
+    try:
+        return pick_search([SearchRef(sid, name) for sid, name in rows], text, where="the ledger")
+    except UnknownSearch as e:
+        raise QueryError(str(e)) from None

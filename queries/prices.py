@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from queries.errors import QueryError
+from arl.queries.errors import QueryError
 
 ENV = "ARL_PRICES"
 USER_FILE = Path("~/.config/arl/prices.toml")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import duckdb
 
-from queries.errors import QueryError
-from queries.table import render, run_sql
-from queries.views import VIEWS
+from arl.queries.errors import QueryError
+from arl.queries.table import render, run_sql
+from arl.queries.views import VIEWS
 
 HELP = """Statements end with ';'. Views: {views}.
   .views           list the views and their columns

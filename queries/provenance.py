@@ -23,9 +23,9 @@ from pathlib import Path
 
 from prov.model import ProvDocument
 
-from ledger import events as ev
-from ledger.errors import ArlError
-from ledger.store import Ledger
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.store import Ledger
 
 NS = "https://arl.dev/ns/prov#"
 #: How many earlier labelled trials a proposal is recorded as informed by.
@@ -177,7 +177,7 @@ def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
     """An RO-Crate (Process/Workflow Run Crate profiles): PROV, Parquet tables, kept programs."""
     from rocrate.rocrate import ROCrate
 
-    from ledger.programs import get_program, write_folder
+    from arl.ledger.programs import get_program, write_folder
 
     folder.mkdir(parents=True, exist_ok=True)
     prov_files = export_prov(ledger, folder / "provenance", search)

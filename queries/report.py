@@ -18,9 +18,9 @@ from typing import Any
 
 import duckdb
 
-from ledger import ArlError, Ledger
-from queries.errors import QueryError
-from queries.named import resolve_search
+from arl.ledger import ArlError, Ledger
+from arl.queries.errors import QueryError
+from arl.queries.named import resolve_search
 
 #: One colour per label; failures in warm colours, the ones not charged in greys.
 LABEL_COLOURS = {

@@ -14,8 +14,8 @@ from uuid import UUID
 
 import duckdb
 
-from queries.errors import QueryError
-from queries.views import VIEWS
+from arl.queries.errors import QueryError
+from arl.queries.views import VIEWS
 
 FORMATS = ("table", "csv", "json")
 _CELL = 60  # table cells are cut to this width; csv and json are never cut

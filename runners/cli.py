@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ledger import ArlError, Ledger, __version__
-from ledger.store import STORE_HELP, hostname
-from ledger.verify import verify
+from arl.ledger import ArlError, Ledger, __version__
+from arl.ledger.store import STORE_HELP, hostname
+from arl.ledger.verify import verify
 
 
 def _store_arg(p: argparse.ArgumentParser) -> None:
@@ -41,9 +41,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from runners.worker import Worker
+    from arl.runners.worker import Worker
 
-    from tasks.adapters import device_sets, parse_devices
+    from arl.tasks.adapters import device_sets, parse_devices
 
     devices = parse_devices(args.devices) if args.devices else []
     # Each slot gets a disjoint set of devices; --gpus-per-trial sets its size.
@@ -90,8 +90,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from tasks.manifest import load_task
-    from tasks.registry import available
+    from arl.tasks.manifest import load_task
+    from arl.tasks.registry import available
 
     for folder in available():
         t = load_task(folder)
@@ -102,7 +102,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_task_check(args: argparse.Namespace) -> int:
-    from runners.taskcheck import check_task
+    from arl.runners.taskcheck import check_task
 
     task, report = check_task(args.path, run=not args.no_run, recipe_from=args.recipe_from, data=args.data)
     print(f"{task.name}: manifest, evaluator and data ok ({task.folder})")
@@ -122,7 +122,7 @@ def cmd_task_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from runners.search import SearchConfig, render_summary, run_search
+    from arl.runners.search import SearchConfig, render_summary, run_search
 
     if not args.task and not args.resume:
         raise ArlError("give a task (e.g. `arl run golf-mini`) or --resume SEARCH")
@@ -139,8 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ledger.projections import Projector
-    from runners.search import find_search, render_summary, summarize
+    from arl.ledger.projections import Projector
+    from arl.ledger.searches import find_search
+    from arl.runners.search import render_summary, summarize
 
     with Ledger.open(args.store, create=False) as ledger:
         search_id = find_search(ledger, args.search)
@@ -153,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _metric_of(started) -> str:
-    from tasks.registry import resolve
+    from arl.tasks.registry import resolve
 
     try:
         return resolve(started.config.get("task_path") or started.task).objective.metric
@@ -162,7 +163,7 @@ def _metric_of(started) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from runners.inspect import render_trial
+    from arl.runners.inspect import render_trial
 
     with Ledger.open(args.store, create=False) as ledger:
         print(render_trial(ledger, args.trial))
@@ -172,7 +173,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from runners.evaluate import evaluate_folder, exit_code, render_table
+    from arl.runners.evaluate import evaluate_folder, exit_code, render_table
 
     result = evaluate_folder(args.task, args.dir)
     print(json.dumps(result.to_json(), indent=1) if args.format == "json" else render_table(result))
@@ -180,7 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from runners import replay
+    from arl.runners import replay
 
     modes = [m for m in ("verify", "rerun", "agents") if getattr(args, m)]
     if len(modes) != 1:
@@ -204,8 +205,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from runners import replay
-    from runners.search import SearchConfig, render_summary
+    from arl.runners import replay
+    from arl.runners.search import SearchConfig, render_summary
 
     config = SearchConfig(trials=args.trials, workers=args.workers, agents=args.agents,
                           lineage=args.lineage == "on", seed=args.seed)
@@ -216,7 +217,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from runners.mcp_server import serve
+    from arl.runners.mcp_server import serve
 
     # stdout is the protocol's channel on stdio: nothing else may be printed there.
     with Ledger.open(args.store, create=False) as ledger:
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_task_check)
 
     try:
-        from queries.cli import register as register_queries
+        from arl.queries.cli import register as register_queries
     except ImportError:  # the forensics commands are being built alongside
         register_queries = None
     if register_queries is not None:

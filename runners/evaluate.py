@@ -18,13 +18,13 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import ArlError
-from ledger.events import Check, Label
-from runners.labels import label_evaluation
-from tasks.adapters import RUN_LOG, RecordedRun
-from tasks.code import load_evaluator
-from tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
-from tasks.registry import resolve
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Check, Label
+from arl.runners.labels import label_evaluation
+from arl.tasks.adapters import RUN_LOG, RecordedRun
+from arl.tasks.code import load_evaluator
+from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
+from arl.tasks.registry import resolve
 
 LOG_SUFFIXES = (".log", ".txt")
 _SEED_IN_NAME = re.compile(r"(?:seed[_-]?|_)(\d+)$", re.I)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from ledger import events as ev
-from ledger.errors import ArlError
-from ledger.store import Ledger
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.searches import find_search
+from arl.ledger.store import Ledger
 
 
 def find_trial(ledger: Ledger, ref: str) -> str:
     """A trial by id prefix, ``SEARCH#SEQ`` or ``#SEQ`` (latest search)."""
-    from runners.search import find_search
-
     if "#" in ref:
         search_ref, seq = ref.split("#", 1)
         if not seq.isdigit():

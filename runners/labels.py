@@ -1,15 +1,23 @@
-"""From what happened to one label, with a reason a person (or an agent) can act on."""
+"""From what happened to one label, with a reason a person (or an agent) can act on.
+
+Three steps, in the order a trial meets them: :func:`label_runs` (did every
+training run finish: oom, overrun, crash), :func:`label_evaluation` (did the
+evaluation pass its checks and give a finite score), and :func:`decide` — the
+keep / discard / confirm policy that compares a legal score with the best.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 
 import msgspec
-from collections.abc import Sequence
 
-from ledger.events import Check, Label
-from tasks.evaluation import Evaluation, SeedRun
+from arl.ledger.events import Check, Label
+from arl.ledger.projections import better
+from arl.tasks.evaluation import Evaluation, SeedRun
+from arl.tasks.manifest import Task
 
 #: When several checks fail, the label of the most fundamental failure wins.
 _CHECK_PRIORITY = (
@@ -82,3 +90,58 @@ def label_evaluation(evaluation: Evaluation) -> tuple[Label, str] | None:
     if not math.isfinite(evaluation.score):
         return Label.DIVERGED, f"score is {evaluation.score}"
     return None
+
+
+#: Re-runs a candidate on the task's confirmation seeds: the evaluation over every
+#: seed and the seeds it covers, or why it could not be confirmed (a failed run, an
+#: evaluator error).
+Confirm = Callable[[], "tuple[Evaluation, list[int]] | str"]
+
+
+def decide(task: Task, evaluation: Evaluation, *, baseline: bool, best_now: Callable[[], float | None],
+           confirm: Confirm) -> tuple[Label, str, Evaluation]:
+    """The label of an evaluated trial, its reason, and the evaluation it stands on.
+
+    Illegal or broken results are labelled by their worst failure. A legal score is
+    a keep when it beats the best at label time (``best_now()``, asked only for a legal
+    score that is not the baseline's) by more than the task's noise floor;
+    one within the floor (every one, for ``confirm = "always"``) is re-run on the
+    confirmation seeds first and kept only if the score over all seeds still beats
+    the best.
+    """
+    illegal = label_evaluation(evaluation)
+    if illegal is not None:
+        return illegal[0], illegal[1], evaluation
+    if baseline:
+        return Label.BASELINE, "the search's starting program", evaluation
+    score = evaluation.score
+    direction = task.objective.direction
+    best = best_now()
+    if best is None:
+        return Label.KEEP, f"{score:.6g}: the search's first legal score", evaluation
+    if not better(direction, score, best):
+        return Label.DISCARD, f"{score:.6g} is not better than the best {best:.6g}", evaluation
+    margin = abs(score - best)
+    if task.confirm != "always" and margin > task.objective.noise_floor:
+        return Label.KEEP, f"{score:.6g} beats the best {best:.6g} by {margin:.3g}", evaluation
+    if not task.confirm_seeds:
+        return Label.DISCARD, (
+            f"{score:.6g} beats the best by {margin:.3g}, within the noise floor "
+            f"{task.objective.noise_floor:g}, and the task has no confirmation seeds"
+        ), evaluation
+    confirmed = confirm()
+    if isinstance(confirmed, str):
+        return Label.DISCARD, f"not confirmed: {confirmed}", evaluation
+    combined, all_seeds = confirmed
+    illegal = label_evaluation(combined)
+    if illegal is not None:
+        return illegal[0], f"on confirmation seeds {task.confirm_seeds}: {illegal[1]}", combined
+    if not better(direction, combined.score, best):
+        return Label.DISCARD, (
+            f"not confirmed: {combined.score:.6g} over seeds {list(all_seeds)} is not better than "
+            f"the best {best:.6g}"
+        ), combined
+    return Label.KEEP, (
+        f"{combined.score:.6g} over {len(all_seeds)} seeds beats the best {best:.6g} "
+        "(confirmed on unseen seeds)"
+    ), combined

@@ -21,24 +21,14 @@ import msgspec
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError as McpToolError
 
-from agents.base import Proposal
-from agents.lineage import LineageView
-from agents.tools import (
-    SPECS,
-    TEXT_PAGE,
-    EditBlock,
-    LedgerTools,
-)
-from ledger import events as ev
-from ledger.errors import ArlError, ConflictError
-from ledger.programs import get_program, read_folder
-from ledger.store import Ledger
-from runners.search import SearchError, find_search
-from runners.submit import merged_surfaces, record_rejection, submit, task_of
-from tasks.manifest import Surface, Task
-
-#: Submissions give up after this many lost races for the next sequence number.
-SEQ_RETRIES = 50
+from arl.agents.base import Proposal
+from arl.agents.tools import SPECS, TEXT_PAGE, EditBlock, LedgerTools
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.searches import find_search
+from arl.ledger.store import Ledger
+from arl.runners.trials import base_program, record_proposal
+from arl.tasks.registry import task_of
 
 
 class Edit(TypedDict):
@@ -64,34 +54,6 @@ class McpCall(msgspec.Struct, kw_only=True):
     at: float
 
 
-def record_proposal(ledger: Ledger, task: Task, tools: LedgerTools, proposal: Proposal) -> tuple[str, int]:
-    """Record a proposal into the tools' search as the driver would; returns (trial id, seq).
-
-    The sequence number is the next one in the projection; a writer that took it
-    first (the driver, another client) makes the append fail with a conflict,
-    and the proposal goes in at the next number.
-    """
-    common = dict(agent=proposal.agent, surface=proposal.surface, parents=proposal.parents,
-                  hypothesis=proposal.hypothesis, expected_delta=proposal.expected_delta,
-                  backend=proposal.backend, agent_call_digest=proposal.agent_call_digest)
-    for _ in range(SEQ_RETRIES):
-        state = tools.state()
-        seq = max((r.seq for r in state.trials_of(tools.search_id)), default=0) + 1
-        try:
-            if proposal.program is None:
-                label, reason = proposal.rejected or (ev.Label.INVALID_EDIT, "the edit produced no program")
-                return record_rejection(ledger, tools.search_id, seq, label=label, reason=reason, **common), seq
-            parent = (get_program(ledger, state.trials[proposal.parents[0]].program_digest)
-                      if proposal.parents else read_folder(task.recipe_dir))
-            also = proposal.also_surfaces + merged_surfaces(state, proposal.parents)
-            return submit(ledger, task, tools.search_id, seq, program=proposal.program, parent_program=parent,
-                          also_surfaces=also, **common), seq
-        except ConflictError:
-            continue
-    raise ArlError(f"could not find a free trial number in search {tools.search_id[:8]} after "
-                   f"{SEQ_RETRIES} tries; too many writers at once — retry")
-
-
 class McpSpecialist:
     """The tools of one MCP specialist, recording what it submits."""
 
@@ -101,9 +63,10 @@ class McpSpecialist:
         started = ledger.stream(search_id)[0]
         assert isinstance(started, ev.SearchStarted)
         self.task = task_of(started)
+        self.base = base_program(ledger, started, self.task)
         names = [s.name for s in self.task.surfaces]
         if specialist not in names:
-            raise SearchError(f"task {self.task.name} has no specialist {specialist!r}; "
+            raise ArlError(f"task {self.task.name} has no specialist {specialist!r}; "
                               f"choose one of: {', '.join(names)}")
         self.transport = transport
         self.session = f"{transport}-{uuid.uuid4()}"  # stdio: one client per process
@@ -117,33 +80,14 @@ class McpSpecialist:
                        session=str(call.get("session") or self.session), transport=self.transport,
                        at=time.time())
         proposal.agent_call_digest = self.ledger.put_blob(msgspec.json.encode(blob))
-        trial, seq = record_proposal(self.ledger, self.task, self.tools, proposal)
+        trial, seq = record_proposal(self.ledger, self.task, self.tools.search_id, proposal,
+                                     state=self.tools.state, program_of=self.tools.program_of, base=self.base)
         row = self.tools.state().trials[trial]
         if row.label is not None:  # rejected at once: the edit never became a program
             return {"trial_id": trial, "seq": seq, "status": "rejected", "label": row.label.value,
                     "reason": row.reason}
         return {"trial_id": trial, "seq": seq, "status": "submitted",
                 "note": "a worker runs it; call wait with this trial_id for its label"}
-
-
-class McpSeat:
-    """A specialist's seat in ``arl run --agents mcp``: its proposals arrive through ``arl mcp``.
-
-    The driver keeps measuring the baseline, running workers and counting the
-    trial budget; this seat proposes nothing itself and only waits (briefly, so
-    Ctrl-C stays prompt) for the log to move.
-    """
-
-    backend = "mcp"
-
-    def __init__(self, surface: Surface, ledger: Ledger) -> None:
-        self.surface = surface
-        self.name = surface.name
-        self.ledger = ledger
-
-    def propose(self, view: LineageView) -> None:
-        self.ledger.wait(self.ledger.head(), 1.0)
-        return None
 
 
 def build_server(specialist: McpSpecialist) -> Any:

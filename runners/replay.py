@@ -17,22 +17,25 @@ import hashlib
 import statistics
 import sys
 import threading
-from collections.abc import Iterable
 from typing import TextIO
 
 import msgspec
 
-from agents.edits import unified_diff
-from agents.lineage import build_view
-from ledger import events as ev
-from ledger.errors import ArlError
-from ledger.programs import get_program, program_digest
-from ledger.projections import State, rebuild
-from ledger.store import Ledger, decode_states
-from runners.search import Search, SearchConfig, build_team, find_search, summarize
-from runners.submit import merged_surfaces, start_search, submit, task_of
-from runners.worker import Worker
-from tasks.manifest import Task
+from arl.agents.lineage import build_view
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.programs import get_program, program_digest, unified_diff
+from arl.ledger.projections import State, rebuild
+from arl.ledger.searches import find_search
+from arl.ledger.store import Ledger, decode_states
+from arl.runners.config import SearchConfig
+from arl.runners.inspect import find_trial
+from arl.runners.search import Search, summarize
+from arl.runners.team import build_team
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.legality import merged_surfaces
+from arl.tasks.registry import task_of
 
 
 class ReplayError(ArlError):
@@ -271,8 +274,7 @@ def redrive(ledger: Ledger, search_ref: str) -> RedriveReport:
     search_id = find_search(ledger, search_ref)
     started = ledger.stream(search_id)[0]
     task = task_of(started)
-    config = msgspec.convert({k: v for k, v in started.config.items() if k in SearchConfig.__struct_fields__},
-                             SearchConfig)
+    config = SearchConfig.of(started)
     if config.agents == "tpe":
         raise ReplayError("a TPE search depends on Optuna's internal state; it cannot be re-driven")
     final = rebuild(ledger)
@@ -280,7 +282,7 @@ def redrive(ledger: Ledger, search_ref: str) -> RedriveReport:
                  if isinstance(e, ev.TrialProposed) and e.search_id == search_id and e.seq > 0]
     search = Search(ledger, task, search_id, config, [])
     search.projector.state = final  # programs never change once recorded
-    team = {s.name: s for s in _team(task, config, search, proposals, ledger)}
+    team = {s.name: s for s in build_team(task, config, search, recorded=_recorded_calls(config, proposals))}
     submitted = {e.originator_id: e.program_digest for _, e in ledger.iter_events()
                  if isinstance(e, ev.TrialSubmitted) and e.search_id == search_id}
     report = RedriveReport(search=search_id, proposals=0, identical=0, skipped=0, mismatches=[])
@@ -309,37 +311,15 @@ def redrive(ledger: Ledger, search_ref: str) -> RedriveReport:
     return report
 
 
-def _team(task: Task, config: SearchConfig, search: Search, proposals: list[ev.TrialProposed],
-          ledger: Ledger) -> Iterable:
-    """The search's specialists, with recorded model calls in place of the model."""
+def _recorded_calls(config: SearchConfig, proposals: list[ev.TrialProposed]) -> dict[str, list[str]] | None:
+    """Each specialist's recorded model calls, in order (None: its backend calls no model)."""
+    if config.agents not in ("llm", "agentic", "mcp", "inbox"):
+        return None
     calls: dict[str, list[str]] = {}
     for p in sorted(proposals, key=lambda p: p.seq):
         if p.agent_call_digest:
             calls.setdefault(p.agent, []).append(p.agent_call_digest)
-    if config.agents == "llm":
-        from agents.llm import LLMSpecialist, ReplayClient
-
-        return [LLMSpecialist(s.name, s, task, ReplayClient(ledger.get_blob, calls.get(s.name, [])),
-                              ledger.put_blob) for s in task.surfaces]
-    if config.agents == "agentic":
-        from agents.agentic import AgenticSpecialist, TranscriptReplay
-        from agents.tools import LedgerTools
-
-        return [
-            AgenticSpecialist(
-                s.name, s, task, TranscriptReplay(ledger.get_blob, calls.get(s.name, [])),
-                ledger.put_blob,
-                LedgerTools(ledger, task, search.search_id, specialist=s.name, surface=s,
-                            lineage=config.lineage, backend=AgenticSpecialist.backend,
-                            projector=search.projector),
-                turns=config.turns,
-            )
-            for s in task.surfaces
-        ]
-    if config.agents in ("mcp", "inbox"):
-        raise ReplayError(f"proposals of a --agents {config.agents} search come from outside arl; "
-                          "their files or calls are on the record, but there is nothing to re-drive")
-    return build_team(task, config, search)
+    return calls
 
 
 def _fold_to(ledger: Ledger, state: State, position: int) -> None:
@@ -378,8 +358,6 @@ def _compare(recorded: ev.TrialProposed, again, program: str | None, search: Sea
 def fork(ledger: Ledger, trial_ref: str, config: SearchConfig, *, name: str | None = None,
          out: TextIO = sys.stderr):
     """Start a search from one trial's program; its agents see how that program was reached."""
-    from runners.inspect import find_trial
-
     trial = find_trial(ledger, trial_ref)
     state = rebuild(ledger)
     row = state.trials.get(trial)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from tasks.evaluation import Process
+from arl.tasks.evaluation import Process
 
 #: Environment variables passed through to recipes (everything else is dropped).
 _PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TERM")

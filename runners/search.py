@@ -15,46 +15,28 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import TextIO
 
 import msgspec
 
-from agents.base import Proposal, Specialist
-from agents.lineage import SATURATION, build_view
-from agents.usage import TokenMeter
-from ledger import events as ev
-from ledger.errors import ArlError, ConflictError
-from ledger.programs import get_program, put_program, read_folder
-from ledger.projections import Projector, SearchRow, State, relative_gain
-from ledger.store import Ledger
-from runners.submit import merged_surfaces, record_rejection, start_search, submit, task_of
-from runners.worker import Worker
-from tasks.adapters import bind, recorded_paths
-from tasks.manifest import Task
-from tasks.registry import resolve
+from arl.agents.base import Proposal, Specialist
+from arl.agents.lineage import SATURATION, TrialLine, build_view
+from arl.agents.usage import TokenMeter
+from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
+from arl.ledger.programs import Program, ProgramCache, put_program, read_folder
+from arl.ledger.projections import Projector, SearchRow, State, relative_gain
+from arl.ledger.searches import find_search
+from arl.ledger.store import Ledger
+from arl.runners.config import SearchConfig
+from arl.runners.team import build_team, check_config
+from arl.runners.trials import base_program, record_proposal, start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.adapters import bind, recorded_paths
+from arl.tasks.manifest import Task
+from arl.tasks.registry import resolve, task_of
 
-
-class SearchConfig(msgspec.Struct, kw_only=True):
-    """Everything that shapes a search; recorded in SearchStarted.config."""
-
-    trials: int = 30
-    workers: int = 1
-    agents: str = "tuner"
-    lineage: bool = True
-    seed: int = 0
-    llm_url: str | None = None
-    llm_model: str | None = None
-    #: Cap on each model reply (tokens); the client's default when None.
-    llm_max_tokens: int | None = None
-    inbox: str | None = None
-    #: Adapter tasks: the user's checkout and data folder (recorded, so workers find them).
-    recipe_from: str | None = None
-    data: str | None = None
-    #: Stop cleanly once the search's recorded model usage reaches this many tokens (None: no limit).
-    budget_tokens: int | None = None
-    #: Turn limit of one agentic session.
-    turns: int = 8
+__all__ = ["Search", "SearchConfig", "SearchError", "Summary", "render_summary", "run_search", "summarize"]
 
 
 class SearchError(ArlError):
@@ -128,7 +110,10 @@ def _duration(seconds: float) -> str:
 
 
 class Search:
-    """One search being driven. Build with :meth:`start` or :meth:`resume`, then :meth:`run`."""
+    """One search being driven. Build with :meth:`start` or :meth:`resume`, then :meth:`run`.
+
+    It is its specialists' :class:`~arl.agents.base.SearchSeat`: what they may read of it.
+    """
 
     def __init__(self, ledger: Ledger, task: Task, search_id: str, config: SearchConfig,
                  team: list[Specialist], *, out: TextIO = sys.stderr,
@@ -143,7 +128,7 @@ class Search:
         self.base_program = base_program if base_program is not None else read_folder(task.recipe_dir)
         self.origin: list = []
         self.projector = Projector(ledger, name=f"search/{search_id}", checkpoint_s=30.0)
-        self._programs: dict[str, dict[str, bytes]] = {}
+        self.programs = ProgramCache(ledger)
         self._turn = 0
         self._proposals = 0
 
@@ -154,6 +139,8 @@ class Search:
               team_factory: Callable[..., list[Specialist]] | None = None, out: TextIO = sys.stderr,
               kind: str = "search", origin: tuple[str | None, str | None] = (None, None),
               base_program: dict[str, bytes] | None = None) -> Search:
+        if team_factory is None:
+            check_config(config)  # a search that cannot be driven is never recorded
         extra = {}
         if base_program is not None:
             extra["base_program"] = put_program(ledger, base_program)
@@ -171,8 +158,6 @@ class Search:
         """For a fork: the chain that led to its starting program, shown to its agents."""
         if trial is None:
             return
-        from agents.lineage import TrialLine
-
         state = self.projector.catch_up()
         self.origin = [TrialLine.of(state.trials[t]) for t in state.lineage(trial)]
 
@@ -181,25 +166,24 @@ class Search:
                out: TextIO = sys.stderr) -> Search:
         search_id = find_search(ledger, search_ref)
         started = ledger.stream(search_id)[0]
-        config = msgspec.convert({k: v for k, v in started.config.items()
-                                  if k in SearchConfig.__struct_fields__}, SearchConfig)
         task = task_of(started)
-        base = started.config.get("base_program")
-        search = cls(ledger, task, search_id, config, [], out=out,
-                     base_program=get_program(ledger, base) if base else None)
+        search = cls(ledger, task, search_id, SearchConfig.of(started), [], out=out,
+                     base_program=base_program(ledger, started, task))
         search._load_origin(started.origin_trial)
-        search.team = (team_factory or build_team)(task, config, search)
+        search.team = (team_factory or build_team)(task, search.config, search)
         return search
 
     # -- what specialists read ----------------------------------------------------------------
 
-    def program_of(self, trial_id: str) -> dict[str, bytes]:
-        if trial_id not in self._programs:
-            row = self.projector.state.trials[trial_id]
-            if row.program_digest is None:
-                raise SearchError(f"trial {trial_id[:8]} has no program")
-            self._programs[trial_id] = get_program(self.ledger, row.program_digest)
-        return self._programs[trial_id]
+    @property
+    def lineage(self) -> bool:
+        return self.config.lineage
+
+    def program_of(self, trial_id: str) -> Program:
+        row = self.projector.state.trials[trial_id]
+        if row.program_digest is None:
+            raise SearchError(f"trial {trial_id[:8]} has no program")
+        return self.programs.get(row.program_digest)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -317,26 +301,8 @@ class Search:
 
     def _record(self, state: State, p: Proposal, seen_position: int) -> None:
         """Record a proposal at the next free seq (an MCP client may have taken one meanwhile)."""
-        seq = max((r.seq for r in state.trials_of(self.search_id)), default=0) + 1
-        for _ in range(20):
-            try:
-                return self._record_at(state, p, seen_position, seq)
-            except ConflictError:
-                seq += 1
-        raise SearchError(f"could not find a free trial number after {seq} in search {self.search_id[:8]}")
-
-    def _record_at(self, state: State, p: Proposal, seen_position: int, seq: int) -> None:
-        common = dict(agent=p.agent, surface=p.surface, parents=p.parents, hypothesis=p.hypothesis,
-                      expected_delta=p.expected_delta, backend=p.backend,
-                      agent_call_digest=p.agent_call_digest, seen_position=seen_position)
-        if p.program is None:
-            label, reason = p.rejected or (ev.Label.INVALID_EDIT, "the agent produced no program")
-            record_rejection(self.ledger, self.search_id, seq, label=label, reason=reason, **common)
-            return
-        parent = self.program_of(p.parents[0]) if p.parents else self.base_program
-        also = p.also_surfaces + merged_surfaces(state, p.parents)
-        submit(self.ledger, self.task, self.search_id, seq, program=p.program,
-               parent_program=parent, also_surfaces=also, **common)
+        record_proposal(self.ledger, self.task, self.search_id, p, state=self.projector.catch_up,
+                        program_of=self.program_of, base=self.base_program, seen_position=seen_position)
 
     def _record_stop(self, reason: str) -> None:
         state = self.projector.catch_up()
@@ -402,75 +368,6 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
         return turns[name] / weight
 
     return sorted(rotation, key=lambda i: (share(i), rotation.index(i)))
-
-
-def build_team(task: Task, config: SearchConfig, search: Search) -> list[Specialist]:
-    """One specialist per surface, of the configured backend."""
-    if config.agents == "tuner":
-        from agents.tuner import Tuner
-
-        return [Tuner(task, s, seed=config.seed, lineage=config.lineage, program_of=search.program_of)
-                for s in task.surfaces]
-    if config.agents in ("random", "tpe"):
-        from agents.baselines import RandomSearch, TPESearch
-
-        cls = RandomSearch if config.agents == "random" else TPESearch
-        return [cls(task, seed=config.seed, base=search.base_program,
-                    state=lambda: search.projector.state)]
-    if config.agents == "llm":
-        from agents.llm import ChatClient, LLMSpecialist
-
-        if not config.llm_url or not config.llm_model:
-            raise SearchError("--agents llm needs --llm-url and --llm-model (key from ARL_LLM_API_KEY)")
-        client = ChatClient(config.llm_url, config.llm_model, **_reply_cap(config))
-        return [LLMSpecialist(s.name, s, task, client, search.ledger.put_blob) for s in task.surfaces]
-    if config.agents == "agentic":
-        from agents.agentic import agentic_team
-        from agents.llm import ChatClient
-
-        if not config.llm_url or not config.llm_model:
-            raise SearchError("--agents agentic needs --llm-url and --llm-model of a server with tool calling "
-                              "(key from ARL_LLM_API_KEY)")
-        return agentic_team(task, search.ledger, search.search_id,
-                            ChatClient(config.llm_url, config.llm_model, **_reply_cap(config)),
-                            projector=search.projector, lineage=config.lineage, turns=config.turns,
-                            budget_tokens=config.budget_tokens)
-    if config.agents == "mcp":
-        from runners.mcp_server import McpSeat
-
-        return [McpSeat(s, search.ledger) for s in task.surfaces]
-    if config.agents == "inbox":
-        from agents.inbox import InboxTeam
-
-        if not config.inbox:
-            raise SearchError("--agents inbox needs --inbox FOLDER")
-        return InboxTeam.build(task, Path(config.inbox), search)
-    raise SearchError(f"unknown agents backend {config.agents!r}; use tuner, llm, agentic, mcp, inbox, random or tpe")
-
-
-def _reply_cap(config: SearchConfig) -> dict[str, int]:
-    return {"max_tokens": config.llm_max_tokens} if config.llm_max_tokens else {}
-
-
-def find_search(ledger: Ledger, ref: str | None) -> str:
-    """A search by id, id prefix or name; the latest one when ``ref`` is None."""
-    found: list[tuple[str, str]] = []
-    after = 0
-    while batch := ledger.read(after, 20_000):
-        for _, e in batch:
-            if isinstance(e, ev.SearchStarted):
-                found.append((e.originator_id, e.name))
-        after = batch[-1][0]
-    if not found:
-        raise SearchError(f"no search in {ledger.url.display()} yet; start one with `arl run TASK`")
-    if ref is None:
-        return found[-1][0]
-    matches = [sid for sid, name in found if sid.startswith(ref) or name == ref]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SearchError(f"no search {ref!r} in {ledger.url.display()}; `arl status` lists the latest")
-    raise SearchError(f"{ref!r} matches {len(matches)} searches; give more of the id")
 
 
 def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str | None = None,

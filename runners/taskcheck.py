@@ -7,15 +7,15 @@ from pathlib import Path
 
 import msgspec
 
-from ledger import Ledger
-from ledger import events as ev
-from ledger.programs import read_folder
-from runners.submit import start_search, submit
-from runners.worker import Worker
-from tasks.adapters import bind
-from tasks.code import load_evaluator, prepare_data
-from tasks.manifest import Task
-from tasks.registry import resolve
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.programs import read_folder
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.adapters import bind
+from arl.tasks.code import load_evaluator, prepare_data
+from arl.tasks.manifest import Task
+from arl.tasks.registry import resolve
 
 
 class CheckReport(msgspec.Struct, kw_only=True):

@@ -17,9 +17,9 @@ the data folder    ``--data PATH``                 ``ARL_DATA_<TASK>``, ``data``
 the config file is ``$ARL_CONFIG`` or ``./arl.toml``, keys in ``[tasks.<name>]``;
 last, a search's recorded paths (``SearchStarted.config``) let any worker find them.
 
-Also here: GPU placement for trials that need several GPUs (``device_sets``),
-pinned lines (``pin_violation``) and declared-but-unchecked rules
-(``declared_checks``).
+Also here: GPU placement for trials that need several GPUs (``device_sets``) and
+declared-but-unchecked rules (``declared_checks``); pinned lines are checked by
+``arl.tasks.legality`` with every other rule of a legal program.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.events import Check, Label
-from tasks.code import cache_root
-from tasks.manifest import Task, TaskError, check_recipe
+from arl.ledger.events import Check
+from arl.tasks.code import cache_root
+from arl.tasks.manifest import Task, TaskError, check_recipe
 
 #: Name of the link, inside a task's data cache, to the user's data folder.
 DATA_LINK = "source"
@@ -235,16 +235,6 @@ def expose(cache: Path, data: Path) -> None:
 
 
 # -- legality that code can and cannot check --------------------------------------------------
-
-
-def pin_violation(task: Task, program: Mapping[str, bytes]) -> tuple[Label, str] | None:
-    """illegal_edit when a program breaks one of the task's pinned lines (call in preflight)."""
-    for pin in task.pins:
-        text = program.get(pin.file, b"").decode("utf-8", "replace")
-        found = len(re.findall(pin.pattern, text, re.M))
-        if found != 1:
-            return Label.ILLEGAL_EDIT, f"{pin.file}: the pinned line /{pin.pattern}/ is gone or changed ({pin.why})"
-    return None
 
 
 def declared_checks(task: Task) -> list[Check]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tasks.manifest import Task, TaskError
+from arl.tasks.manifest import Task, TaskError
 
 
 # In-process workers load a task's code from several threads at once: without the lock

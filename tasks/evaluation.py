@@ -26,8 +26,8 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.events import Check, Label
-from tasks.manifest import Task
+from arl.ledger.events import Check, Label
+from arl.tasks.manifest import Task
 
 __all__ = ["Check", "EvalContext", "Evaluation", "Label", "Process", "SeedRun"]
 

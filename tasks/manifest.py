@@ -22,8 +22,8 @@ from typing import Literal
 
 import msgspec
 
-from ledger.errors import ArlError
-from ledger.events import Budget
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Budget
 
 
 class TaskError(ArlError):

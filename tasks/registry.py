@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.manifest import Task, TaskError, load_task
+from arl.ledger.events import SearchStarted
+from arl.tasks.adapters import bind
+from arl.tasks.manifest import Task, TaskError, load_task
 
 BUILTIN = Path(__file__).resolve().parent / "builtin"
 
@@ -40,3 +42,16 @@ def resolve(name_or_path: str) -> Task:
         f"no task named {name_or_path!r} (built-in and on ARL_TASK_PATH: {names}); "
         "give a task folder's path or one of those names"
     )
+
+
+def task_of(started: SearchStarted, *, need_recipe: bool = True) -> Task:
+    """The task a search runs, bound to its recorded checkout and data, checked unchanged."""
+    task = bind(resolve(started.config.get("task_path") or started.task), recorded=started.config,
+                need_recipe=need_recipe)
+    if task.digest() != started.task_digest:
+        raise TaskError(
+            f"task {task.name} at {task.root} changed since search {started.originator_id[:8]} started "
+            f"(digest {task.digest()[:12]}…, recorded {started.task_digest[:12]}…); "
+            "restore the task folder or start a new search"
+        )
+    return task

@@ -6,8 +6,8 @@ import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from ledger import events as ev
-from ledger.events import Budget, Check, Label
+from arl.ledger import events as ev
+from arl.ledger.events import Budget, Check, Label
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

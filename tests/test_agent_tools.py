@@ -7,15 +7,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agents.tools import SPECS, LedgerTools, ToolError
-from ledger import Ledger
-from ledger import events as ev
-from ledger.projections import State
-from ledger.programs import read_folder
-from runners.mcp_server import McpCall, McpSpecialist
-from runners.submit import start_search, submit
-from runners.worker import Worker
-from tasks.manifest import load_task
+from arl.agents.tools import SPECS, LedgerTools, ToolError
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.projections import State
+from arl.ledger.programs import read_folder
+from arl.runners.mcp_server import McpCall, McpSpecialist
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.manifest import load_task
 
 TINY = Path(__file__).resolve().parent / "tasks" / "tiny"
 HONEST = [{"file": "train.py", "search": "SHRINK = 0.8", "replace": "SHRINK = 1.0"}]
@@ -219,6 +219,6 @@ def test_tools_refuse_a_search_that_does_not_exist(ledger, task):
 
 
 def _blocks(edits):
-    from agents.tools import EditBlock
+    from arl.agents.tools import EditBlock
 
     return [msgspec.convert(e, EditBlock) for e in edits]

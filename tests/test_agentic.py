@@ -20,17 +20,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agents.agentic import AgenticSpecialist, Transcript, TranscriptReplay, agentic_team
-from agents.lineage import build_view
-from agents.llm import ChatClient
-from agents.tools import LedgerTools
-from ledger import Ledger
-from ledger import events as ev
-from ledger.programs import get_program, program_digest
-from ledger.projections import State
-from queries import QueryError, connect, run_named, run_sql
-from runners.search import Search, SearchConfig
-from tasks.manifest import load_task
+from arl.agents.agentic import AgenticSpecialist, Transcript, TranscriptReplay, agentic_team
+from arl.agents.lineage import build_view
+from arl.agents.llm import ChatClient
+from arl.agents.tools import LedgerTools
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.programs import get_program, program_digest
+from arl.ledger.projections import State
+from arl.queries import QueryError, connect, run_named, run_sql
+from arl.runners.search import Search, SearchConfig
+from arl.tasks.manifest import load_task
 from tests.test_agents_llm import Reply, ScriptedServer
 
 TINY = Path(__file__).resolve().parent / "tasks" / "tiny"
@@ -256,7 +256,7 @@ def test_agentic_sessions_against_smollm2_are_each_recorded_and_labelled(tool_se
 
 
 def test_replay_agents_re_drives_an_agentic_search(server, tmp_path):
-    from runners import replay
+    from arl.runners import replay
 
     server.play(calls(("lineage", {}), ("read_program", {"path": "train.py"})), calls(("submit", HONEST)))
     with Ledger.open(f"sqlite:///{tmp_path / 'l.db'}") as ledger:

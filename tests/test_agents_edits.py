@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.edits import EditError, apply_search_replace, apply_unified_diff, unified_diff
+from arl.agents.edits import EditError, apply_search_replace, apply_unified_diff
+from arl.ledger.programs import unified_diff
 
 TRAIN = b'''"""A recipe."""
 

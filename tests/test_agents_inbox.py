@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.inbox import Inbox, InboxError
-from agents.lineage import LineageView, TrialLine
-from ledger import Ledger
-from ledger import events as ev
-from ledger.events import Label
-from ledger.programs import read_folder
-from runners.search import SearchConfig, run_search
-from tasks.manifest import load_task
+from arl.agents.inbox import Inbox, InboxError
+from arl.agents.lineage import LineageView, TrialLine
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.events import Label
+from arl.ledger.programs import read_folder
+from arl.runners.search import SearchConfig, run_search
+from arl.tasks.manifest import load_task
 
 TINY = Path(__file__).resolve().parent / "tasks" / "tiny"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agents.edits import scope_violation
-from agents.lineage import LineageView, TrialLine
-from agents.llm import (
+from arl.tasks import legality
+from arl.agents.lineage import LineageView, TrialLine
+from arl.agents.llm import (
     ChatCall,
     ChatClient,
     LLMSpecialist,
@@ -28,11 +28,17 @@ from agents.llm import (
     ReplayClient,
     endpoint_base,
 )
-from ledger import Ledger
-from ledger.errors import ArlError
-from ledger.events import Label
-from ledger.programs import read_folder
-from tasks.manifest import load_task
+from arl.ledger import Ledger
+from arl.ledger.errors import ArlError
+from arl.ledger.events import Label
+from arl.ledger.programs import read_folder
+from arl.tasks.manifest import load_task
+
+
+def scope_violation(task, surface, parent, child, also=()):
+    """legality.scope as (label, reason), None when the edit is in scope."""
+    found = legality.scope(task, surface, parent, child, also=also)
+    return None if found.passed else (found.label, found.detail)
 
 TINY = Path(__file__).resolve().parent / "tasks" / "tiny"
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from agents.edits import scope_violation
-from agents.tuner import set_constant
-from ledger.events import Label
-from tasks.manifest import load_task
+from arl.tasks import legality
+from arl.tasks.knobs import set_constant
+from arl.ledger.events import Label
+from arl.tasks.manifest import load_task
+
+
+def scope_violation(task, surface, parent, child, also=()):
+    """legality.scope as (label, reason), None when the edit is in scope."""
+    found = legality.scope(task, surface, parent, child, also=also)
+    return None if found.passed else (found.label, found.detail)
 
 RECIPE = b"EPOCHS = 10\nLR = 0.01\n\ndef train():\n    return EPOCHS * LR\n"
 
@@ -87,7 +93,7 @@ def test_a_merge_may_touch_every_surface_on_the_way_to_the_merged_keep():
     # "the edit changes D_MODEL (owned by surface arch)").
     from types import SimpleNamespace
 
-    from runners.submit import merged_surfaces
+    from arl.tasks.legality import merged_surfaces
 
     rows = {"t0": ("", ()), "t1": ("arch", ("t0",)), "t3": ("data", ("t0",)),
             "t5": ("artifact", ("t3", "t1")), "t6": ("arch", ("t0",))}

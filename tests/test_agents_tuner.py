@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from agents.edits import constants
-from agents.lineage import LineageView, TrialLine
-from agents.merge import MergeConflict, merge_programs
-from agents.tuner import Tuner, set_constant
-from ledger.events import Label
-from ledger.programs import program_digest
-from tasks.manifest import load_task
+from arl.tasks.knobs import constants
+from arl.agents.lineage import LineageView, TrialLine
+from arl.agents.merge import MergeConflict, merge_programs
+from arl.agents.tuner import Tuner
+from arl.tasks.knobs import set_constant
+from arl.ledger.events import Label
+from arl.ledger.programs import program_digest
+from arl.tasks.manifest import load_task
 
 RECIPE = b'''"""A toy recipe."""
 EPOCHS = 10       # more epochs: better accuracy, more time

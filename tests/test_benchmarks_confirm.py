@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import confirm as bench
-from ledger import Ledger
-from ledger.events import Label
-from ledger.projections import rebuild
-from runners.search import SearchConfig, run_search
-from tasks.manifest import load_task
+from arl.ledger import Ledger
+from arl.ledger.events import Label
+from arl.ledger.projections import rebuild
+from arl.runners.search import SearchConfig, run_search
+from arl.tasks.manifest import load_task
 
 TINY = Path(__file__).resolve().parents[1] / "tests" / "tasks" / "tiny"
 

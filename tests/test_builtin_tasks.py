@@ -24,9 +24,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from runners.sandbox import run_process
-from tasks.evaluation import EvalContext, Label, Process, SeedRun
-from tasks.manifest import Task, load_task
+from arl.runners.sandbox import run_process
+from arl.tasks.evaluation import EvalContext, Label, Process, SeedRun
+from arl.tasks.manifest import Task, load_task
 
 pytest.importorskip("torch")
 

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import Label
-from runners.evaluate import evaluate_folder
-from runners.taskcheck import check_task
-from tasks.adapters import bind, device_sets, parse_devices, pin_violation, recorded_paths
-from tasks.manifest import TaskError
-from tasks.registry import resolve
+from arl.ledger.events import Label
+from arl.runners.evaluate import evaluate_folder
+from arl.runners.taskcheck import check_task
+from arl.tasks import legality
+from arl.tasks.adapters import bind, device_sets, parse_devices, recorded_paths
+from arl.tasks.manifest import TaskError
+from arl.tasks.registry import resolve
+
+
+def pin_violation(task, program):
+    """The pinned-lines check of legality.preflight as (label, reason), None when it passes."""
+    found = next(f for f in legality.preflight(task, program, program) if f.check == "pinned")
+    return None if found.passed else (found.label, found.detail)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT.parent / "shared" / "fixtures" / "parameter-golf-records" / "track_10min_16mb"
@@ -160,7 +167,7 @@ def test_over_time_and_over_size_logs_fail_those_checks(tmp_path):
 
 
 def _arl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runners.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "arl.runners.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
 
 

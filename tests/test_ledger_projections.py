@@ -14,10 +14,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ledger import Ledger, events as ev
-from ledger.events import Label
-from agents.lineage import TrialLine
-from ledger.projections import Projector, State, rebuild
+from arl.ledger import Ledger, events as ev
+from arl.ledger.events import Label
+from arl.agents.lineage import TrialLine
+from arl.ledger.projections import Projector, State, rebuild
 from tests.factories import synthetic_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +120,8 @@ def test_a_corrupt_checkpoint_is_ignored_and_rebuilt(sqlite_url):
 PROJECTOR = textwrap.dedent(
     """
     import sys, time
-    from ledger import Ledger
-    from ledger.projections import Projector
+    from arl.ledger import Ledger
+    from arl.ledger.projections import Projector
 
     class Slow(Projector):
         def checkpoint(self):
@@ -155,7 +155,7 @@ def test_projection_resumes_after_kill_9(sqlite_url):
 WRITER = textwrap.dedent(
     """
     import sys, time, uuid
-    from ledger import Ledger, events as ev
+    from arl.ledger import Ledger, events as ev
     with Ledger.open(sys.argv[1]) as ledger:
         time.sleep(float(sys.argv[2]))
         s = str(uuid.uuid4())

@@ -17,8 +17,8 @@ from eventsourcing.tests.persistence import (
     NonInterleavingNotificationIDsBaseCase,
 )
 
-from ledger import Ledger
-from ledger.verify import verify
+from arl.ledger import Ledger
+from arl.ledger.verify import verify
 from tests.conftest import create_pg_database, drop_pg_database, pg_url_for
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger import ConflictError, Ledger, StoreError, events as ev
-from ledger.events import Label
-from ledger.store import StoreURL
-from ledger.trials import claim
+from arl.ledger import ConflictError, Ledger, StoreError, events as ev
+from arl.ledger.events import Label
+from arl.ledger.store import StoreURL
+from arl.runners.trials import claim
 from tests.factories import one_of_each
 
 
@@ -102,8 +102,8 @@ CLAIMER = textwrap.dedent(
     """
     import sys, time, uuid
     from pathlib import Path
-    from ledger import Ledger, ConflictError
-    from ledger.trials import claim
+    from arl.ledger import Ledger, ConflictError
+    from arl.runners.trials import claim
     url, trial, go, name = sys.argv[1:5]
     with Ledger.open(url) as ledger:
         while not Path(go).exists():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psycopg
 
-from ledger import Ledger
-from ledger.store import StoreURL
-from ledger.verify import verify
+from arl.ledger import Ledger
+from arl.ledger.store import StoreURL
+from arl.ledger.verify import verify
 from tests.factories import one_of_each
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_truncated_tail_is_caught_by_the_expected_head(sqlite_url):
 
 def test_cli_exit_codes_and_messages(sqlite_url):
     _filled(sqlite_url)
-    arl = [sys.executable, "-m", "runners.cli"]
+    arl = [sys.executable, "-m", "arl.runners.cli"]
     ok = subprocess.run([*arl, "verify", "--store", sqlite_url], capture_output=True, text=True, cwd=ROOT)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 11 events and 5 blobs"), ok.stderr
     with raw(sqlite_url) as (conn, table, nid, ph):

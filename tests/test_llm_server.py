@@ -15,17 +15,17 @@ from pathlib import Path
 
 import msgspec
 
-from agents.lineage import build_view
-from agents.llm import ChatCall, ChatClient, LLMSpecialist
-from ledger import Ledger
-from ledger import events as ev
-from ledger.events import Label
-from ledger.programs import get_program, read_folder
-from ledger.projections import Projector
-from runners.search import Search, SearchConfig
-from runners.submit import record_rejection, start_search, submit
-from runners.worker import Worker
-from tasks.manifest import load_task
+from arl.agents.lineage import build_view
+from arl.agents.llm import ChatCall, ChatClient, LLMSpecialist
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.events import Label
+from arl.ledger.programs import get_program, read_folder
+from arl.ledger.projections import Projector
+from arl.runners.search import Search, SearchConfig
+from arl.runners.trials import reject as record_rejection, start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.manifest import load_task
 from tests.llama import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]

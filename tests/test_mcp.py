@@ -1,6 +1,6 @@
 """``arl mcp``: the mcp package's own client drives a specialist over stdio (and streamable HTTP).
 
-The server is the real command (``python -m runners.cli mcp``) in its own
+The server is the real command (``python -m arl.runners.cli mcp``) in its own
 process; a real worker in this process runs what the client submits, so the
 client's ``wait`` returns the label the worker recorded.
 """
@@ -24,13 +24,13 @@ import msgspec
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client, types
 
-from ledger import Ledger
-from ledger import events as ev
-from ledger.programs import read_folder
-from runners.mcp_server import McpCall
-from runners.submit import start_search, submit
-from runners.worker import Worker
-from tasks.manifest import load_task
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.programs import read_folder
+from arl.runners.mcp_server import McpCall
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.manifest import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -59,7 +59,7 @@ def search(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
 
 
 def _arl_mcp(url: str, sid: str, *extra: str) -> list[str]:
-    return ["-m", "runners.cli", "mcp", "--store", url, "--search", sid, "--specialist", "fit", *extra]
+    return ["-m", "arl.runners.cli", "mcp", "--store", url, "--search", sid, "--specialist", "fit", *extra]
 
 
 @asynccontextmanager
@@ -131,7 +131,7 @@ def test_an_mcp_client_reads_the_lineage_submits_and_waits_for_the_label(search)
 
 def test_arl_mcp_refuses_an_unknown_specialist_in_one_line(search):
     url, sid = search
-    done = subprocess.run([sys.executable, "-m", "runners.cli", "mcp", "--store", url, "--search", sid,
+    done = subprocess.run([sys.executable, "-m", "arl.runners.cli", "mcp", "--store", url, "--search", sid,
                            "--specialist", "optimizer"], capture_output=True, text=True, timeout=60,
                           cwd=ROOT, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and done.stdout == ""
@@ -189,8 +189,8 @@ def test_a_remote_client_over_streamable_http(search, tmp_path):
 
 def test_a_search_with_mcp_specialists_runs_their_trials_and_stops_at_the_budget(tmp_path, monkeypatch):
     """`arl run --agents mcp`: the driver measures the baseline, runs workers and stops at the budget."""
-    from runners.mcp_server import McpSpecialist
-    from runners.search import Search, SearchConfig
+    from arl.runners.mcp_server import McpSpecialist
+    from arl.runners.search import Search, SearchConfig
 
     monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
     with Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
@@ -214,6 +214,6 @@ def test_a_search_with_mcp_specialists_runs_their_trials_and_stops_at_the_budget
 
 
 def _edits(edits: list[dict]) -> list:
-    from agents.tools import EditBlock
+    from arl.agents.tools import EditBlock
 
     return [msgspec.convert(e, EditBlock) for e in edits]

@@ -10,10 +10,10 @@ import pytest
 from prov.model import ProvDerivation, ProvDocument
 from rocrate.rocrate import ROCrate
 
-from ledger import Ledger
-from ledger.projections import rebuild
-from queries.provenance import export_prov, export_ro_crate
-from runners.search import SearchConfig, run_search
+from arl.ledger import Ledger
+from arl.ledger.projections import rebuild
+from arl.queries.provenance import export_prov, export_ro_crate
+from arl.runners.search import SearchConfig, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "tasks" / "tiny")
@@ -81,7 +81,7 @@ def test_export_commands(searched, tmp_path):
     import sys
 
     url, search, _ = searched
-    arl = [sys.executable, "-m", "runners.cli", "export"]
+    arl = [sys.executable, "-m", "arl.runners.cli", "export"]
     prov = subprocess.run([*arl, "prov", str(tmp_path / "p"), "--store", url, "--search", search[:8]],
                           capture_output=True, text=True, cwd=ROOT)
     assert prov.returncode == 0, prov.stderr

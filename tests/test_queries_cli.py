@@ -16,10 +16,10 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import pytest
 
-from ledger import Ledger
-from ledger import events as ev
-from queries.load import connect
-from queries.views import VIEWS
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.queries.load import connect
+from arl.queries.views import VIEWS
 from tests.factories import one_of_each, synthetic_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def arl(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "runners.cli", *args],
+        [sys.executable, "-m", "arl.runners.cli", *args],
         cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=120,
         env={**os.environ, **(env or {})},
     )

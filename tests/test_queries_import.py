@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger
-from ledger import events as ev
-from queries.imports import SourceError, import_autoresearch, import_recipes
-from queries.load import connect
-from queries.named import run_named
-from queries.table import run_sql
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.queries.imports import SourceError, import_autoresearch, import_recipes
+from arl.queries.load import connect
+from arl.queries.named import run_named
+from arl.queries.table import run_sql
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "auto-research-recipes"
 if not FIXTURES.is_dir():  # a checkout outside the shared workspace

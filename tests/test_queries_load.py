@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 
-from ledger import Ledger
-from ledger import events as ev
-from queries.errors import QueryError
-from queries.load import connect, connect_with_stats
-from queries.table import run_sql
-from queries.views import VIEWS
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.queries.errors import QueryError
+from arl.queries.load import connect, connect_with_stats
+from arl.queries.table import run_sql
+from arl.queries.views import VIEWS
 from tests.factories import one_of_each, synthetic_search
 
 TRIAL_COLUMNS = {

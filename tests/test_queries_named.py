@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ledger import Ledger
-from ledger import events as ev
-from ledger.events import Check, Label
-from queries.errors import QueryError
-from queries.load import connect
-from queries.named import NAMED, resolve_search, run_named
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.ledger.events import Check, Label
+from arl.queries.errors import QueryError
+from arl.queries.load import connect
+from arl.queries.named import NAMED, resolve_search, run_named
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PLAN_ID = "aaaa1111-0000-4000-8000-000000000001"

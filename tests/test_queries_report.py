@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger
-from ledger import events as ev
-from queries.errors import QueryError
-from queries.load import connect
-from queries.report import write_report
+from arl.ledger import Ledger
+from arl.ledger import events as ev
+from arl.queries.errors import QueryError
+from arl.queries.load import connect
+from arl.queries.report import write_report
 from tests.test_queries_named import PLAN, build
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -114,7 +114,7 @@ def test_report_of_the_papers_run_draws_every_trial(tmp_path, sqlite_url):
 
     if not FIXTURES.is_dir():
         pytest.skip(f"fixtures not found at {FIXTURES}")
-    from queries.imports import import_recipes
+    from arl.queries.imports import import_recipes
 
     with Ledger.open(sqlite_url) as ledger:
         import_recipes(ledger, FIXTURES / "pg_ablation_lineage_on")

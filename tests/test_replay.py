@@ -9,14 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ledger import Ledger, events as ev
-from ledger.programs import get_program, read_folder
-from ledger.projections import PROJECTION_VERSION, Projector, rebuild
-from runners import replay
-from runners.search import SearchConfig, run_search
-from runners.submit import start_search, submit
-from runners.worker import Worker
-from tasks.manifest import load_task
+from arl.ledger import Ledger, events as ev
+from arl.ledger.programs import get_program, read_folder
+from arl.ledger.projections import PROJECTION_VERSION, Projector, rebuild
+from arl.runners import replay
+from arl.runners.search import SearchConfig, run_search
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.manifest import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -149,7 +149,7 @@ def test_redrive_with_recorded_llm_replies(sqlite_url, llama_server, monkeypatch
 def test_the_agreement_report_names_every_trial_that_did_not_reproduce():
     from types import SimpleNamespace
 
-    from ledger.events import Label
+    from arl.ledger.events import Label
 
     def row(seq, label, score, reason=""):
         return SimpleNamespace(seq=seq, label=Label(label), score=score, reason=reason)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runners import sandbox
-from runners.sandbox import bwrap_path, run_process
+from arl.runners import sandbox
+from arl.runners.sandbox import bwrap_path, run_process
 
 
 def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger, events as ev
-from ledger.programs import read_folder
-from ledger.projections import rebuild
-from runners.submit import start_search, submit
-from runners.worker import Worker
-from tasks.manifest import load_task
+from arl.ledger import Ledger, events as ev
+from arl.ledger.programs import read_folder
+from arl.ledger.projections import rebuild
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.manifest import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
-ARL = [sys.executable, "-m", "runners.cli"]
+ARL = [sys.executable, "-m", "arl.runners.cli"]
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger, __version__, events as ev
-from ledger.projections import rebuild
-from runners.search import SearchConfig, run_search
+from arl.ledger import Ledger, __version__, events as ev
+from arl.ledger.projections import rebuild
+from arl.runners.search import SearchConfig, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "tasks" / "tiny")
@@ -70,7 +70,7 @@ def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
     shutil.copytree(TINY, slow)
     recipe = slow / "recipe" / "train.py"
     recipe.write_text(recipe.read_text().replace("SLEEP_S = 0.0", "SLEEP_S = 1.5"))
-    arl = [sys.executable, "-m", "runners.cli"]
+    arl = [sys.executable, "-m", "arl.runners.cli"]
     # Ctrl-C as a terminal sends it, whatever this test process inherited for SIGINT.
     proc = subprocess.Popen([*arl, "run", str(slow), "--trials", "10", "--store", sqlite_url, "--name", "stoppy"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -125,8 +125,8 @@ def test_baseline_optimisers_run_through_the_same_loop(sqlite_url, agents):
 def test_turns_go_to_the_specialists_that_deliver():
     from types import SimpleNamespace
 
-    from ledger.events import Label
-    from runners.search import turn_order
+    from arl.ledger.events import Label
+    from arl.runners.search import turn_order
 
     names = ["arch", "opt", "reg"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.manifest import TaskError, load_task
+from arl.tasks.manifest import TaskError, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -75,7 +75,7 @@ def test_missing_pieces_of_a_task_folder(tiny_copy):
 def test_cli_lists_tasks_and_checks_a_folder(tiny_copy, tmp_path):
     env = {"ARL_CACHE": str(tmp_path / "cache"), "ARL_TASK_PATH": str(tiny_copy.parent),
            "PATH": "/usr/bin:/bin"}
-    arl = [sys.executable, "-m", "runners.cli"]
+    arl = [sys.executable, "-m", "arl.runners.cli"]
     listed = subprocess.run([*arl, "tasks"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert listed.returncode == 0 and listed.stdout.startswith("tiny") or "\ntiny" in listed.stdout
     ok = subprocess.run([*arl, "task", "check", "tiny"], capture_output=True, text=True, cwd=ROOT, env=env)
@@ -92,7 +92,7 @@ def test_threads_loading_one_evaluator_at_once_all_get_it_whole(tiny_copy):
     # hand the second thread a half-executed module ("defines no evaluate(ctx)").
     import threading
 
-    from tasks.code import load_evaluator
+    from arl.tasks.code import load_evaluator
 
     evaluator = tiny_copy / "evaluator.py"
     evaluator.write_text("import time\ntime.sleep(0.3)\n" + evaluator.read_text())

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger, events as ev
-from ledger.events import Label
-from ledger.programs import put_program, read_folder
-from ledger.projections import rebuild
-from runners.sandbox import bwrap_path
-from runners.submit import start_search, submit
-from runners.worker import Worker
-from tasks.manifest import load_task
+from arl.ledger import Ledger, events as ev
+from arl.ledger.events import Label
+from arl.ledger.programs import put_program, read_folder
+from arl.ledger.projections import rebuild
+from arl.runners.sandbox import bwrap_path
+from arl.runners.trials import start_search, submit
+from arl.runners.worker import Worker
+from arl.tasks.manifest import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -147,8 +147,8 @@ def test_a_keep_within_the_noise_floor_is_confirmed_on_unseen_seeds(task, sqlite
 WORKER = textwrap.dedent(
     """
     import sys
-    from ledger import Ledger
-    from runners.worker import Worker
+    from arl.ledger import Ledger
+    from arl.runners.worker import Worker
     with Ledger.open(sys.argv[1]) as ledger:
         Worker(ledger, name=sys.argv[2], lease_s=float(sys.argv[3])).run(max_trials=1)
     """

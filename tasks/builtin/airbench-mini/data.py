@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.manifest import TaskError
+from arl.tasks.manifest import TaskError
 
 SDIST = "bigbench-1.0.0.tar.gz"
 SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.adapters import expose, user_data
-from tasks.manifest import TaskError
+from arl.tasks.adapters import expose, user_data
+from arl.tasks.manifest import TaskError
 
 TASK = "airbench96"
 MISSING_HELP = (

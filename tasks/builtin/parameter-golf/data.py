@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.adapters import expose, require_files, user_data
+from arl.tasks.adapters import expose, require_files, user_data
 
 TASK = "parameter-golf"
 MISSING_HELP = (

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import msgspec
 
-from tasks.adapters import RecordedRun, declared_checks, run_log
-from tasks.evaluation import Check, EvalContext, Evaluation, Label
+from arl.tasks.adapters import RecordedRun, declared_checks, run_log
+from arl.tasks.evaluation import Check, EvalContext, Evaluation, Label
 
 VERSION = "1"
 #: The recipe checks its 600 s cap between steps, so training ends within one step

@@ -4,7 +4,7 @@ import json
 import math
 from pathlib import Path
 
-from tasks.evaluation import Check, EvalContext, Evaluation, Label
+from arl.tasks.evaluation import Check, EvalContext, Evaluation, Label
 
 VERSION = "1"
 HARNESS = Path(__file__).with_name("harness.py")
