@@ -43,6 +43,8 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, program_digest, read_folder, touched, unified_diff
 from arl.ledger.projections import Projector, State, TrialRow
 from arl.ledger.store import Ledger
+from arl.queries.errors import QueryError
+from arl.queries.guarded import GuardedDuckDB, SqlLimits, one_select
 from arl.queries.load import connect, refresh
 from arl.tasks import legality
 from arl.tasks.manifest import Surface, Task
@@ -224,6 +226,7 @@ class LedgerTools:
         backend: str = "mcp",
         projector: Projector | None = None,
         sink: Sink | None = None,
+        sql_limits: SqlLimits | None = None,
     ) -> None:
         self.ledger = ledger
         self.task = task
@@ -234,6 +237,8 @@ class LedgerTools:
         self.backend = backend
         self.sink = sink
         self.projector = projector or Projector(ledger, name=f"tools/{search_id}/{specialist}", checkpoint_s=60.0)
+        #: What one ``sql`` call may use (statement timeout, memory, threads, temp space, paging).
+        self.sql_limits = sql_limits or SqlLimits(max_rows=MAX_SQL_ROWS)
         self._lock = threading.RLock()
         self.programs = ProgramCache(ledger)
         self._duck: duckdb.DuckDBPyConnection | None = None
@@ -293,24 +298,16 @@ class LedgerTools:
             }
 
     def sql(self, query: str, offset: int = 0, limit: int = SQL_ROWS) -> dict[str, Any]:
-        statement = _one_select(query)
-        limit = min(limit, MAX_SQL_ROWS)
-        with self._lock:
-            con = self._scoped_duckdb()
         try:
-            result = con.execute(statement)
-            columns = [d[0] for d in result.description or []]
-            if offset:
-                result.fetchmany(offset)
-            rows = result.fetchmany(limit + 1)
-        except duckdb.Error as e:
-            raise ToolError(f"SQL failed: {' '.join(str(e).split())[:300]}") from None
-        finally:
-            con.close()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return {"columns": columns, "rows": [[_cell(v) for v in row] for row in rows],
-                "offset": offset, "next_offset": offset + limit if more else None}
+            one_select(query)  # refused before any copying
+            with self._lock:
+                db = self._scoped_duckdb()
+            with db:
+                page = db.page(query, offset, min(limit, MAX_SQL_ROWS))
+        except QueryError as e:
+            raise ToolError(str(e)) from None
+        return {"columns": page.columns, "rows": [[_cell(v) for v in row] for row in page.rows],
+                "offset": page.offset, "next_offset": page.next_offset}
 
     def read_program(self, trial: str = "best", path: str | None = None, offset: int = 0,
                      limit: int = TEXT_PAGE) -> dict[str, Any]:
@@ -510,17 +507,16 @@ class LedgerTools:
     def _also(self, parents: list[TrialRow]) -> tuple[str, ...]:
         return tuple(r.surface for r in parents[1:] if r.surface)
 
-    def _scoped_duckdb(self) -> duckdb.DuckDBPyConnection:
-        """A throwaway DuckDB holding only this search's rows (the best's, with lineage off).
+    def _scoped_duckdb(self) -> GuardedDuckDB:
+        """A throwaway, guarded DuckDB holding only this search's rows (the best's, with lineage off).
 
         Copying the rows out keeps the rest of the ledger unreachable whatever the
-        SQL says, and file access is switched off before the caller's SQL runs.
+        SQL says; the copy runs the caller's SQL under :attr:`sql_limits`.
         """
         if self._duck is None:
             self._duck = connect(self.ledger)
         else:
             refresh(self._duck, self.ledger)
-        main = self._duck
         state = self._current()
         best = state.searches[self.search_id].best_trial or ""
         if self.lineage_on:
@@ -529,18 +525,9 @@ class LedgerTools:
         else:
             scopes = {"trials": "trial_id = $b", "lineage": "false", "checks": "trial = $b",
                       "events": "stream = $b", "agent_calls": "trial_id = $b", "searches": "search = $s"}
-        con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": "false",
-                                                 "autoload_known_extensions": "false"})
-        con.execute("SET TimeZone = 'UTC'")
-        for view, where in scopes.items():
-            params = {k: v for k, v in (("s", self.search_id), ("b", best)) if f"${k}" in where}
-            table = main.sql(f'SELECT * FROM "{view}" WHERE {where}', params=params).to_arrow_table()
-            con.register("_rows", table)
-            con.execute(f'CREATE TABLE "{view}" AS SELECT * FROM _rows')
-            con.unregister("_rows")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        return con
+        views = {view: (where, {k: v for k, v in (("s", self.search_id), ("b", best)) if f"${k}" in where})
+                 for view, where in scopes.items()}
+        return GuardedDuckDB.copy_of(self._duck, views, self.sql_limits)
 
 
 class McpSeat:
@@ -561,21 +548,6 @@ class McpSeat:
     def propose(self, view: LineageView) -> None:
         self.ledger.wait(self.ledger.head(), 1.0)
         return None
-
-
-def _one_select(query: str) -> str:
-    """The query, if it is exactly one read-only SELECT; else a ToolError saying so."""
-    if not query or not query.strip():
-        raise ToolError("give a query, e.g. SELECT seq, label, score FROM trials ORDER BY seq")
-    try:
-        statements = duckdb.connect(":memory:").extract_statements(query)
-    except duckdb.Error as e:
-        raise ToolError(f"SQL does not parse: {' '.join(str(e).split())[:300]}") from None
-    if len(statements) != 1:
-        raise ToolError(f"give exactly one statement ({len(statements)} given)")
-    if statements[0].type != duckdb.StatementType.SELECT:
-        raise ToolError(f"only SELECT (or WITH … SELECT) is allowed, not {statements[0].type.name}")
-    return statements[0].query.strip().rstrip(";")
 
 
 def _only(rows: list[TrialRow], ref: str) -> TrialRow:
