@@ -380,6 +380,8 @@ class LedgerTools:
             raise ToolError("give a hypothesis: one sentence saying why the change should help")
         if expected_delta is not None and not math.isfinite(expected_delta):
             raise ToolError("expected_delta must be a finite number (or omitted)")
+        # The budget check and the recording hold one lock, so concurrent callers of this
+        # session cannot together submit past the budget.
         with self._lock:
             state = self._current()
             search = state.searches[self.search_id]
@@ -391,35 +393,41 @@ class LedgerTools:
                 raise ToolError(f"the search's trial budget is spent ({budget['charged']} charged, "
                                 f"{budget['in_flight']} running of {budget['trials']}); wait for labels instead")
             candidate = self._candidate(edits, diff, parents)
-        proposal = Proposal(
-            agent=self.specialist, surface=self.surface.name, hypothesis=_clip(hypothesis, HYPOTHESIS_CHARS),
-            expected_delta=expected_delta, parents=tuple(r.trial_id for r in candidate.parents),
-            backend=self.backend, program=candidate.program,
-            rejected=(Label.INVALID_EDIT, _clip(candidate.error or "", REASON_CHARS)) if candidate.program is None else None,
-        )
-        arguments = {"hypothesis": hypothesis, "expected_delta": expected_delta, "parents": parents,
-                     "edits": msgspec.to_builtins(edits) if edits else None, "diff": diff}
-        return self.sink(proposal, {"tool": "submit", "arguments": arguments, **(caller or {})})
+            proposal = Proposal(
+                agent=self.specialist, surface=self.surface.name, hypothesis=_clip(hypothesis, HYPOTHESIS_CHARS),
+                expected_delta=expected_delta, parents=tuple(r.trial_id for r in candidate.parents),
+                backend=self.backend, program=candidate.program,
+                rejected=(Label.INVALID_EDIT, _clip(candidate.error or "", REASON_CHARS)) if candidate.program is None else None,
+            )
+            arguments = {"hypothesis": hypothesis, "expected_delta": expected_delta, "parents": parents,
+                         "edits": msgspec.to_builtins(edits) if edits else None, "diff": diff}
+            return self.sink(proposal, {"tool": "submit", "arguments": arguments, **(caller or {})})
 
     def wait(self, trial: str, timeout_s: float = 300.0) -> dict[str, Any]:
         deadline = time.monotonic() + min(max(timeout_s, 0.0), MAX_WAIT_S)
-        early = str(trial).strip().lower() in ("baseline", "best")  # may not exist yet: wait for it too
         while True:
-            with self._lock:
-                state = self._current()
-                try:
-                    row: TrialRow | None = self._trial(trial, waiting=True)
-                except ToolError:
-                    if not early:
-                        raise
-                    row = None
-            if row is not None and row.label is not None:
-                return {**_trial_json(row), "timed_out": False}
+            reply, position = self.poll(trial)
             left = deadline - time.monotonic()
-            if left <= 0:
-                return {**(_trial_json(row) if row else {"trial": trial, "status": "not proposed yet"}),
-                        "timed_out": True}
-            self.ledger.wait(state.position, min(left, 5.0))
+            if not reply["timed_out"] or left <= 0:
+                return reply
+            self.ledger.wait(position, min(left, 5.0))
+
+    def poll(self, trial: str) -> tuple[dict[str, Any], int]:
+        """``wait`` without blocking: the trial's label (``timed_out`` False) or where it stands
+        (``timed_out`` True), and the log position that answer was read at."""
+        early = str(trial).strip().lower() in ("baseline", "best")  # may not exist yet: wait for it too
+        with self._lock:
+            state = self._current()
+            try:
+                row: TrialRow | None = self._trial(trial, waiting=True)
+            except ToolError:
+                if not early:
+                    raise
+                row = None
+        if row is not None and row.label is not None:
+            return {**_trial_json(row), "timed_out": False}, state.position
+        return {**(_trial_json(row) if row else {"trial": trial, "status": "not proposed yet"}),
+                "timed_out": True}, state.position
 
     # -- internals ---------------------------------------------------------------------------------
 

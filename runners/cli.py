@@ -19,6 +19,11 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
+def _token_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-file", metavar="FILE",
+                   help="token file (default: $ARL_TOKENS, else ~/.config/arl/tokens.jsonl)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from arl.ledger.anchors import read_anchors
 
@@ -267,11 +272,38 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from arl.runners.mcp_server import serve
+    from arl.runners.mcp_server import HttpAccess, McpLimits, serve
 
+    access = HttpAccess(host=args.host, port=args.port, token_file=args.token_file, no_auth=args.no_auth,
+                        allow_hosts=tuple(args.allow_host or ()))
+    limits = McpLimits(submits_per_minute=args.submit_rate, waits_per_session=args.session_waits,
+                       waits_total=args.max_waits)
     # stdout is the protocol's channel on stdio: nothing else may be printed there.
     with Ledger.open(args.store, create=False) as ledger:
-        serve(ledger, args.search, args.specialist, transport=args.transport, host=args.host, port=args.port)
+        serve(ledger, args.search, args.specialist, transport=args.transport, access=access, limits=limits)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from arl.runners.tokens import TokenFile, default_token_file
+
+    file = TokenFile(args.token_file or default_token_file())
+    if args.token_command == "add":
+        token = file.add(args.name, specialist=args.specialist)
+        print(token)
+        print(f"token {args.name!r}" + (f" for specialist {args.specialist}" if args.specialist else "")
+              + f" added to {file.path}; it is shown only now (the file keeps its hash). Clients send it as "
+              "the header  Authorization: Bearer <token>", file=sys.stderr)
+        return 0
+    if args.token_command == "revoke":
+        file.revoke(args.name)
+        print(f"token {args.name!r} revoked in {file.path}; servers refuse it once restarted", file=sys.stderr)
+        return 0
+    records = file.records()
+    if not records:
+        print(f"no tokens in {file.path}; `arl token add NAME` makes one", file=sys.stderr)
+    for r in records:
+        print(f"{r.name:24} {r.specialist or '(any specialist)':20} {r.created_at}")
     return 0
 
 
@@ -411,7 +443,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdio (the client starts `arl mcp`) or streamable HTTP for remote agents")
     p.add_argument("--host", default="127.0.0.1", help="with --transport http: address to listen on")
     p.add_argument("--port", type=int, default=8000, help="with --transport http: port (default 8000)")
+    _token_file_arg(p)
+    p.add_argument("--no-auth", action="store_true",
+                   help="with --transport http on a loopback address only: accept clients without a token")
+    p.add_argument("--allow-host", metavar="NAME", action="append",
+                   help="with --transport http: also answer requests for this host name or address "
+                        "(this machine's names and addresses are answered already)")
+    p.add_argument("--submit-rate", type=float, default=12.0, metavar="N",
+                   help="submissions per minute per caller (token), in bursts up to N (default 12; 0: no limit)")
+    p.add_argument("--session-waits", type=int, default=4, metavar="N",
+                   help="wait calls one MCP session may have pending at once (default 4)")
+    p.add_argument("--max-waits", type=int, default=64, metavar="N",
+                   help="wait calls pending at once in the whole server (default 64)")
     p.set_defaults(func=cmd_mcp)
+
+    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http)")
+    token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    q = token_sub.add_parser("add", help="make a token and print it once (the token file keeps its hash)")
+    q.add_argument("name", help="the identity recorded with what the token does, e.g. alice or opt-agent")
+    q.add_argument("--specialist", metavar="NAME", help="the one specialist this token may act as")
+    _token_file_arg(q)
+    q = token_sub.add_parser("list", help="the tokens' names, specialists and dates (never the tokens)")
+    _token_file_arg(q)
+    q = token_sub.add_parser("revoke", help="remove a token")
+    q.add_argument("name")
+    _token_file_arg(q)
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
     p.set_defaults(func=cmd_tasks)
