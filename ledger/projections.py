@@ -389,17 +389,23 @@ class Projector:
         self._checkpointed = time.monotonic()
 
     def _load(self) -> State:
-        stored = self.ledger.load_checkpoint(self.name)
-        if stored is None:
-            return State()
-        position, digest, data = stored
-        problem, state = checkpoint_problem(self.ledger, self.name, position, digest, data)
-        if problem is not None or state is None:
-            warnings.warn(f"projection checkpoint {self.name!r} not used: {problem}; "
+        # Read-only, this projector writes no checkpoint of its own: it starts from the
+        # furthest one any writer (a search driver, a worker) left, if its link holds.
+        names = [self.name]
+        if self.ledger.read_only:
+            names = [n for n, _ in self.ledger.checkpoint_positions() if n.endswith(f"/v{PROJECTION_VERSION}")]
+        for name in names:
+            stored = self.ledger.load_checkpoint(name)
+            if stored is None:
+                continue
+            position, digest, data = stored
+            problem, state = checkpoint_problem(self.ledger, name, position, digest, data)
+            if state is not None:
+                return state
+            warnings.warn(f"projection checkpoint {name!r} not used: {problem}; "
                           "rebuilding from the log (`arl verify` checks every checkpoint)",
                           LedgerWarning, stacklevel=3)
-            return State()
-        return state
+        return State()
 
     def catch_up(self, *, page: int = 50_000) -> State:
         """Apply everything recorded so far; checkpoint at most every ``checkpoint_s``."""

@@ -819,6 +819,12 @@ class Ledger:
             c.execute("DELETE FROM arl_projections")
         return n
 
+    def checkpoint_positions(self) -> list[tuple[str, int]]:
+        """``(name, position)`` of every stored checkpoint, the furthest first."""
+        with self._backend.read() as c:
+            c.execute("SELECT name, position FROM arl_projections ORDER BY position DESC, name")
+            return [(_col(r, "name"), int(_col(r, "position"))) for r in c.fetchall()]
+
     def checkpoint_names(self) -> list[str]:
         with self._backend.read() as c:
             c.execute("SELECT name FROM arl_projections ORDER BY name")

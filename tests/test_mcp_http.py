@@ -10,7 +10,6 @@ and overall, and ``sql`` answers while dozens of waits are pending.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from arl.ledger.programs import read_folder
 from arl.runners.mcp_server import McpCall
 from arl.runners.trials import start_search, submit
 from arl.tasks.manifest import load_task
-from tests.test_mcp import HONEST, ROOT, TINY, TOOLS, _call, first_token, http_session, search, start_http, stop
+from tests.test_mcp import HONEST, ROOT, TINY, _call, first_token, http_session, search, start_http, stop
 
 __all__ = ["search"]  # the fixture, shared with tests/test_mcp.py
 
