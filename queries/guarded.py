@@ -11,6 +11,7 @@ caller's SQL runs, so a query can change none of them.
 
     with GuardedDuckDB.copy_of(con, {"trials": ("search = $s", {"s": sid})}) as db:
         page = db.page("SELECT seq, label FROM trials ORDER BY seq", offset=0, limit=50)
+        db.load(rows_of(con, {"trials": ("search = $s", {"s": sid})}))   # later: fresher rows
 
 ``arl mcp``'s ``sql`` tool and ``arl serve``'s SQL console use this one class.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,27 +54,32 @@ class SqlPage(msgspec.Struct, kw_only=True):
 
 
 class GuardedDuckDB:
-    """An in-memory DuckDB of copied tables that runs one guarded SELECT at a time."""
+    """An in-memory DuckDB of copied tables that runs guarded SELECTs, several at once.
 
-    def __init__(self, tables: Mapping[str, Any], limits: SqlLimits | None = None) -> None:
+    Keep one and :meth:`load` fresh rows into it as the source moves: opening a
+    DuckDB costs far more than a query. Each :meth:`page` runs on a cursor of its
+    own, so one query's timeout interrupts only that query.
+    """
+
+    def __init__(self, tables: Mapping[str, Any] | None = None, limits: SqlLimits | None = None) -> None:
         """``tables``: name → Arrow table (or anything DuckDB can scan) to copy in."""
         self.limits = limits or SqlLimits()
-        self._temp = tempfile.mkdtemp(prefix="arl-sql-")
+        #: Where a query may spill (at most ``limits.temp_space``); removed on close.
+        self.temp_folder = tempfile.mkdtemp(prefix="arl-sql-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.temp_folder, True)
         self._lock = threading.Lock()
+        self.con: duckdb.DuckDBPyConnection | None = None
         try:
             self.con = duckdb.connect(":memory:", config={
                 "autoinstall_known_extensions": "false", "autoload_known_extensions": "false",
                 "memory_limit": self.limits.memory, "threads": str(self.limits.threads),
-                "temp_directory": self._temp, "max_temp_directory_size": self.limits.temp_space,
+                "temp_directory": self.temp_folder, "max_temp_directory_size": self.limits.temp_space,
             })
             self.con.execute("SET TimeZone = 'UTC'")
             self.con.execute("SET enable_progress_bar = false")
-            for name, table in tables.items():
-                self.con.register("_rows", table)
-                self.con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _rows')
-                self.con.unregister("_rows")
             self.con.execute("SET enable_external_access = false")
             self.con.execute("SET lock_configuration = true")
+            self.load(tables or {})
         except BaseException:
             self.close()
             raise
@@ -80,10 +87,20 @@ class GuardedDuckDB:
     @classmethod
     def copy_of(cls, source: duckdb.DuckDBPyConnection, views: Mapping[str, tuple[str, Mapping[str, Any]]],
                 limits: SqlLimits | None = None) -> GuardedDuckDB:
-        """The rows of ``source``'s views that match each one's ``(where, params)``, as tables."""
-        tables = {view: source.sql(f'SELECT * FROM "{view}" WHERE {where}', params=dict(params)).to_arrow_table()
-                  for view, (where, params) in views.items()}
-        return cls(tables, limits)
+        """A new one holding the rows of ``source``'s views that match each one's ``(where, params)``."""
+        return cls(rows_of(source, views), limits)
+
+    def load(self, tables: Mapping[str, Any]) -> None:
+        """Replace (or add) tables with fresh rows; queries running meanwhile see the old ones."""
+        assert self.con is not None
+        with self._lock:
+            for name, table in tables.items():
+                # An explicit registration is not file access: allowed with external access off.
+                self.con.register("_rows", table)
+                try:
+                    self.con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _rows')
+                finally:
+                    self.con.unregister("_rows")
 
     def page(self, query: str, offset: int = 0, limit: int = 50) -> SqlPage:
         """One page of rows of one SELECT; anything else, or a limit reached, is a :class:`QueryError`."""
@@ -93,35 +110,38 @@ class GuardedDuckDB:
             raise QueryError(f"offset {offset} is past the furthest a page may start ({limits.max_offset}); "
                              "narrow the query with WHERE or ORDER BY … LIMIT instead")
         limit = max(1, min(limit, limits.max_rows))
+        assert self.con is not None
         with self._lock:
-            timer = threading.Timer(limits.timeout_s, self.con.interrupt)
-            timer.start()
-            try:
-                result = self.con.execute(statement)
-                columns = [d[0] for d in result.description or []]
-                if offset:
-                    result.fetchmany(offset)
-                rows = result.fetchmany(limit + 1)
-            except duckdb.InterruptException:
-                raise QueryError(f"SQL stopped at the statement timeout ({limits.timeout_s:g} s); "
-                                 "narrow the query (WHERE, LIMIT, fewer joins)") from None
-            except duckdb.OutOfMemoryException as e:
-                why = "temporary space" if "temp" in str(e) else "memory"
-                raise QueryError(f"SQL stopped at its {why} limit ({limits.memory} memory, "
-                                 f"{limits.temp_space} temporary space); narrow the query") from None
-            except duckdb.Error as e:
-                raise QueryError(f"SQL failed: {' '.join(str(e).split())[:300]}") from None
-            finally:
-                timer.cancel()
+            cursor = self.con.cursor()
+        timer = threading.Timer(limits.timeout_s, cursor.interrupt)
+        timer.start()
+        try:
+            result = cursor.execute(statement)
+            columns = [d[0] for d in result.description or []]
+            if offset:
+                result.fetchmany(offset)
+            rows = result.fetchmany(limit + 1)
+        except duckdb.InterruptException:
+            raise QueryError(f"SQL stopped at the statement timeout ({limits.timeout_s:g} s); "
+                             "narrow the query (WHERE, LIMIT, fewer joins)") from None
+        except duckdb.OutOfMemoryException as e:
+            why = "temporary space" if "temp" in str(e) else "memory"
+            raise QueryError(f"SQL stopped at its {why} limit ({limits.memory} memory, "
+                             f"{limits.temp_space} temporary space); narrow the query") from None
+        except duckdb.Error as e:
+            raise QueryError(f"SQL failed: {' '.join(str(e).split())[:300]}") from None
+        finally:
+            timer.cancel()
+            cursor.close()
         more = len(rows) > limit
         return SqlPage(columns=columns, rows=rows[:limit], offset=offset,
                        next_offset=offset + limit if more else None)
 
     def close(self) -> None:
-        con = getattr(self, "con", None)
-        if con is not None:
-            con.close()
-        shutil.rmtree(self._temp, ignore_errors=True)
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        self._cleanup()
 
     def __enter__(self) -> GuardedDuckDB:
         return self
@@ -130,17 +150,26 @@ class GuardedDuckDB:
         self.close()
 
 
+def rows_of(source: duckdb.DuckDBPyConnection,
+            views: Mapping[str, tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The rows of ``source``'s views that match each one's ``(where, params)``, as Arrow tables."""
+    return {view: source.sql(f'SELECT * FROM "{view}" WHERE {where}', params=dict(params)).to_arrow_table()
+            for view, (where, params) in views.items()}
+
+
+_parser = duckdb.connect(":memory:")
+_parser_lock = threading.Lock()
+
+
 def one_select(query: str) -> str:
     """The query, if it is exactly one read-only SELECT; else a :class:`QueryError` saying so."""
     if not query or not query.strip():
         raise QueryError("give a query, e.g. SELECT seq, label, score FROM trials ORDER BY seq")
-    parser = duckdb.connect(":memory:")
     try:
-        statements = parser.extract_statements(query)
+        with _parser_lock:  # one connection only parses: opening one per query costs ~50 ms
+            statements = _parser.extract_statements(query)
     except duckdb.Error as e:
         raise QueryError(f"SQL does not parse: {' '.join(str(e).split())[:300]}") from None
-    finally:
-        parser.close()
     if len(statements) != 1:
         raise QueryError(f"give exactly one statement ({len(statements)} given)")
     if statements[0].type != duckdb.StatementType.SELECT:

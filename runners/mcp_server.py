@@ -211,6 +211,9 @@ def build_server(specialist: McpSpecialist, limits: McpLimits | None = None) -> 
         log_level="WARNING",
     )
     pool = anyio.CapacityLimiter(limits.tool_threads)
+    # Pending waits look at the log on threads of their own, so however many there are,
+    # the other tools' threads stay free.
+    wait_pool = anyio.CapacityLimiter(2)
     rate = SubmitRate(limits.submits_per_minute)
     waits = WaitSlots(limits.waits_per_session, limits.waits_total)
     local = f"local:{_os_user()}"
@@ -238,42 +241,58 @@ def build_server(specialist: McpSpecialist, limits: McpLimits | None = None) -> 
             out["session"] = session
         return out
 
-    def call(name: str, caller: Mapping[str, Any] | None, arguments: dict[str, Any]) -> dict[str, Any]:
+    # The furthest log position each session has been shown (its submissions, the labels it
+    # waited for): its sql answers hold at least that much of the log.
+    shown: dict[str, int] = {}
+
+    def call(name: str, session: str, caller: Mapping[str, Any] | None, arguments: dict[str, Any]) -> dict[str, Any]:
         try:
-            return tools.call(name, {k: v for k, v in arguments.items() if v is not None}, caller=caller)
+            reply = tools.call(name, {k: v for k, v in arguments.items() if v is not None}, caller=caller,
+                               fresh_as_of=shown.get(session, 0))
         except ArlError as e:  # ToolError included: the message goes back to the client as the error
             raise McpToolError(str(e)) from None
+        if name == "submit":
+            shown[session] = max(shown.get(session, 0), tools.ledger.head())
+        return reply
 
     async def run(name: str, ctx: Context | None = None, **arguments: Any) -> dict[str, Any]:
-        caller = None
+        caller = who(ctx)
         if name == "submit":
-            caller = who(ctx)
             rate.take(caller["credential"] or f"session {caller['session']}")
-        return await anyio.to_thread.run_sync(functools.partial(call, name, caller, arguments), limiter=pool)
+        return await anyio.to_thread.run_sync(
+            functools.partial(call, name, caller["session"], caller if name == "submit" else None, arguments),
+            limiter=pool)
 
-    async def lineage(offset: int = 0, limit: int = TEXT_PAGE) -> dict[str, Any]:
-        return await run("lineage", offset=offset, limit=limit)
+    async def lineage(ctx: Context, offset: int = 0, limit: int = TEXT_PAGE) -> dict[str, Any]:
+        return await run("lineage", ctx, offset=offset, limit=limit)
 
-    async def sql(query: str, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        return await run("sql", query=query, offset=offset, limit=limit)
+    async def sql(query: str, ctx: Context, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        return await run("sql", ctx, query=query, offset=offset, limit=limit)
 
-    async def read_program(trial: str = "best", path: str | None = None, offset: int = 0,
+    async def read_program(ctx: Context, trial: str = "best", path: str | None = None, offset: int = 0,
                            limit: int = TEXT_PAGE) -> dict[str, Any]:
-        return await run("read_program", trial=trial, path=path, offset=offset, limit=limit)
+        return await run("read_program", ctx, trial=trial, path=path, offset=offset, limit=limit)
 
-    async def diff(trial: str = "best", against: str | None = None, offset: int = 0,
+    async def diff(ctx: Context, trial: str = "best", against: str | None = None, offset: int = 0,
                    limit: int = TEXT_PAGE) -> dict[str, Any]:
-        return await run("diff", trial=trial, against=against, offset=offset, limit=limit)
+        return await run("diff", ctx, trial=trial, against=against, offset=offset, limit=limit)
 
-    async def check(edits: list[Edit] | None = None, diff: str | None = None,
+    async def check(ctx: Context, edits: list[Edit] | None = None, diff: str | None = None,
                     parents: list[str] | None = None) -> dict[str, Any]:
-        return await run("check", edits=edits, diff=diff, parents=parents)
+        return await run("check", ctx, edits=edits, diff=diff, parents=parents)
 
     async def submit(hypothesis: str, ctx: Context, edits: list[Edit] | None = None,
                      diff: str | None = None, parents: list[str] | None = None,
                      expected_delta: float | None = None) -> dict[str, Any]:
         return await run("submit", ctx, hypothesis=hypothesis, edits=edits, diff=diff, parents=parents,
                          expected_delta=expected_delta)
+
+    head_seen = [0, float("-inf")]  # the log head and when it was read: one read serves every waiter
+
+    async def log_head() -> int:
+        if time.monotonic() - head_seen[1] >= limits.wait_poll_s / 2:
+            head_seen[:] = [await anyio.to_thread.run_sync(tools.ledger.head, limiter=wait_pool), time.monotonic()]
+        return int(head_seen[0])
 
     async def wait(trial: str, ctx: Context, timeout_s: float = 300.0) -> dict[str, Any]:
         if not 0 < timeout_s <= MAX_WAIT_S:
@@ -284,11 +303,12 @@ def build_server(specialist: McpSpecialist, limits: McpLimits | None = None) -> 
             deadline = time.monotonic() + timeout_s
             seen = -1
             while True:
-                head = await anyio.to_thread.run_sync(tools.ledger.head, limiter=pool)
+                head = await log_head()
                 if head != seen:  # only a moved log can have labelled the trial
                     reply, seen = await anyio.to_thread.run_sync(
-                        functools.partial(_poll, tools, trial), limiter=pool)
+                        functools.partial(_poll, tools, trial), limiter=wait_pool)
                     if not reply["timed_out"]:
+                        shown[session] = max(shown.get(session, 0), seen)
                         return reply
                 left = deadline - time.monotonic()
                 if left <= 0:
