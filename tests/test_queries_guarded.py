@@ -86,3 +86,27 @@ def test_concurrent_pages_each_get_their_answer(db):
 
 def test_one_select_returns_the_statement_without_its_semicolon():
     assert one_select("  SELECT 1;  ") == "SELECT 1"
+
+
+def test_fresh_rows_replace_old_ones_while_queries_run(db):
+    stop = threading.Event()
+    seen: set[int] = set()
+    errors: list[Exception] = []
+
+    def query() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(db.page("SELECT count(*) FROM trials").rows[0][0])
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+
+    readers = [threading.Thread(target=query) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for n in (31, 32, 33):
+        db.load({"trials": pa.table({"seq": list(range(n)), "label": ["keep"] * n})})
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == [] and seen <= {30, 31, 32, 33}
+    assert db.page("SELECT count(*) FROM trials").rows == [(33,)]
