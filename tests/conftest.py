@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,25 @@ def _pg_available() -> str | None:
     except Exception as e:  # noqa: BLE001 - any failure means "not here"
         return str(e).splitlines()[0]
     return None
+
+
+#: Real data no one here wrote (../shared/fixtures beside the checkout; /work/shared/fixtures
+#: for a clone elsewhere on this machine, as CI's is).
+_SHARED = [Path(__file__).resolve().parents[2] / "shared" / "fixtures", Path("/work/shared/fixtures")]
+
+
+def shared_fixtures(*parts: str) -> Path:
+    """A path under the shared fixtures; skip when absent (fail under ARL_REQUIRE_FIXTURES=1, as in CI)."""
+    for root in _SHARED:
+        if root.is_dir():
+            path = root.joinpath(*parts)
+            if not path.exists():
+                pytest.fail(f"{path} is missing from the shared fixtures")
+            return path
+    where = " or ".join(str(r) for r in _SHARED)
+    if os.environ.get("ARL_REQUIRE_FIXTURES"):
+        pytest.fail(f"the shared fixtures are required but not found at {where}")
+    pytest.skip(f"the shared fixtures are not found at {where}")
 
 
 @pytest.fixture
