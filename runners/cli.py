@@ -135,6 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Ledger.open(args.store) as ledger:
         summary = run_search(ledger, args.task, config, name=args.name, resume=args.resume)
         print(render_summary(summary, ledger.url.display()))
+    if summary.problem:
+        print(summary.problem, file=sys.stderr)
+        return 1
     return 0 if summary.stopped != "interrupted" else 130
 
 

@@ -233,6 +233,8 @@ def test_arl_run_with_the_inbox_records_files_as_trials_once(task, folder, tmp_p
     timer.join()
     assert sorted(by_seq) == [0, 1]
     assert by_seq[1][0].hypothesis == "shrink 0.95" and by_seq[1][1] is not None
+    # The last file of a search is marked as soon as it is a trial, not at a next call that never comes.
+    assert marker(folder / "new.json", "accepted").startswith(f"trial #1 ({by_seq[1][0].originator_id})")
 
 
 def _trials(ledger: Ledger, search: str) -> dict[int, tuple[ev.TrialProposed, Label | None]]:
