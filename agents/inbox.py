@@ -44,6 +44,7 @@ from arl.agents.lineage import LineageView, TrialLine, build_view
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.events import Label
+from arl.ledger.store import Ledger
 from arl.tasks.manifest import Surface, Task
 
 SUFFIXES = (".json", ".toml")
@@ -370,15 +371,19 @@ class InboxSpecialist:
         return self.inbox.next(view_for, specialist=self.name)
 
 
+def ingested(ledger: Ledger) -> set[str]:
+    """The digests of every inbox file the ledger already holds as a proposal (any search)."""
+    return {e.agent_call_digest for _, e in ledger.iter_events()
+            if isinstance(e, ev.TrialProposed) and e.backend == "inbox" and e.agent_call_digest}
+
+
 class InboxTeam:
     """Builds the inbox specialists of a search (``arl run --agents inbox --inbox FOLDER``)."""
 
     @staticmethod
     def build(task: Task, folder: Path, search: SearchSeat, *, wait_s: float | None = None) -> list[InboxSpecialist]:
         ledger = search.ledger
-        used = {e.agent_call_digest for _, e in ledger.iter_events()
-                if isinstance(e, ev.TrialProposed) and e.backend == "inbox" and e.agent_call_digest}
-        inbox = Inbox(folder, task, ledger.put_blob, used.__contains__).start()
+        inbox = Inbox(folder, task, ledger.put_blob, ingested(ledger).__contains__).start()
 
         def view_for(specialist: str, parent: str | None) -> LineageView:
             state = search.projector.catch_up()

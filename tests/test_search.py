@@ -49,7 +49,8 @@ def test_a_tuner_search_runs_to_its_budget(store_url, lineage):
     assert rows[0].label.value == "baseline" and all(r.label is not None for r in rows)
     assert len(labels) == len(rows)
     assert all(r.parents for r in rows[1:]) and all(r.backend == "tuner" for r in rows[1:])
-    assert summary.best <= summary.baseline and summary.gain is not None
+    # SHRINK 0.8 → towards 1.0 is a real improvement the tuner finds on the tiny task
+    assert summary.best < summary.baseline and summary.gain is not None and summary.gain > 0
     assert "[8/8]" in out.getvalue()  # progress was shown
     started = next(e for _, e in Ledger.open(store_url).read() if isinstance(e, ev.SearchStarted))
     assert started.config["lineage"] is lineage and started.config["trials"] == 8
@@ -103,7 +104,7 @@ def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
     show = subprocess.run([*arl, "show", "stoppy#1", "--store", sqlite_url], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     assert show.returncode == 0 and "trial #1" in show.stdout and "diff --git a/train.py" in show.stdout
-    assert "label:" in show.stdout and "pass train_s" in show.stdout or "FAIL" in show.stdout
+    assert "label:" in show.stdout and ("pass train_s" in show.stdout or "FAIL" in show.stdout)
     bad = subprocess.run([*arl, "show", "stoppy#999", "--store", sqlite_url], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("arl: error:")
