@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
 
@@ -26,8 +26,9 @@ from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.programs import Program, ProgramCache, put_program, read_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, SearchRow, State, TrialRow, relative_gain
-from arl.ledger.searches import find_search
-from arl.ledger.store import Ledger
+from arl.ledger import source_version
+from arl.ledger.searches import find_search, search_config
+from arl.ledger.store import Ledger, hostname
 from arl.runners.config import SearchConfig
 from arl.runners.team import build_team, check_config
 from arl.runners.trials import base_program, record_next, record_proposal, start_search, submit
@@ -131,6 +132,8 @@ class Search:
         self.origin: list = []
         self.projector = Projector(ledger, name=f"search/{search_id}", checkpoint_s=30.0)
         self.programs = ProgramCache(ledger)
+        #: Why the search could not go on (a failed baseline), for the summary.
+        self.problem: str | None = None
         self._turn = 0
         self._proposals = 0
 
@@ -152,8 +155,12 @@ class Search:
             origin_search=origin[0], origin_trial=origin[1],
         )
         search = cls(ledger, task, search_id, config, [], out=out, base_program=base_program)
-        search._load_origin(origin[1])
-        search.team = (team_factory or build_team)(task, config, search)
+        try:
+            search._load_origin(origin[1])
+            search.team = (team_factory or build_team)(task, config, search)
+        except BaseException as e:  # never leave a search that `arl status` shows running forever
+            search._record_stop(f"failed to start: {' '.join(str(e).split())[:300]}")
+            raise
         return search
 
     def _load_origin(self, trial: str | None) -> None:
@@ -165,14 +172,21 @@ class Search:
 
     @classmethod
     def resume(cls, ledger: Ledger, search_ref: str, *, team_factory: Callable[..., list[Specialist]] | None = None,
-               out: TextIO = sys.stderr) -> Search:
+               out: TextIO = sys.stderr, given: dict[str, Any] | None = None) -> Search:
+        """Continue a search; ``given`` are options the user passed again (``--trials 50``): what
+        may change (:data:`~arl.runners.config.RESUMABLE`) is applied and recorded, the rest refused."""
         search_id = find_search(ledger, search_ref)
         started = ledger.stream(search_id)[0]
+        config = SearchConfig.of(search_config(ledger, search_id))
+        changes = config.changed_on_resume(given or {})  # refuses before anything is recorded
         task = task_of(started)
-        search = cls(ledger, task, search_id, SearchConfig.of(started), [], out=out,
+        config = msgspec.structs.replace(config, **{k: new for k, (_old, new) in changes.items()})
+        search = cls(ledger, task, search_id, config, [], out=out,
                      base_program=base_program(ledger, started, task))
         search._load_origin(started.origin_trial)
         search.team = (team_factory or build_team)(task, search.config, search)
+        ledger.append(ev.SearchResumed(originator_id=search_id, originator_version=ledger.version(search_id) + 1,
+                                       changes=changes, arl_version=source_version(), host=hostname()))
         return search
 
     # -- what specialists read ----------------------------------------------------------------
@@ -198,7 +212,8 @@ class Search:
             t.start()
         self._started = time.monotonic()
         self._exhausted: str | None = None
-        self.problem: str | None = None
+        self.problem = None
+        error: Exception | None = None
         try:
             self._loop()
             reason = self._exhausted or "trial budget spent"
@@ -215,8 +230,6 @@ class Search:
             reason = f"failed: {' '.join(str(e).split())[:300]}"
             for w in workers:
                 w.release.set()
-        else:
-            error = None
         stop.set()
         if self.out.isatty() and getattr(self, "_last_line", None) is not None:
             print(file=self.out)  # end the line redrawn in place; the summary follows
@@ -429,9 +442,12 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
 
 
 def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str | None = None,
-               resume: str | None = None, out: TextIO = sys.stderr) -> Summary:
+               resume: str | None = None, given: dict[str, Any] | None = None,
+               out: TextIO = sys.stderr) -> Summary:
+    """Start a search of ``task_ref`` with ``config``, or continue ``resume`` (``given``: the
+    options passed again, see :meth:`Search.resume`)."""
     if resume:
-        search = Search.resume(ledger, resume, out=out)
+        search = Search.resume(ledger, resume, out=out, given=given)
     else:
         task = bind(resolve(task_ref), recipe_from=config.recipe_from, data=config.data)
         config = msgspec.structs.replace(config, **recorded_paths(task))
