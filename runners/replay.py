@@ -25,12 +25,12 @@ from arl.agents.lineage import build_view
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.programs import get_program, program_digest, unified_diff
-from arl.ledger.projections import State, rebuild
+from arl.ledger.projections import PROJECTION_VERSION, State, rebuild
 from arl.ledger.searches import find_search
 from arl.ledger.store import Ledger, decode_states
 from arl.runners.config import SearchConfig
 from arl.runners.inspect import find_trial
-from arl.runners.search import Search, summarize
+from arl.runners.search import Search, baseline_problem, summarize
 from arl.runners.team import build_team
 from arl.runners.trials import start_search, submit
 from arl.runners.worker import Worker
@@ -75,6 +75,8 @@ def verify(ledger: Ledger, search_ref: str) -> list[ViewCheck]:
     expected = search_digests(rebuilt, search_id)
     checks = []
     for name in ledger.checkpoint_names():
+        if not name.endswith(f"/v{PROJECTION_VERSION}"):
+            continue  # another arl version's layout: never loaded, so nothing to compare
         stored = ledger.load_checkpoint(name)
         try:
             live = State.from_bytes(stored[2])
@@ -192,6 +194,12 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
                seeds=seeds.get(row.trial_id), also_surfaces=merged_surfaces(state, row.parents))
     drain(ledger, workers)
     after = rebuild(ledger)
+    failed = after.baseline_failed(replay)
+    if failed is not None:  # nothing else was judged against it (the trials wait in the queue)
+        ledger.append(ev.SearchStopped(originator_id=replay, originator_version=ledger.version(replay) + 1,
+                                       reason=f"baseline failed: {failed.label.value}"))
+        raise ReplayError(baseline_problem(ledger, task, failed,
+                                           again=f"`arl replay {original[:8]} --rerun` measures it again"))
     report = agreement(original, replay, ran, {r.seq: r for r in after.trials_of(replay)},
                        noise_floor=task.objective.noise_floor, not_rerun=len(rows) - len(ran))
     summary = summarize(after, replay, task.objective.metric, len(ran))
