@@ -39,15 +39,22 @@ HONEST = [{"file": "train.py", "search": "SHRINK = 0.8", "replace": "SHRINK = 1.
 TOOLS = {"lineage", "sql", "read_program", "diff", "check", "submit", "wait"}
 
 
-@pytest.fixture
-def search(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
-    """A search on the tiny task with its baseline labelled, and a worker running until the test ends."""
+def tiny_search(tmp_path: Path, monkeypatch, name: str) -> tuple[str, str]:
+    """A search on the tiny task in a fresh SQLite ledger, its baseline submitted: (store URL, search id)."""
     monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     task = load_task(TINY)
     with Ledger.open(url) as ledger:
-        sid = start_search(ledger, task, name="mcp", config={"trials": 5, "lineage": True})
+        sid = start_search(ledger, task, name=name, config={"trials": 5, "lineage": True})
         submit(ledger, task, sid, 0, agent="baseline", surface="", program=read_folder(task.recipe_dir))
+    return url, sid
+
+
+@pytest.fixture
+def search(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
+    """A search on the tiny task with its baseline labelled, and a worker running until the test ends."""
+    url, sid = tiny_search(tmp_path, monkeypatch, "mcp")
+    with Ledger.open(url) as ledger:
         stop = threading.Event()
         worker = threading.Thread(target=Worker(ledger, name="test-worker").run, args=(stop,), daemon=True)
         worker.start()

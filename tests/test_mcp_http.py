@@ -25,11 +25,8 @@ import pytest
 from mcp import ClientSession, types
 
 from arl.ledger import Ledger
-from arl.ledger.programs import read_folder
 from arl.runners.mcp_server import McpCall
-from arl.runners.trials import start_search, submit
-from arl.tasks.manifest import load_task
-from tests.test_mcp import HONEST, ROOT, TINY, _call, first_token, http_session, search, start_http, stop
+from tests.test_mcp import HONEST, ROOT, _call, first_token, http_session, search, start_http, stop, tiny_search
 
 __all__ = ["search"]  # the fixture, shared with tests/test_mcp.py
 
@@ -41,13 +38,7 @@ ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "appl
 @pytest.fixture
 def idle_search(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
     """A search whose baseline is submitted and never run (no worker): a wait on it stays pending."""
-    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    task = load_task(TINY)
-    with Ledger.open(url) as ledger:
-        sid = start_search(ledger, task, name="idle", config={"trials": 5, "lineage": True})
-        submit(ledger, task, sid, 0, agent="baseline", surface="", program=read_folder(task.recipe_dir))
-    yield url, sid
+    yield tiny_search(tmp_path, monkeypatch, "idle")
 
 
 def arl(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
