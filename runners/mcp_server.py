@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from typing_extensions import NotRequired, TypedDict  # pydantic needs these on Python < 3.12
@@ -57,7 +58,7 @@ from arl.runners.tokens import (
     TokenGate,
     allowed_hosts,
     default_token_file,
-    is_loopback,
+    server_gate,
 )
 from arl.runners.trials import base_program, record_proposal
 from arl.tasks.registry import task_of
@@ -402,24 +403,17 @@ def http_app(server: Any, specialist: str, access: HttpAccess, gate: TokenGate |
 
 def http_gate(access: HttpAccess, specialist: str, *, announce: Callable[[str], None]) -> TokenGate | None:
     """The tokens the server accepts; on first start (none anywhere) one is made and announced once."""
-    if access.no_auth:
-        if not is_loopback(access.host):
-            raise ArlError(f"--no-auth on {access.host}: only a loopback address (127.0.0.1, ::1) may be served "
-                           "without tokens; drop --no-auth (clients then need a token) or bind 127.0.0.1")
-        return None
-    file = TokenFile(access.token_file or default_token_file())
-    gate = TokenGate.load(file)
-    if len(gate) == 0:
-        token = file.add(specialist, specialist=specialist)
-        gate = TokenGate.load(file)
+    def first_start(token: str, path: Path) -> None:
         url = f"http://{_reachable(access.host)}:{access.port}/mcp"
         announce(
             f"arl mcp: no token yet; made token {specialist!r} for specialist {specialist} (shown once; "
-            f"{file.path} keeps only its hash):\n  {token}\n"
+            f"{path} keeps only its hash):\n  {token}\n"
             f"  connect: claude mcp add --transport http arl-{specialist} {url} "
             f"--header \"Authorization: Bearer {token}\"\n"
             "  more: arl token add NAME [--specialist S]; list: arl token list; revoke: arl token revoke NAME")
-    return gate
+
+    return server_gate(access.host, token_file=access.token_file, no_auth=access.no_auth,
+                       first_token=specialist, specialist=specialist, announce=first_start)
 
 
 def _reachable(host: str) -> str:

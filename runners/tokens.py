@@ -9,7 +9,7 @@ it and compares the digest with every stored one in constant time.
 
     file = TokenFile(default_token_file())
     secret = file.add("alice", specialist="opt")    # print it once; it is not kept
-    gate = TokenGate.load(file)
+    gate = TokenGate.load(file)                     # or server_gate(host, …): makes one on first start
     app = RequireToken(asgi_app, gate)              # 401 without a valid token
     # inside: scope["arl.credential"] is the Credential (name, specialist)
 
@@ -245,6 +245,29 @@ async def _refuse(send: Callable, status: int, error: str, description: str, *, 
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"www-authenticate", challenge.encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def server_gate(host: str, *, token_file: Path | str | None = None, no_auth: bool = False,
+                first_token: str, specialist: str | None = None,
+                announce: Callable[[str, Path], None]) -> TokenGate | None:
+    """The tokens a server listening on ``host`` accepts.
+
+    ``no_auth`` (None: no check) is allowed on a loopback address only. On a first
+    start — no token in the file, none in ``ARL_TOKEN`` — one token named
+    ``first_token`` (bound to ``specialist``, if given) is made and handed to
+    ``announce(token, file)`` to be shown once.
+    """
+    if no_auth:
+        if not is_loopback(host):
+            raise TokenError(f"--no-auth on {host}: only a loopback address (127.0.0.1, ::1) may be served "
+                             "without tokens; drop --no-auth (clients then need a token) or bind 127.0.0.1")
+        return None
+    file = TokenFile(token_file or default_token_file())
+    gate = TokenGate.load(file)
+    if len(gate) == 0:
+        announce(file.add(first_token, specialist=specialist), file.path)
+        gate = TokenGate.load(file)
+    return gate
 
 
 # --- where a server may listen, and which Host headers it answers ------------------------------

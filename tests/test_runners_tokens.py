@@ -132,3 +132,20 @@ def test_wait_slots_bound_sessions_and_the_server():
     slots.leave("a")
     slots.enter("c")
     assert slots.pending() == 3
+
+
+def test_a_server_gate_makes_one_token_on_first_start_and_refuses_open_non_loopback(tmp_path, monkeypatch):
+    from arl.runners.tokens import server_gate
+
+    monkeypatch.delenv("ARL_TOKEN", raising=False)
+    shown: list = []
+    file = tmp_path / "tokens.jsonl"
+    gate = server_gate("0.0.0.0", token_file=file, first_token="opt", specialist="opt",
+                       announce=lambda token, path: shown.append((token, path)))
+    [(token, path)] = shown
+    assert path == file and gate.authenticate(token) == Credential(name="opt", specialist="opt")
+    again = server_gate("0.0.0.0", token_file=file, first_token="opt", announce=lambda *a: shown.append(a))
+    assert len(shown) == 1 and again.authenticate(token) is not None  # shown once, kept as a hash
+    assert server_gate("127.0.0.1", no_auth=True, first_token="x", announce=print) is None
+    with pytest.raises(TokenError, match="only a loopback address"):
+        server_gate("0.0.0.0", no_auth=True, first_token="x", announce=print)
