@@ -79,7 +79,8 @@ def _detect(p: Path) -> str | None:
     if p.is_dir():
         if (p / "results.tsv").is_file():
             return _tsv_format(p / "results.tsv")
-        if (p / "programs").is_dir() or (p / "checkpoints").is_dir() or (p / "openevolve_output").is_dir():
+        if (p / "programs").is_dir() or (p / "checkpoints").is_dir() or (p / "openevolve_output").is_dir() \
+                or any((c / "programs").is_dir() for c in p.glob("checkpoint_*")):
             return "openevolve"
         if any(_sqlite_with_programs(f) for f in (*p.glob("*.sqlite"), *p.glob("*.db"))):
             return "shinka"

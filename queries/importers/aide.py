@@ -121,7 +121,7 @@ def _record(i: int, node: dict[str, Any], raw: str, node2parent: dict[str, Any],
     analysis = node.get("analysis") if isinstance(node.get("analysis"), str) else ""
     if buggy:
         label = Label.TRAIN_BUDGET_OVERRUN if exc_type == "TimeoutError" else Label.CRASH
-        reason = f"{exc_type}: {_exc_text(node.get('exc_info'))}".strip(": ") if exc_type else last_line(analysis)
+        reason = _failure(node, exc_type) if exc_type else last_line(analysis)
         status = f"buggy ({exc_type})" if exc_type else "buggy"
     elif score is None and wall_s is None:
         label, status = Label.INFRA_ERROR, "not run"
@@ -191,13 +191,16 @@ def _not_finite(metric: Any) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
 
-def _exc_text(info: Any) -> str:
-    if isinstance(info, dict):
-        args = info.get("args")
-        if isinstance(args, list) and args:
-            return last_line(str(args[0]), 240)
-        return last_line(json.dumps(info, default=str), 240)
-    return last_line(str(info or ""), 240)
+def _failure(node: dict[str, Any], exc_type: str) -> str:
+    """The exception as the run's output states it, else its type and first argument."""
+    out = node.get("_term_out")
+    text = "".join(str(x) for x in out) if isinstance(out, list) else str(out or "")
+    stated = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(exc_type)]
+    if stated:
+        return stated[-1][:300]
+    info = node.get("exc_info")
+    args = info.get("args") if isinstance(info, dict) else None
+    return f"{exc_type}: {last_line(str(args[0]), 240)}" if isinstance(args, list) and args else exc_type
 
 
 def _stage(records: list[Record]) -> None:

@@ -48,7 +48,7 @@ def find_checkpoints(path: str | Path) -> tuple[Path, list[Path]]:
         raise SourceError(f"no folder at {p}; give an OpenEvolve checkpoint folder or its openevolve_output")
     if (p / "programs").is_dir():
         return p, [p]
-    for root in (p / "checkpoints", p / "openevolve_output" / "checkpoints"):
+    for root in (p, p / "checkpoints", p / "openevolve_output" / "checkpoints"):
         found = [c for c in root.glob("checkpoint_*") if (c / "programs").is_dir()] if root.is_dir() else []
         if found:
             return p, sorted(found, key=_iteration)

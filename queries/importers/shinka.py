@@ -5,14 +5,16 @@ Its ``programs`` table has one row per evaluated program: ``id``, ``code``,
 ``combined_score``, ``public_metrics`` / ``private_metrics`` (JSON),
 ``text_feedback``, ``correct``, ``metadata`` (JSON: ``patch_name``,
 ``patch_description``, ``model_name``, ``failure_reason``,
-``evaluation_seconds``, …) and ``island_idx``. The file is opened read-only;
-nothing is written to it, not even a lock.
+``evaluation_seconds``, …) and ``island_idx``. The file is read as it is (``immutable``); nothing is
+written to it or beside it, not even a lock.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -89,22 +91,34 @@ def import_shinka(ledger: Ledger, path: str | Path, *, name: str | None = None) 
     base = next((r for r in records if r.parent is None and r.label is Label.KEEP), None)
     if base is not None:
         base.label, base.status = Label.BASELINE, "initial program"
+        for r in records:  # Shinka seeds every island with a copy of the initial program
+            if r is not base and r.parent is None and r.program == base.program and r.label is Label.KEEP:
+                r.label, r.status = Label.DUPLICATE, "island seed"
+                r.reason = f"a copy of the initial program {base.source_id[:8]} seeding {r.surface}"
     rank(records, "max", lambda r: r.label is Label.KEEP)
     config = {"format": "shinka", "source": str(db), "files": digests, "score": "combined_score"}
     return record_import(ledger, result, records, quarantined, task="shinka", direction="max", config=config)
 
 
 def _rows(db: Path) -> tuple[list[sqlite3.Row], set[str]]:
-    uri = f"file:{quote(str(db))}?mode=ro"
+    """Every program row. Nothing is written beside the file: a database with a pending write-ahead
+    log (a run that is going on, or was killed) is read from a private copy of it and its log."""
+    wal = db.with_name(db.name + "-wal")
+    if not wal.exists():
+        return _read(f"file:{quote(str(db))}?mode=ro&immutable=1", db)
+    with tempfile.TemporaryDirectory(prefix="arl-shinka-") as tmp:
+        copy = Path(tmp) / db.name
+        for src in (db, wal, db.with_name(db.name + "-shm")):
+            if src.exists():
+                shutil.copyfile(src, copy.with_name(src.name))
+        return _read(f"file:{quote(str(copy))}", db)
+
+
+def _read(uri: str, db: Path) -> tuple[list[sqlite3.Row], set[str]]:
     try:
         con = sqlite3.connect(uri, uri=True)
-        try:
-            con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:  # a WAL database in a folder we cannot write: read it as it is
-            con.close()
-            con = sqlite3.connect(uri + "&immutable=1", uri=True)
     except sqlite3.Error as e:
-        raise SourceError(f"cannot open {db} read-only ({e}); check the file") from e
+        raise SourceError(f"cannot open {db} ({e}); check the file") from e
     con.row_factory = sqlite3.Row
     try:
         columns = {r[1] for r in con.execute("PRAGMA table_info(programs)").fetchall()}
