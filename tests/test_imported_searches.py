@@ -59,7 +59,8 @@ def test_mcp_serves_the_read_tools_of_an_import_and_refuses_submit(imported, tmp
                 await session.initialize()
                 lineage = await _json(session, "lineage", {})
                 assert lineage["best"]["seq"] == 1 and "Current best: trial 1" in lineage["text"]
-                rows = await _json(session, "sql", {"query": "SELECT seq, label, source_status FROM trials ORDER BY seq"})
+                query = "SELECT seq, label, source_status FROM trials ORDER BY seq"
+                rows = await _json(session, "sql", {"query": query})
                 assert rows["rows"] == [[0, "baseline", "initial program"], [1, "keep", "evaluated"]]
                 files = await _json(session, "read_program", {"trial": "best"})
                 assert [f["path"] for f in files["files"]] == ["program.py"]

@@ -259,7 +259,7 @@ def test_mlgym_damage(tmp_path, sqlite_url):
     (tmp_path / "a.traj").write_text("{}")
     (tmp_path / "b.traj").write_text("{}")
     with Ledger.open(sqlite_url) as ledger:
-        with pytest.raises(SourceError, match="holds 3 trajectories"):
+        with pytest.raises(SourceError, match="holds 3 of them"):
             import_mlgym(ledger, tmp_path)
         with pytest.raises(SourceError, match="no 'trajectory' list"):
             import_mlgym(ledger, tmp_path / "a.traj")

@@ -84,7 +84,7 @@ def _detect(p: Path) -> str | None:
             return "openevolve"
         if any(_sqlite_with_programs(f) for f in (*p.glob("*.sqlite"), *p.glob("*.db"))):
             return "shinka"
-        if (p / "journal.json").is_file() or (p / "logs" / "journal.json").is_file() or any(p.glob("logs/*/journal.json")):
+        if any((p / n).is_file() for n in ("journal.json", "logs/journal.json")) or any(p.glob("logs/*/journal.json")):
             return "aide"
         if any(p.glob("*.traj")):
             return "mlgym"

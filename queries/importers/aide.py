@@ -26,6 +26,7 @@ from arl.queries.importers.core import (
     already,
     digest_file,
     duration,
+    find_one,
     last_line,
     number,
     rank,
@@ -39,31 +40,14 @@ from arl.queries.importers.core import (
 PROGRAM_FILE = "runfile.py"
 
 
-def find_journal(path: str | Path) -> Path:
-    p = Path(path).expanduser().resolve()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        for candidate in (p / "journal.json", p / "logs" / "journal.json"):
-            if candidate.is_file():
-                return candidate
-        found = sorted(p.glob("logs/*/journal.json"))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise SourceError(f"{p} holds {len(found)} AIDE runs ({', '.join(f.parent.name for f in found[:5])}); "
-                              "give the folder of one")
-        raise SourceError(f"{p} has no journal.json; give an AIDE run's journal.json or its log folder")
-    raise SourceError(f"no folder or file at {p}; give an AIDE run's journal.json or its log folder")
-
-
 def import_aide(ledger: Ledger, path: str | Path, *, name: str | None = None,
                 direction: str | None = None) -> ImportResult:
     """Import an AIDE ``journal.json`` as a search: one trial per node, its code as the program.
 
     ``direction``: ``min`` or ``max`` (default: the nodes' ``metric.maximize``).
     """
-    journal = find_journal(path)
+    journal = find_one(path, "an AIDE journal.json", names=("journal.json", "logs/journal.json"),
+                       patterns=("logs/*/journal.json",))
     digests = {journal.name: digest_file(journal)}
     default_name = journal.parent.name if journal.parent.name not in ("logs", "") else journal.stem
     result = ImportResult(search_id_for(journal, "aide", digests), name or default_name, str(journal), "aide")
@@ -145,8 +129,12 @@ def _record(i: int, node: dict[str, Any], raw: str, node2parent: dict[str, Any],
     )
 
 
-def _metric(metric: Any, problems: list[str]) -> tuple[float | None, dict[str, float], bool | None, str | None]:
-    """(score, metrics, maximize, name) from a node's metric, whichever of AIDE's shapes it has."""
+#: (score, metrics, maximize, the score's name) read from a node's metric.
+Read = tuple[float | None, dict[str, float], bool | None, str | None]
+
+
+def _metric(metric: Any, problems: list[str]) -> Read:
+    """What a node's metric says, whichever of AIDE's shapes it has."""
     if metric is None:
         return None, {}, None, None
     if isinstance(metric, int | float) and not isinstance(metric, bool):
@@ -164,7 +152,7 @@ def _metric(metric: Any, problems: list[str]) -> tuple[float | None, dict[str, f
     return x, ({name: x} if x is not None else {}), maximize, name
 
 
-def _structured(names: list[Any], problems: list[str]) -> tuple[float | None, dict[str, float], bool | None, str | None]:
+def _structured(names: list[Any], problems: list[str]) -> Read:
     score = maximize = chosen = None
     metrics: dict[str, float] = {}
     for entry in names:

@@ -288,6 +288,26 @@ def read_json(path: Path, what: str) -> Any:
         raise SourceError(f"{path} is not readable JSON ({str(e)[:120]}); it is not {what} as written") from None
 
 
+def find_one(path: str | Path, what: str, *, names: Sequence[str] = (), patterns: Sequence[str] = ()) -> Path:
+    """The file PATH means: itself, or in a folder the first of ``names`` there, else the one file
+    matching ``patterns``; ``what`` names the file in messages ("an MLGym trajectory (.traj)")."""
+    p = Path(path).expanduser().resolve()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise SourceError(f"no file or folder at {p}; give {what}")
+    for name in names:
+        if (p / name).is_file():
+            return p / name
+    found = sorted({f for pattern in patterns for f in p.glob(pattern) if f.is_file()})
+    if len(found) == 1:
+        return found[0]
+    if found:
+        shown = ", ".join(str(f.relative_to(p)) for f in found[:5])
+        raise SourceError(f"{p} holds {len(found)} of them ({shown}); give one: {what}")
+    raise SourceError(f"{p} holds no {what.removeprefix('an ').removeprefix('a ')}; give {what} or its folder")
+
+
 def identity_key(ref: str) -> str:
     return ref.strip()
 
@@ -371,7 +391,7 @@ def _resolve(trials: list[Record], quarantined: list[Flagged], key: Callable[[st
     seq_of = {key(t.source_id): i for i, t in enumerate(trials)}
     lost = {key(f.id): f for f in quarantined if f.id}
     parents: list[int | None] = []
-    for i, t in enumerate(trials):
+    for t in trials:
         if not t.parent or not t.parent.strip():
             parents.append(None)
             continue

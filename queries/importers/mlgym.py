@@ -30,6 +30,7 @@ from arl.queries.importers.core import (
     already,
     digest_file,
     duration,
+    find_one,
     last_line,
     metrics_of,
     not_finite,
@@ -47,21 +48,6 @@ _WORKSPACE = "/home/agent/workspace/"
 _EDITS = frozenset({"edit", "insert", "create", "append"})
 
 
-def find_trajectory(path: str | Path) -> Path:
-    p = Path(path).expanduser().resolve()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        found = sorted(p.glob("*.traj"))
-        if len(found) == 1:
-            return found[0]
-        if found:
-            raise SourceError(f"{p} holds {len(found)} trajectories ({', '.join(f.name for f in found[:5])}); "
-                              "give one .traj file")
-        raise SourceError(f"{p} has no .traj file; give an MLGym trajectory")
-    raise SourceError(f"no file or folder at {p}; give an MLGym trajectory (.traj)")
-
-
 def import_mlgym(ledger: Ledger, path: str | Path, *, name: str | None = None, score: str | None = None,
                  direction: str | None = None) -> ImportResult:
     """Import an MLGym trajectory as a search: one trial per evaluation of the agent's workspace.
@@ -69,7 +55,7 @@ def import_mlgym(ledger: Ledger, path: str | Path, *, name: str | None = None, s
     ``score``: the key of the score dict to rank by (default: its first key);
     ``direction``: min or max (default: min for losses, errors and times, else max).
     """
-    traj = find_trajectory(path)
+    traj = find_one(path, "an MLGym trajectory (.traj)", patterns=("*.traj",))
     digests = {traj.name: digest_file(traj)}
     baseline = _results_baseline(traj.parent / "results.json", digests)
     run = traj.parent.name.split("__")

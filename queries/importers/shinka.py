@@ -29,6 +29,7 @@ from arl.queries.importers.core import (
     already,
     digest_file,
     duration,
+    find_one,
     last_line,
     metrics_of,
     not_finite,
@@ -45,21 +46,6 @@ _EXT = {"python": ".py", "cpp": ".cpp", "c": ".c", "cuda": ".cu", "rust": ".rs",
         "fortran": ".f90", "verilog": ".sv", "javascript": ".js", "markdown": ".md", "wolfram": ".wl"}
 
 
-def find_database(path: str | Path) -> Path:
-    p = Path(path).expanduser().resolve()
-    if p.is_dir():
-        for name in ("evolution_db.sqlite", "programs.sqlite", "evolution_db.db"):
-            if (p / name).is_file():
-                return p / name
-        found = sorted(p.glob("*.sqlite")) + sorted(p.glob("*.db"))
-        if len(found) == 1:
-            return found[0]
-        raise SourceError(f"{p} has no evolution_db.sqlite; give a ShinkaEvolve results folder or its database")
-    if not p.is_file():
-        raise SourceError(f"no file or folder at {p}; give a ShinkaEvolve results folder or its database")
-    return p
-
-
 def is_sqlite(path: Path) -> bool:
     try:
         with path.open("rb") as f:
@@ -70,7 +56,8 @@ def is_sqlite(path: Path) -> bool:
 
 def import_shinka(ledger: Ledger, path: str | Path, *, name: str | None = None) -> ImportResult:
     """Import a ShinkaEvolve program database as a search: one trial per program, its code as the program."""
-    db = find_database(path)
+    db = find_one(path, "a ShinkaEvolve evolution_db.sqlite", names=("evolution_db.sqlite", "programs.sqlite"),
+                  patterns=("*.sqlite", "*.db"))
     if not is_sqlite(db):
         raise SourceError(f"{db} is not an SQLite database; give ShinkaEvolve's evolution_db.sqlite")
     digests = {db.name: digest_file(db)}

@@ -359,7 +359,12 @@ def salvage_tail(rec: Cells, header: list[str], fmt: TsvFormat, model: ColumnMod
     if host_col not in fmt.free_text or fmt.status_column not in header[len(fields):]:
         return None
     host = fields[-1].rstrip().rstrip('"').rstrip()
-    tokens = host.split(" ")
+    # One token per whitespace character between: a doubled space is an empty column's trace,
+    # and the text before the tail keeps its own spacing and line breaks.
+    tokens = re.split(r"\s", host)
+    starts = [0]
+    for t in tokens[:-1]:
+        starts.append(starts[-1] + len(t) + 1)
     rest = header[len(fields):]
     at_status = rest.index(fmt.status_column)
     before, after = rest[:at_status], rest[at_status + 1:]
@@ -385,7 +390,7 @@ def salvage_tail(rec: Cells, header: list[str], fmt: TsvFormat, model: ColumnMod
         return None
     _, start, recovered, _ = best
     values: dict[str, str | None] = dict(zip(header, fields[:-1], strict=False))
-    text = " ".join(tokens[:start]).strip()
+    text = host[: starts[start]].strip()
     moved: list[str] = []
     parts = _FRAGMENT.split(text)
     values[host_col] = _CLOSING.sub("", parts[0]).strip()
