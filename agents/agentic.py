@@ -29,7 +29,15 @@ import msgspec
 
 from arl.agents.base import Proposal
 from arl.agents.lineage import LineageView
-from arl.agents.llm import ChatBackend, ChatCall, LLMError, LLMUnavailable, ReplyTooLarge, Usage
+from arl.agents.llm import (
+    ChatBackend,
+    ChatCall,
+    LLMError,
+    LLMMisconfigured,
+    LLMUnavailable,
+    ReplyTooLarge,
+    Usage,
+)
 from arl.agents.tools import SPECS, LedgerTools, ToolError
 from arl.agents.usage import TokenMeter
 from arl.ledger.errors import ArlError
@@ -137,6 +145,8 @@ class AgenticSpecialist:
             try:
                 # A copy: the conversation grows after the call, the record of the call must not.
                 call = self.client.complete(list(messages), tools=self._specs)
+            except LLMMisconfigured:
+                raise  # retrying cannot change it: the search stops with this one line
             except LLMError as e:
                 self._count(transcript, e.call)
                 label = Label.INVALID_EDIT if isinstance(e, ReplyTooLarge) else Label.INFRA_ERROR
@@ -372,7 +382,8 @@ class TranscriptReplay:
         return next((t for t in self._transcripts[self._current].tool_calls
                      if (t.turn, t.call_id, t.name) == (turn, call_id, name)), None)
 
-    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall:
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int | None = None) -> ChatCall:
         if self._next >= len(self._calls):
             raise LLMUnavailable(
                 f"the replay has no more recorded calls ({len(self._calls)} were recorded); "

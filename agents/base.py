@@ -43,7 +43,11 @@ class Proposal(msgspec.Struct, kw_only=True):
 
 
 class Specialist(Protocol):
-    """One agent owning one surface of a task."""
+    """One agent owning one surface of a task.
+
+    A backend may also define ``recorded(proposal, trial_id, seq)``: the driver calls it as
+    soon as the proposal is on the record (the inbox marks the proposal's file then).
+    """
 
     name: str
     surface: Surface

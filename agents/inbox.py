@@ -44,6 +44,7 @@ from arl.agents.lineage import LineageView, TrialLine, build_view
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.events import Label
+from arl.ledger.store import Ledger
 from arl.tasks.manifest import Surface, Task
 
 SUFFIXES = (".json", ".toml")
@@ -338,17 +339,23 @@ class InboxSpecialist:
 
     backend = "inbox"
 
-    def __init__(self, inbox: Inbox, surface: Surface, view_for: ViewFor, *,
-                 confirm: Callable[[], None] = lambda: None, wait_s: float | None = None) -> None:
+    def __init__(self, inbox: Inbox, surface: Surface, view_for: ViewFor, *, search_id: str = "",
+                 wait_s: float | None = None) -> None:
         self.inbox = inbox
         self.surface = surface
         self.name = surface.name
         self.view_for = view_for
-        self.confirm = confirm
+        self.search_id = search_id
         self.wait_s = wait_s
 
+    def recorded(self, proposal: Proposal, trial_id: str, seq: int) -> None:
+        """The driver recorded this proposal as a trial: its file's marker names the trial now,
+        not at the next call (the last file of a search is marked too)."""
+        if proposal.agent_call_digest:
+            where = f" of search {self.search_id}" if self.search_id else ""
+            self.inbox.accepted(proposal.agent_call_digest, f"trial #{seq} ({trial_id}){where}")
+
     def propose(self, view: LineageView) -> Proposal | None:
-        self.confirm()
         if not self.inbox.pending():
             # Wake at least every second so Ctrl-C reaches the main thread promptly.
             waited = 0.0
@@ -364,16 +371,19 @@ class InboxSpecialist:
         return self.inbox.next(view_for, specialist=self.name)
 
 
+def ingested(ledger: Ledger) -> set[str]:
+    """The digests of every inbox file the ledger already holds as a proposal (any search)."""
+    return {e.agent_call_digest for _, e in ledger.iter_events()
+            if isinstance(e, ev.TrialProposed) and e.backend == "inbox" and e.agent_call_digest}
+
+
 class InboxTeam:
     """Builds the inbox specialists of a search (``arl run --agents inbox --inbox FOLDER``)."""
 
     @staticmethod
     def build(task: Task, folder: Path, search: SearchSeat, *, wait_s: float | None = None) -> list[InboxSpecialist]:
         ledger = search.ledger
-        used = {e.agent_call_digest for _, e in ledger.iter_events()
-                if isinstance(e, ev.TrialProposed) and e.backend == "inbox" and e.agent_call_digest}
-        inbox = Inbox(folder, task, ledger.put_blob, used.__contains__).start()
-        confirmed: set[str] = set()
+        inbox = Inbox(folder, task, ledger.put_blob, ingested(ledger).__contains__).start()
 
         def view_for(specialist: str, parent: str | None) -> LineageView:
             state = search.projector.catch_up()
@@ -389,18 +399,5 @@ class InboxTeam:
             view.best_program = search.program_of(parent)
             return view
 
-        def confirm() -> None:
-            """Name the trial each handed-out file became, once the driver has recorded it."""
-            if not inbox.handed:
-                return
-            state = search.projector.catch_up()
-            for row in state.trials_of(search.search_id):
-                if row.backend != "inbox" or row.trial_id in confirmed:
-                    continue
-                confirmed.add(row.trial_id)
-                proposed = ledger.stream(row.trial_id)[0]
-                if isinstance(proposed, ev.TrialProposed) and proposed.agent_call_digest:
-                    inbox.accepted(proposed.agent_call_digest,
-                                   f"trial #{row.seq} ({row.trial_id}) of search {search.search_id}")
-
-        return [InboxSpecialist(inbox, s, view_for, confirm=confirm, wait_s=wait_s) for s in task.surfaces]
+        return [InboxSpecialist(inbox, s, view_for, search_id=search.search_id, wait_s=wait_s)
+                for s in task.surfaces]

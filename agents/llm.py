@@ -58,6 +58,22 @@ class LLMUnavailable(LLMError):
     kind = "unavailable"
 
 
+class LLMMisconfigured(LLMUnavailable):
+    """The server refused the request for a reason retrying cannot change (a 4xx: a bad key, an
+    unknown model, a context too small): the search stops at once with this one line."""
+
+    kind = "config"
+
+
+class ContextTooSmall(LLMMisconfigured):
+    """The prompt and the reply cap are over the model's context, as the server said."""
+
+    def __init__(self, message: str, call: ChatCall, *, context: int, prompt_tokens: int,
+                 completion_tokens: int) -> None:
+        super().__init__(message, call)
+        self.context, self.prompt_tokens, self.completion_tokens = context, prompt_tokens, completion_tokens
+
+
 class ReplyTooLarge(LLMError):
     """The reply was over the byte cap: the model's fault, labelled like a bad edit."""
 
@@ -117,7 +133,8 @@ class ChatBackend(Protocol):
     url: str
     model: str
 
-    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall: ...
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int | None = None) -> ChatCall: ...
 
 
 def endpoint_base(url: str) -> str:
@@ -188,8 +205,10 @@ class ChatClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request_body(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens}
+    def request_body(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                     max_tokens: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "max_tokens": max_tokens or self.max_tokens}
         if tools:  # OpenAI tool calling: the model may answer with tool_calls instead of content
             body["tools"] = tools
             body["tool_choice"] = "auto"
@@ -199,12 +218,15 @@ class ChatClient:
             body["seed"] = self.seed
         return body
 
-    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall:
-        """One chat completion; raises :class:`LLMUnavailable` or :class:`ReplyTooLarge`.
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int | None = None) -> ChatCall:
+        """One chat completion; raises :class:`LLMUnavailable` (:class:`LLMMisconfigured` for a
+        request the server will never take) or :class:`ReplyTooLarge`.
 
-        ``tools``: OpenAI function specs offered to the model (multi-turn agents).
+        ``tools``: OpenAI function specs offered to the model (multi-turn agents);
+        ``max_tokens``: this call's reply cap, when lower than the client's.
         """
-        call = ChatCall(url=self.url, model=self.model, request=self.request_body(messages, tools))
+        call = ChatCall(url=self.url, model=self.model, request=self.request_body(messages, tools, max_tokens))
         started = time.monotonic()
         deadline = started + self.deadline_s
         try:
@@ -226,9 +248,7 @@ class ChatClient:
                 call.response = _json_or_body(body)
                 problem = f"HTTP {status}{_excerpt(body)}"
                 if status != 429 and status < 500:
-                    raise LLMUnavailable(
-                        f"the model server at {self.url} refused the request ({problem}); "
-                        + _fix_for(status), call)
+                    _refuse(self.url, status, problem, call)
                 if status == 429:
                     retry_after = _retry_after(headers.get("retry-after"))
             left = deadline - time.monotonic()
@@ -318,6 +338,25 @@ def _json_or_body(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {"body": body[:4096].decode(errors="replace")}
 
 
+_CONTEXT = re.compile(r"maximum context length is (\d+) tokens.*?(\d+) in the messages, (\d+) in the completion",
+                      re.S)
+
+
+def _refuse(url: str, status: int, problem: str, call: ChatCall) -> None:
+    """A 4xx other than 429: retrying cannot change it. Raise what says why and what to do."""
+    error = call.response.get("error") if isinstance(call.response, dict) else None
+    message = error.get("message", "") if isinstance(error, dict) else str(error or call.response or "")
+    m = _CONTEXT.search(message)
+    if m:
+        context, prompt, reply = (int(g) for g in m.groups())
+        raise ContextTooSmall(
+            f"the model at {url} has a context of {context} tokens; the prompt took {prompt} and the "
+            f"reply cap {reply}: start the server with a larger context (llama.cpp: --n_ctx 8192; "
+            f"vLLM: --max-model-len) or lower --llm-max-tokens", call,
+            context=context, prompt_tokens=prompt, completion_tokens=reply)
+    raise LLMMisconfigured(f"the model server at {url} refused the request ({problem}); " + _fix_for(status), call)
+
+
 def _fix_for(status: int) -> str:
     if status in (401, 403):
         return f"set {API_KEY_ENV} to a key the server accepts"
@@ -366,7 +405,8 @@ class ReplayClient:
             raise ArlError(f"blob {digest[:16]}… is not a recorded model call; "
                            "replay needs the llm backend's agent-call blobs") from None
 
-    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None) -> ChatCall:
+    def complete(self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int | None = None) -> ChatCall:
         if self._next >= len(self._digests):
             raise LLMUnavailable(
                 f"the replay has no more recorded calls ({len(self._digests)} were recorded); "
@@ -388,6 +428,23 @@ class _Unusable(Exception):
     """The reply cannot become a program; args: (reason, hypothesis read so far)."""
 
 
+#: Tokens kept free beside the prompt and the reply (chat template, estimate error).
+FIT_MARGIN = 64
+#: The smallest reply cap a fitted prompt leaves (a search/replace edit needs room).
+MIN_REPLY_TOKENS = 256
+
+
+class _Fit(msgspec.Struct, kw_only=True):
+    """What the server said of its context, for cutting prompts to it."""
+
+    context: int
+    reply: int
+    chars_per_token: float
+
+    def tokens(self, text: str) -> int:
+        return math.ceil(len(text) / self.chars_per_token)
+
+
 class LLMSpecialist:
     """A specialist whose proposals come from a chat model (or a replay of one)."""
 
@@ -406,14 +463,46 @@ class LLMSpecialist:
         self.task = task
         self.client = client
         self.put_blob = put_blob
+        #: The model's context once the server named it (None: not known, the prompt is not cut).
+        self._fit: _Fit | None = None
 
     def messages(self, view: LineageView, program: dict[str, bytes]) -> list[dict[str, str]]:
-        """The prompt: the role and rules as system message, files and lineage as user message."""
+        """The prompt: the role and rules as system message, files and lineage as user message.
+
+        Once the model's context is known (:meth:`_ask` learns it from the server), the lineage
+        view is cut at the end to leave room for the reply; the role and the files never are.
+        """
+        role, files, lineage = self._role(view), self._files(program), view.render()
+        tail = "\n\nPropose one change now, in the reply format."
+        if self._fit is not None:
+            fixed = self._fit.tokens(role + files + tail)
+            room = self._fit.context - self._fit.reply - FIT_MARGIN - fixed
+            if room < 0:
+                raise LLMMisconfigured(
+                    f"the model at {self.client.url} has a context of {self._fit.context} tokens; the role "
+                    f"and the files of surface {self.surface.name} alone take about {fixed}, with "
+                    f"{self._fit.reply} for the reply: start the server with a larger context "
+                    "(llama.cpp: --n_ctx 8192)", ChatCall(url=self.client.url, model=self.client.model, request={}))
+            keep = int(room * self._fit.chars_per_token)
+            if len(lineage) > keep:
+                lineage = lineage[:keep] + "\n… (lineage cut to fit the model's context)"
         return [
-            {"role": "system", "content": self._role(view)},
-            {"role": "user", "content": self._files(program) + "\n\n" + view.render()
-             + "\n\nPropose one change now, in the reply format."},
+            {"role": "system", "content": role},
+            {"role": "user", "content": files + "\n\n" + lineage + tail},
         ]
+
+    def _ask(self, view: LineageView, program: dict[str, bytes]) -> ChatCall:
+        """One model call; a context the prompt does not fit is learned, and the prompt fitted once."""
+        messages = self.messages(view, program)
+        try:
+            return self.client.complete(messages, max_tokens=self._fit.reply if self._fit else None)
+        except ContextTooSmall as e:
+            if self._fit is not None:
+                raise  # already fitted to what the server said: the estimate is off, say so
+            sent = sum(len(m["content"]) for m in messages)
+            reply = min(e.completion_tokens, max(MIN_REPLY_TOKENS, (e.context - FIT_MARGIN) // 3))
+            self._fit = _Fit(context=e.context, reply=reply, chars_per_token=sent / max(1, e.prompt_tokens))
+            return self.client.complete(self.messages(view, program), max_tokens=reply)
 
     def propose(self, view: LineageView) -> Proposal:
         if view.best is not None and view.best_program:
@@ -423,7 +512,9 @@ class LLMSpecialist:
         proposal = Proposal(agent=self.name, surface=self.surface.name, hypothesis="(no reply)",
                             parents=parents, backend=self.backend)
         try:
-            call = self.client.complete(self.messages(view, program))
+            call = self._ask(view, program)
+        except LLMMisconfigured:
+            raise  # no retry and no other proposal can change it: the search stops with this line
         except LLMError as e:
             proposal.agent_call_digest = self._record(e.call)
             if isinstance(e, ReplyTooLarge):

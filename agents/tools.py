@@ -42,6 +42,7 @@ from arl.ledger.errors import ArlError
 from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, program_digest, read_folder, touched, unified_diff
 from arl.ledger.projections import Projector, State, TrialRow
+from arl.ledger.searches import search_config
 from arl.ledger.store import Ledger
 from arl.queries.load import connect, refresh
 from arl.tasks import legality
@@ -435,7 +436,7 @@ class LedgerTools:
     def _budget(self, state: State) -> dict[str, Any]:
         search = state.searches[self.search_id]
         rows = state.trials_of(self.search_id)
-        trials = self.config.get("trials")
+        trials = search_config(self.ledger, self.search_id).get("trials")  # a resume may change it
         return {"trials": int(trials) if isinstance(trials, int | float) else None, "charged": search.charged,
                 "in_flight": sum(1 for r in rows if r.label is None), "stopped": search.stop_reason}
 

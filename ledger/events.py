@@ -118,6 +118,15 @@ class SearchStopped(Event, frozen=True, kw_only=True):
     summary: dict[str, Any] = {}
 
 
+class SearchResumed(Event, frozen=True, kw_only=True):
+    """A stopped search continued (``arl run --resume``), with what the resume changed of its
+    configuration (trial budget, workers, token budget), old and new."""
+
+    changes: dict[str, Any] = {}
+    arl_version: str = ""
+    host: str = ""
+
+
 # --- the trial stream ----------------------------------------------------------
 
 
@@ -216,6 +225,7 @@ class LeaseExpired(Event, frozen=True, kw_only=True):
 EVENT_TYPES: tuple[type[Event], ...] = (
     SearchStarted,
     SearchStopped,
+    SearchResumed,
     TrialProposed,
     EditRejected,
     TrialSubmitted,
@@ -226,9 +236,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     LeaseExpired,
 )
 
+#: The events of a search's own stream (every other event belongs to a trial's stream).
+SEARCH_EVENTS: tuple[type[Event], ...] = (SearchStarted, SearchStopped, SearchResumed)
+
 AnyEvent = (
     SearchStarted
     | SearchStopped
+    | SearchResumed
     | TrialProposed
     | EditRejected
     | TrialSubmitted

@@ -22,8 +22,11 @@ from arl.ledger import events as ev
 from arl.ledger.events import Label
 from arl.ledger.store import Ledger, decode_states
 
+#: The agent name of a search's baseline trials: the starting program, measured like any trial.
+BASELINE_AGENT = "baseline"
+
 #: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
-PROJECTION_VERSION = 3  # 3: TrialRow.shortfalls
+PROJECTION_VERSION = 4  # 3: TrialRow.shortfalls; 4: baselines never charged, SearchRow.measuring
 
 
 class TrialRow(msgspec.Struct, kw_only=True, gc=False):
@@ -55,6 +58,11 @@ class TrialRow(msgspec.Struct, kw_only=True, gc=False):
     labeled_at: datetime | None = None
     version: int = 0  # last stream version seen
 
+    @property
+    def is_baseline(self) -> bool:
+        """A measurement of the search's starting program (trial 0, or a re-measure of it)."""
+        return self.agent == BASELINE_AGENT and not self.parents
+
 
 class SearchRow(msgspec.Struct, kw_only=True, gc=False):
     search_id: str
@@ -68,6 +76,8 @@ class SearchRow(msgspec.Struct, kw_only=True, gc=False):
     stop_reason: str | None = None
     baseline_trial: str | None = None
     baseline_score: float | None = None
+    #: The latest measurement of the starting program, whatever became of it.
+    measuring: str | None = None
     best_trial: str | None = None
     best_score: float | None = None
     proposed: int = 0
@@ -122,6 +132,17 @@ class State(msgspec.Struct, kw_only=True):
 
     def next_in_queue(self) -> str | None:
         return next(iter(self.queue), None)
+
+    def baseline_of(self, search: str) -> TrialRow | None:
+        """The search's latest measurement of its starting program (None before the first)."""
+        row = self.searches.get(search)
+        return self.trials.get(row.measuring) if row is not None and row.measuring else None
+
+    def baseline_failed(self, search: str) -> TrialRow | None:
+        """The latest baseline trial if it was labelled with a failure (the search cannot go on
+        until it is measured again), else None."""
+        base = self.baseline_of(search)
+        return base if base is not None and base.label is not None and base.label is not Label.BASELINE else None
 
     # -- comparison ---------------------------------------------------------------------
 
@@ -206,6 +227,8 @@ def _on_proposed(s: State, e: ev.TrialProposed, _nid: int) -> None:
     search = s.searches.get(e.search_id)
     if search is not None:
         search.proposed += 1
+        if s.trials[e.originator_id].is_baseline:
+            search.measuring = e.originator_id
 
 
 def _on_rejected(s: State, e: ev.EditRejected, _nid: int) -> None:
@@ -273,7 +296,7 @@ def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
     if search is None:
         return
     search.labeled += 1
-    if e.label.charged:
+    if e.label.charged and not row.is_baseline:  # the starting program is never charged, however it did
         search.charged += 1
     if e.score is None:
         return

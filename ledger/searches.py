@@ -62,3 +62,16 @@ def searches_of(ledger: Ledger) -> list[SearchRef]:
 def find_search(ledger: Ledger, ref: str | None) -> str:
     """The id of the search ``ref`` names in ``ledger`` (the latest when None)."""
     return pick_search(searches_of(ledger), ref, where=ledger.url.display())
+
+
+def search_config(ledger: Ledger, search_id: str) -> dict:
+    """A search's configuration as it stands: what SearchStarted recorded, with what each
+    resume changed (``SearchResumed.changes``: key → [old, new]) applied in order."""
+    events = ledger.stream(search_id)
+    if not events or not isinstance(events[0], ev.SearchStarted):
+        raise UnknownSearch(f"{search_id} is not a search in {ledger.url.display()}")
+    config = dict(events[0].config)
+    for e in events[1:]:
+        if isinstance(e, ev.SearchResumed):
+            config.update({key: new for key, (_old, new) in e.changes.items()})
+    return config

@@ -177,6 +177,13 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
 # --- schema ------------------------------------------------------------------------
 
 _APPEND_ONLY = ("events", "arl_chain", "arl_blobs", "arl_meta")
+#: The unique keys of each append-only SQLite table (rowid included: a REPLACE may name it).
+_KEYS = {
+    "events": (("rowid",), ("originator_id", "originator_version")),
+    "arl_chain": (("notification_id",),),
+    "arl_blobs": (("seq",), ("digest",)),
+    "arl_meta": (("rowid",), ("key",)),
+}
 
 _SQLITE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS arl_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -262,6 +269,16 @@ class _SQLiteBackend(_Backend):
                     f"BEGIN SELECT RAISE(ABORT, 'arl: {op} on {name} refused: "
                     "the ledger is append-only'); END"
                 )
+            # INSERT OR REPLACE deletes the row it collides with without firing DELETE triggers
+            # (unless the writer's own connection turns recursive triggers on): refuse any
+            # insert that names a key already there, before SQLite resolves the conflict.
+            keys = " OR ".join(f"({' AND '.join(f'{c} = NEW.{c}' for c in key)})" for key in _KEYS[table])
+            out.append(
+                f"CREATE TRIGGER IF NOT EXISTS {name}_no_replace BEFORE INSERT ON {name} "
+                f"WHEN EXISTS (SELECT 1 FROM {name} WHERE {keys}) "
+                f"BEGIN SELECT RAISE(ABORT, 'arl: INSERT over an existing row of {name} refused: "
+                "the ledger is append-only'); END"
+            )
         return out
 
 
@@ -488,11 +505,12 @@ class Ledger:
                 ("created_at", ev.now().isoformat()),
                 ("ledger_id", uuid.uuid4().hex),
             ):
-                c.execute(
+                c.execute(  # never over an existing key: that insert is refused (append-only)
                     self._backend.sql(
-                        "INSERT INTO arl_meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+                        "INSERT INTO arl_meta (key, value) SELECT ?, ? "
+                        "WHERE NOT EXISTS (SELECT 1 FROM arl_meta WHERE key = ?)"
                     ),
-                    (key, value),
+                    (key, value, key),
                 )
 
     def close(self) -> None:

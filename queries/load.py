@@ -35,7 +35,7 @@ import pyarrow as pa
 from arl.ledger import ArlError, Ledger
 from arl.ledger import events as ev
 from arl.queries.errors import QueryError
-from arl.queries.views import create_views, refresh_trials, trial_rows_sql
+from arl.queries.views import create_views, refresh_trials, table_name, trial_rows_sql
 
 #: Bump when the layout of the ``log`` tables changes in a way fields do not show.
 LOAD_VERSION = 1
@@ -98,7 +98,7 @@ class _Table:
 
     def __init__(self, cls: type[ev.Event]) -> None:
         self.type = cls.__name__
-        self.name = _snake(cls.__name__)
+        self.name = table_name(cls)
         self.columns = _structure(cls, skip=("originator_id", "originator_version"))
 
     def ddl(self) -> str:
@@ -111,10 +111,6 @@ class _Table:
             f"unnest(from_json(payload, '{_json_structure(self.columns)}')) "
             f"FROM log.events WHERE id > $after AND type = '{self.type}'"
         )
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in name).lstrip("_")
 
 
 _TABLES = {cls: _Table(cls) for cls in ev.EVENT_TYPES}

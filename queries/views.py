@@ -8,7 +8,11 @@ re-evaluation), the latest one counts.
 
 from __future__ import annotations
 
+import re
+
 import duckdb
+
+from arl.ledger import events as ev
 
 #: Statuses a trial moves through, by the type of its latest event.
 _STATE = """CASE e.type
@@ -16,6 +20,15 @@ _STATE = """CASE e.type
     WHEN 'TrialSubmitted' THEN 'submitted' WHEN 'TrialClaimed' THEN 'claimed'
     WHEN 'LeaseExpired' THEN 'requeued' WHEN 'RunFinished' THEN 'finished'
     WHEN 'TrialEvaluated' THEN 'evaluated' WHEN 'TrialLabeled' THEN 'labeled' END"""
+
+
+def table_name(cls: type[ev.Event]) -> str:
+    """The DuckDB table (schema ``log``) holding one event type: TrialLabeled → trial_labeled."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+#: The search streams' event types, as the events table names them.
+_SEARCH_EVENTS = "(" + ", ".join(f"'{cls.__name__}'" for cls in ev.SEARCH_EVENTS) + ")"
 
 
 def _latest(table: str, only: str) -> str:
@@ -49,7 +62,7 @@ LEFT JOIN {_latest("run_finished", only)} run USING (stream)
 LEFT JOIN {_latest("trial_claimed", only)} cl USING (stream)
 LEFT JOIN {_latest("edit_rejected", only)} rej USING (stream)
 LEFT JOIN (SELECT stream, arg_max(type, id) AS type FROM log.events
-           WHERE type NOT IN ('SearchStarted', 'SearchStopped') {narrowed}
+           WHERE type NOT IN {_SEARCH_EVENTS} {narrowed}
            GROUP BY stream) e USING (stream)
 LEFT JOIN log.trial_proposed pp ON pp.stream = p.parents[1]
 {"WHERE p.stream IN (SELECT stream FROM touched)" if only else ""}
@@ -76,7 +89,7 @@ def refresh_trials(con: duckdb.DuckDBPyConnection, after: int) -> None:
         return
     con.execute(
         "CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT stream FROM log.events "
-        "WHERE id > $after AND type NOT IN ('SearchStarted', 'SearchStopped')",
+        f"WHERE id > $after AND type NOT IN {_SEARCH_EVENTS}",
         {"after": after},
     )
     only = "WHERE stream IN (SELECT stream FROM touched)"
@@ -87,12 +100,9 @@ def refresh_trials(con: duckdb.DuckDBPyConnection, after: int) -> None:
 
 #: Where each event type's ``at`` and search id are (its own table), for the events view.
 _HEADS = " UNION ALL ".join(
-    f'SELECT id, "at", {"stream" if t in ("search_started", "search_stopped") else "search_id"} '
-    f"AS search_id FROM log.{t}"
-    for t in (
-        "search_started", "search_stopped", "trial_proposed", "edit_rejected", "trial_submitted",
-        "trial_claimed", "run_finished", "trial_evaluated", "trial_labeled", "lease_expired",
-    )
+    f'SELECT id, "at", {"stream" if cls in ev.SEARCH_EVENTS else "search_id"} AS search_id '
+    f"FROM log.{table_name(cls)}"
+    for cls in ev.EVENT_TYPES
 )
 
 VIEWS: dict[str, str] = {

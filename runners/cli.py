@@ -126,28 +126,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.task and not args.resume:
         raise ArlError("give a task (e.g. `arl run golf-mini`) or --resume SEARCH")
-    config = SearchConfig(
+    if args.task and args.resume:
+        raise ArlError(f"--resume continues a search of the task it started with; drop {args.task!r}")
+    # Options given on this command line (None: not given; the configuration's default applies).
+    given = {k: v for k, v in dict(
         trials=args.trials, workers=args.workers, agents=args.agents,
-        lineage=args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
+        lineage=None if args.lineage is None else args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
         llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
         recipe_from=args.recipe_from, data=args.data, llm_max_tokens=args.llm_max_tokens,
-    )
+    ).items() if v is not None}
     with Ledger.open(args.store) as ledger:
-        summary = run_search(ledger, args.task, config, name=args.name, resume=args.resume)
+        summary = run_search(ledger, args.task, SearchConfig(**given), name=args.name, resume=args.resume,
+                             given=given)
         print(render_summary(summary, ledger.url.display()))
+    if summary.problem:
+        print(summary.problem, file=sys.stderr)
+        return 1
     return 0 if summary.stopped != "interrupted" else 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from arl.ledger.projections import Projector
-    from arl.ledger.searches import find_search
+    from arl.ledger.searches import find_search, search_config
     from arl.runners.search import render_summary, summarize
 
     with Ledger.open(args.store, create=False) as ledger:
         search_id = find_search(ledger, args.search)
         state = Projector(ledger, name="cli").catch_up()
         started = ledger.stream(search_id)[0]
-        trials = int(started.config.get("trials", 0))
+        trials = int(search_config(ledger, search_id).get("trials", 0))
         metric = started.config.get("metric") or _metric_of(started)
         if started.kind == "import":  # a record: its size is what it holds, its score what the source named
             trials, metric = len(state.trials_of(search_id)), str(started.config.get("score") or metric)
@@ -265,18 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a search: specialists propose, workers run, the ledger records")
     _store_arg(p)
     p.add_argument("task", nargs="?", help="built-in task name or task folder")
-    p.add_argument("--trials", type=int, default=30, help="trials charged to the budget (default 30)")
-    p.add_argument("--workers", type=int, default=1,
+    # Defaults are SearchConfig's: None here tells an option given again to --resume from one left out.
+    p.add_argument("--trials", type=int, help="trials charged to the budget (default 30)")
+    p.add_argument("--workers", type=int,
                    help="in-process workers (0: run `arl worker` elsewhere; default 1)")
     p.add_argument("--agents", choices=["tuner", "llm", "agentic", "mcp", "inbox", "random", "tpe"],
-                   default="tuner",
-                   help="specialist backend; agentic: multi-turn tool-using model sessions; mcp: specialists "
+                   help="specialist backend (default tuner); agentic: multi-turn tool-using model sessions; mcp: specialists "
                         "connect through `arl mcp`; random and tpe (Optuna) are baselines over the same knobs")
-    p.add_argument("--lineage", choices=["on", "off"], default="on",
-                   help="off: specialists see only the best program (the control arm)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lineage", choices=["on", "off"],
+                   help="off: specialists see only the best program (the control arm; default on)")
+    p.add_argument("--seed", type=int, help="the specialists' seed (default 0)")
     p.add_argument("--name", help="a name for the search")
-    p.add_argument("--resume", metavar="SEARCH", help="continue a stopped search (id prefix or name)")
+    p.add_argument("--resume", metavar="SEARCH",
+                   help="continue a stopped search (id prefix or name); --trials, --workers and "
+                        "--budget-tokens may change it, recorded as SearchResumed")
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1")
     p.add_argument("--llm-model", help="model name to ask for")
     p.add_argument("--llm-max-tokens", type=int, help="cap on each model reply, in tokens")
@@ -286,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="adapter tasks: your data folder (else ARL_DATA_<TASK>, arl.toml)")
     p.add_argument("--budget-tokens", type=int, metavar="N",
                    help="stop cleanly once the search's recorded model usage reaches N tokens")
-    p.add_argument("--turns", type=int, default=8, help="turn limit of one agentic session (default 8)")
+    p.add_argument("--turns", type=int, help="turn limit of one agentic session (default 8)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("replay", help="replay a search: verify projections, re-run trials, re-drive agents")

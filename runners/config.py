@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from arl.ledger import events as ev
+from arl.ledger.errors import ArlError
 
 
 class SearchConfig(msgspec.Struct, kw_only=True):
@@ -29,6 +32,31 @@ class SearchConfig(msgspec.Struct, kw_only=True):
     turns: int = 8
 
     @classmethod
-    def of(cls, started: ev.SearchStarted) -> SearchConfig:
-        """The configuration a search recorded (keys arl no longer knows are left out)."""
-        return msgspec.convert({k: v for k, v in started.config.items() if k in cls.__struct_fields__}, cls)
+    def of(cls, recorded: ev.SearchStarted | dict[str, Any]) -> SearchConfig:
+        """The configuration a search recorded (a SearchStarted, or ``search_config``'s dict with
+        its resumes applied); keys arl no longer knows are left out."""
+        config = recorded.config if isinstance(recorded, ev.SearchStarted) else recorded
+        return msgspec.convert({k: v for k, v in config.items() if k in cls.__struct_fields__}, cls)
+
+    def changed_on_resume(self, given: dict[str, Any]) -> dict[str, list[Any]]:
+        """What a resume's options change, as key → [old, new]; raises for a key that cannot change.
+
+        A resumed search goes on as configured; its trial budget, in-process workers and token
+        budget may change (the change is recorded), nothing else: that would be another search.
+        """
+        changes: dict[str, list[Any]] = {}
+        for key, value in given.items():
+            old = getattr(self, key)
+            if value == old:
+                continue
+            if key not in RESUMABLE:
+                flag = "--" + key.replace("_", "-")
+                raise ArlError(f"{flag} cannot change when a search is resumed (it ran with {old!r}); "
+                               f"--resume may change only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)}"
+                               " — start a new search (or fork a trial) for the rest")
+            changes[key] = [old, value]
+        return changes
+
+
+#: What ``arl run --resume`` may change of a search's configuration.
+RESUMABLE = ("trials", "workers", "budget_tokens")

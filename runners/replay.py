@@ -30,7 +30,7 @@ from arl.ledger.searches import find_search
 from arl.ledger.store import Ledger, decode_states
 from arl.runners.config import SearchConfig
 from arl.runners.inspect import find_trial
-from arl.runners.search import Search, summarize
+from arl.runners.search import Search, baseline_problem, summarize
 from arl.runners.team import build_team
 from arl.runners.trials import start_search, submit
 from arl.runners.worker import Worker
@@ -192,6 +192,12 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
                seeds=seeds.get(row.trial_id), also_surfaces=merged_surfaces(state, row.parents))
     drain(ledger, workers)
     after = rebuild(ledger)
+    failed = after.baseline_failed(replay)
+    if failed is not None:  # nothing else was judged against it (the trials wait in the queue)
+        ledger.append(ev.SearchStopped(originator_id=replay, originator_version=ledger.version(replay) + 1,
+                                       reason=f"baseline failed: {failed.label.value}"))
+        raise ReplayError(baseline_problem(ledger, task, failed,
+                                           again=f"`arl replay {original[:8]} --rerun` measures it again"))
     report = agreement(original, replay, ran, {r.seq: r for r in after.trials_of(replay)},
                        noise_floor=task.objective.noise_floor, not_rerun=len(rows) - len(ran))
     summary = summarize(after, replay, task.objective.metric, len(ran))

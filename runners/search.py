@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
 
@@ -25,12 +25,13 @@ from arl.agents.usage import TokenMeter
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.programs import Program, ProgramCache, put_program, read_folder
-from arl.ledger.projections import Projector, SearchRow, State, relative_gain
-from arl.ledger.searches import find_search
-from arl.ledger.store import Ledger
+from arl.ledger.projections import BASELINE_AGENT, Projector, SearchRow, State, TrialRow, relative_gain
+from arl.ledger import source_version
+from arl.ledger.searches import find_search, search_config
+from arl.ledger.store import Ledger, hostname
 from arl.runners.config import SearchConfig
 from arl.runners.team import build_team, check_config
-from arl.runners.trials import base_program, record_proposal, start_search, submit
+from arl.runners.trials import base_program, record_next, record_proposal, start_search, submit
 from arl.runners.worker import Worker
 from arl.tasks.adapters import bind, recorded_paths
 from arl.tasks.manifest import Task
@@ -60,6 +61,8 @@ class Summary(msgspec.Struct, kw_only=True):
     keeps_by_agent: dict[str, int]
     stopped: str | None
     elapsed_s: float
+    #: Why the search could not go on, with what to do (a failed baseline); None otherwise.
+    problem: str | None = None
 
     @property
     def gain(self) -> float | None:
@@ -129,6 +132,8 @@ class Search:
         self.origin: list = []
         self.projector = Projector(ledger, name=f"search/{search_id}", checkpoint_s=30.0)
         self.programs = ProgramCache(ledger)
+        #: Why the search could not go on (a failed baseline), for the summary.
+        self.problem: str | None = None
         self._turn = 0
         self._proposals = 0
 
@@ -150,8 +155,12 @@ class Search:
             origin_search=origin[0], origin_trial=origin[1],
         )
         search = cls(ledger, task, search_id, config, [], out=out, base_program=base_program)
-        search._load_origin(origin[1])
-        search.team = (team_factory or build_team)(task, config, search)
+        try:
+            search._load_origin(origin[1])
+            search.team = (team_factory or build_team)(task, config, search)
+        except BaseException as e:  # never leave a search that `arl status` shows running forever
+            search._record_stop(f"failed to start: {' '.join(str(e).split())[:300]}")
+            raise
         return search
 
     def _load_origin(self, trial: str | None) -> None:
@@ -163,14 +172,21 @@ class Search:
 
     @classmethod
     def resume(cls, ledger: Ledger, search_ref: str, *, team_factory: Callable[..., list[Specialist]] | None = None,
-               out: TextIO = sys.stderr) -> Search:
+               out: TextIO = sys.stderr, given: dict[str, Any] | None = None) -> Search:
+        """Continue a search; ``given`` are options the user passed again (``--trials 50``): what
+        may change (:data:`~arl.runners.config.RESUMABLE`) is applied and recorded, the rest refused."""
         search_id = find_search(ledger, search_ref)
         started = ledger.stream(search_id)[0]
+        config = SearchConfig.of(search_config(ledger, search_id))
+        changes = config.changed_on_resume(given or {})  # refuses before anything is recorded
         task = task_of(started)
-        search = cls(ledger, task, search_id, SearchConfig.of(started), [], out=out,
+        config = msgspec.structs.replace(config, **{k: new for k, (_old, new) in changes.items()})
+        search = cls(ledger, task, search_id, config, [], out=out,
                      base_program=base_program(ledger, started, task))
         search._load_origin(started.origin_trial)
         search.team = (team_factory or build_team)(task, search.config, search)
+        ledger.append(ev.SearchResumed(originator_id=search_id, originator_version=ledger.version(search_id) + 1,
+                                       changes=changes, arl_version=source_version(), host=hostname()))
         return search
 
     # -- what specialists read ----------------------------------------------------------------
@@ -196,15 +212,27 @@ class Search:
             t.start()
         self._started = time.monotonic()
         self._exhausted: str | None = None
+        self.problem = None
+        error: Exception | None = None
         try:
             self._loop()
             reason = self._exhausted or "trial budget spent"
+            if self.problem:  # trials proposed beside the failed baseline go back to the queue
+                for w in workers:
+                    w.release.set()
         except KeyboardInterrupt:
             reason = "interrupted"
             print(f"\ninterrupted: recording the stop; {self._in_flight()} trial(s) still running "
                   f"(Ctrl-C again to leave them; `arl run --resume {self.search_id[:8]}` continues)",
                   file=self.out)
+        except Exception as e:  # the driver cannot go on: stop on the record, give running trials back
+            error = e
+            reason = f"failed: {' '.join(str(e).split())[:300]}"
+            for w in workers:
+                w.release.set()
         stop.set()
+        if self.out.isatty() and getattr(self, "_last_line", None) is not None:
+            print(file=self.out)  # end the line redrawn in place; the summary follows
         self._record_stop(reason)
         for member in self.team:  # watchers and HTTP clients end with the search
             for part in (member, getattr(member, "client", None), getattr(member, "inbox", None)):
@@ -217,15 +245,16 @@ class Search:
                     t.join(0.5)
         except KeyboardInterrupt:
             pass  # their leases expire and a resumed search re-runs them
+        if error is not None:
+            raise error
         state = self.projector.catch_up()
         self.projector.checkpoint()  # the live projection, kept for `arl replay --verify`
-        return summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary.problem = self.problem
+        return summary
 
     def _loop(self) -> None:
-        state = self.projector.catch_up()
-        if not state.trials_of(self.search_id):
-            submit(self.ledger, self.task, self.search_id, 0, agent="baseline", surface="",
-                   program=self.base_program, hypothesis="the starting program")
+        self._measure_baseline(self.projector.catch_up())
         limit = 3 * self.config.trials + 10  # duplicates and infra errors are free, but not endless
         meter = TokenMeter(self.ledger, self.search_id) if self.config.budget_tokens else None
         while True:
@@ -233,6 +262,13 @@ class Search:
             search = state.searches[self.search_id]
             in_flight = self._in_flight()
             self._progress(state)
+            failed = state.baseline_failed(self.search_id)
+            if failed is not None:  # nothing can be judged against it: stop at once
+                self.problem = baseline_problem(
+                    self.ledger, self.task, failed,
+                    again=f"`arl run --resume {self.search_id[:8]}` measures the base program again and continues")
+                self._exhausted = f"baseline failed: {failed.label.value}"
+                return
             if meter is not None and self.config.budget_tokens and meter.spent() >= self.config.budget_tokens:
                 self._exhausted = "token budget spent"  # no more proposals; the running trials finish
                 if in_flight == 0:
@@ -260,19 +296,28 @@ class Search:
         """Proposals start as soon as the baseline is submitted: with several workers the
         baseline then shares the machine as every later trial does, so it is measured under
         the same load (alone, it would run on a quieter machine and look faster)."""
-        base = state.trials.get(ev.trial_id(self.search_id, 0))
+        base = state.baseline_of(self.search_id)
         if base is not None and base.label is None:
             return base.program_digest is not None
         return self._baseline_done(state)
 
     def _baseline_done(self, state: State) -> bool:
-        base = state.trials.get(ev.trial_id(self.search_id, 0))
-        if base is None or base.label is None:
-            return False
-        if base.label.value != "baseline":
-            raise SearchError(f"the base program did not pass: {base.label.value} — {base.reason}; "
-                              f"check the task with `arl task check {self.task.root}`")
-        return True
+        base = state.baseline_of(self.search_id)
+        return base is not None and base.label is ev.Label.BASELINE
+
+    def _measure_baseline(self, state: State) -> None:
+        """Submit the starting program as the baseline: trial 0, or — when the last measurement
+        failed (a resumed search) — again at the next free number."""
+        def measure(seq: int, hypothesis: str = "the starting program") -> str:
+            return submit(self.ledger, self.task, self.search_id, seq, agent=BASELINE_AGENT, surface="",
+                          program=self.base_program, hypothesis=hypothesis)
+
+        failed = state.baseline_failed(self.search_id)
+        if not state.trials_of(self.search_id):
+            measure(0)
+        elif failed is not None:
+            again = f"the starting program, measured again (trial #{failed.seq} was {failed.label.value})"
+            record_next(self.search_id, self.projector.catch_up, lambda seq: measure(seq, again))
 
     def _in_flight(self) -> int:
         return sum(1 for r in self.projector.state.trials_of(self.search_id) if r.label is None)
@@ -294,19 +339,23 @@ class Search:
             proposal = specialist.propose(view)
             if proposal is None:
                 continue
-            self._record(state, proposal, view.position)
+            trial, seq = self._record(state, proposal, view.position)
+            recorded = getattr(specialist, "recorded", None)
+            if callable(recorded):
+                recorded(proposal, trial, seq)
             self._proposals += 1
             return True
         return False
 
-    def _record(self, state: State, p: Proposal, seen_position: int) -> None:
+    def _record(self, state: State, p: Proposal, seen_position: int) -> tuple[str, int]:
         """Record a proposal at the next free seq (an MCP client may have taken one meanwhile)."""
-        record_proposal(self.ledger, self.task, self.search_id, p, state=self.projector.catch_up,
-                        program_of=self.program_of, base=self.base_program, seen_position=seen_position)
+        return record_proposal(self.ledger, self.task, self.search_id, p, state=self.projector.catch_up,
+                               program_of=self.program_of, base=self.base_program, seen_position=seen_position)
 
     def _record_stop(self, reason: str) -> None:
         state = self.projector.catch_up()
         summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary.problem = self.problem
         version = self.ledger.version(self.search_id)
         self.ledger.append(ev.SearchStopped(originator_id=self.search_id, originator_version=version + 1,
                                             reason=reason, summary=msgspec.to_builtins(summary)))
@@ -322,12 +371,34 @@ class Search:
         line = (f"[{done}/{self.config.trials}] running {s.running} | {best} | {labels}"
                 f" | ETA {_duration(eta) if eta is not None else '—'}")
         tty = self.out.isatty()
-        # A terminal gets the ticking ETA; a log file gets a line only when something happened.
-        key = line if tty else line.rsplit(" | ETA", 1)[0]
+        # A terminal is redrawn in place with the ticking ETA; a log file gets one line per
+        # label (how many trials are running changes twice a trial, and would double the log).
+        key = line if tty else (done, best, labels)
         if key != getattr(self, "_last_line", None):
             self._last_line = key
             end = "\r" if tty else "\n"
             print(line.ljust(100) if end == "\r" else line, end=end, file=self.out, flush=True)
+
+
+def baseline_problem(ledger: Ledger, task: Task, row: TrialRow, *, again: str) -> str:
+    """One message for a failed baseline: which check, by how much, the likely cause, and
+    ``again``, the command that measures it again."""
+    label = row.label.value if row.label else "?"
+    finished = next((e for e in reversed(ledger.stream(row.trial_id))
+                     if isinstance(e, ev.RunFinished) and e.refused is None), None)
+    lines = [f"the base program did not pass (trial #{row.seq}): {label} — {row.reason}"]
+    threads = max(1, task.budgets.threads)
+    if (finished is not None and row.label in (ev.Label.TRAIN_BUDGET_OVERRUN, ev.Label.EVAL_BUDGET_OVERRUN)
+            and finished.wall_s > 1.5 * finished.cpu_s / threads):
+        lines.append(f"it took {finished.wall_s:.1f} s of wallclock for {finished.cpu_s:.1f} s of CPU: "
+                     "the machine looks busy (other work took the CPU it was budgeted); "
+                     "re-measure when it is quieter")
+    elif row.label in (ev.Label.CRASH, ev.Label.OOM, ev.Label.ILLEGAL_EDIT, ev.Label.INVALID_EDIT):
+        lines.append(f"the task's own program fails: check it with `arl task check {task.root}`")
+    else:
+        lines.append(f"the task's own program breaks its limits: see `arl task check {task.root}`")
+    lines.append(f"no proposal was charged; {again}")
+    return "\n".join(lines)
 
 
 def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> list[int]:
@@ -371,9 +442,12 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
 
 
 def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str | None = None,
-               resume: str | None = None, out: TextIO = sys.stderr) -> Summary:
+               resume: str | None = None, given: dict[str, Any] | None = None,
+               out: TextIO = sys.stderr) -> Summary:
+    """Start a search of ``task_ref`` with ``config``, or continue ``resume`` (``given``: the
+    options passed again, see :meth:`Search.resume`)."""
     if resume:
-        search = Search.resume(ledger, resume, out=out)
+        search = Search.resume(ledger, resume, out=out, given=given)
     else:
         task = bind(resolve(task_ref), recipe_from=config.recipe_from, data=config.data)
         config = msgspec.structs.replace(config, **recorded_paths(task))

@@ -32,6 +32,14 @@ def check_config(config: SearchConfig) -> None:
                         "(key from ARL_LLM_API_KEY)")
     if config.agents == "inbox" and not config.inbox:
         raise TeamError("--agents inbox needs --inbox FOLDER")
+    if config.agents == "inbox" and not Path(config.inbox or "").expanduser().is_dir():
+        raise TeamError(f"inbox folder {config.inbox} does not exist; create it (mkdir -p) or give another --inbox")
+    if config.turns < 1:
+        raise TeamError(f"--turns must be at least 1, not {config.turns}")
+    if config.trials < 1:
+        raise TeamError(f"--trials must be at least 1, not {config.trials}")
+    if config.workers < 0:
+        raise TeamError(f"--workers must be 0 or more, not {config.workers}")
 
 
 def build_team(task: Task, config: SearchConfig, seat: SearchSeat, *,

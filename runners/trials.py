@@ -33,7 +33,7 @@ from arl.ledger import source_version
 from arl.ledger.errors import ArlError, ConflictError
 from arl.ledger.events import Label
 from arl.ledger.programs import Program, get_program, put_program, read_folder, unified_diff
-from arl.ledger.projections import State
+from arl.ledger.projections import BASELINE_AGENT, State
 from arl.ledger.store import Ledger, hostname
 from arl.tasks import legality
 from arl.tasks.code import Evaluator
@@ -104,7 +104,8 @@ def submit(
 ) -> str:
     """Record a proposal at ``seq``; submit it for running, or reject it if it breaks scope.
 
-    Seq 0 is the search's baseline: the base program, with no parent and no surface.
+    The search's baseline (seq 0, and any re-measure of it) is the base program, proposed
+    by the agent ``baseline`` with no parent and no surface.
     """
     trial = ev.trial_id(search, seq)
     parent_program = parent_program if parent_program is not None else program
@@ -116,7 +117,7 @@ def submit(
         backend=backend, edit_digest=edit_digest, agent_call_digest=agent_call_digest,
         seen_position=seen_position,
     )
-    if seq != 0:
+    if parents or agent != BASELINE_AGENT:  # the baseline is the starting program itself: no scope
         scope = legality.scope(task, surface, parent_program, program, also=also_surfaces)
         if not scope.passed:
             ledger.append(
@@ -342,11 +343,11 @@ class TrialRecorder:
             except ConflictError:
                 continue
 
-    def released(self) -> None:
-        """Give the trial back without a result (the runner is shutting down)."""
+    def released(self, why: str = "shutting down") -> None:
+        """Give the trial back without a result (the runner is shutting down, or it cannot be judged yet)."""
         self._append(ev.LeaseExpired(
             originator_id=self.trial, originator_version=self.version + 1, search_id=self.search,
-            runner=self.runner, attempt=self.attempt, reason=f"released by {self.runner}: shutting down",
+            runner=self.runner, attempt=self.attempt, reason=f"released by {self.runner}: {why}",
         ))
 
     def label(self, label: Label, reason: str, score: float | None = None) -> None:

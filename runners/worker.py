@@ -32,7 +32,7 @@ from arl.ledger import events as ev
 from arl.ledger.errors import ArlError, ConflictError
 from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
-from arl.ledger.projections import Projector, State
+from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
 from arl.runners.labels import decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
@@ -111,9 +111,11 @@ class Worker:
         state = self.projector.catch_up()
         if self._expire_leases():
             state = self.projector.catch_up()  # the expired trials are back in the queue
-        for trial in list(state.queue):
+        for trial in sorted(state.queue, key=lambda t: not state.trials[t].is_baseline):
             if not self._fits(trial):
                 continue  # it needs another number of GPUs than this slot has
+            if self._waits_for_baseline(state, trial):
+                continue
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
@@ -121,6 +123,17 @@ class Worker:
             self.execute(trial, claimed)
             return True
         return False
+
+    @staticmethod
+    def _waits_for_baseline(state: State, trial: str) -> bool:
+        """A trial waits while its search's starting program is not measured yet (queued: the
+        baseline runs first) or failed its measurement (nothing is judged against a failed
+        baseline; ``arl run --resume`` measures it again)."""
+        row = state.trials[trial]
+        base = state.baseline_of(row.search_id)
+        if row.is_baseline or base is None:
+            return False
+        return state.baseline_failed(row.search_id) is not None or base.status == "submitted"
 
     def _task_of(self, trial: str) -> Task | None:
         """The task of a queued trial's search; None when it cannot be loaded (execute says why)."""
@@ -196,6 +209,14 @@ class Worker:
                 record.released()
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
+            if not _is_baseline(proposed):
+                # Nothing is labelled against a search whose baseline failed: not even a failed
+                # run, which a busy machine may have caused as it did the baseline's.
+                failed_base = self._after_baseline(proposed.search_id).baseline_failed(proposed.search_id)
+                if failed_base is not None:
+                    record.released(f"the search's baseline (trial #{failed_base.seq}) failed: "
+                                    f"{failed_base.label.value}; back in the queue until it is measured again")
+                    return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
                                 wallclock_s=loaded.task.budgets.wallclock_s)
             if failed is not None:
@@ -227,7 +248,7 @@ class Worker:
         state = self.projector.state
         for other in state.trials.values():
             if (other.search_id == proposed.search_id and other.seq < proposed.seq
-                    and other.program_digest == submitted.program_digest):
+                    and other.program_digest == submitted.program_digest and not _is_baseline(proposed)):
                 return Label.DUPLICATE, f"same program as trial {other.seq} ({other.trial_id[:8]})"
         failed = legality.first_failure(legality.preflight(task, program, self._reference(task, proposed)))
         return (failed.label, failed.detail) if failed is not None else None
@@ -235,8 +256,8 @@ class Worker:
     def _reference(self, task: Task, proposed: ev.TrialProposed) -> Program:
         """The program legality compares with: the search's baseline program (the task's
         recipe for the baseline itself), so a worker needs no checkout of an adapter task."""
-        if proposed.seq > 0:
-            baseline = self.projector.state.trials.get(ev.trial_id(proposed.search_id, 0))
+        if not _is_baseline(proposed):
+            baseline = self.projector.state.baseline_of(proposed.search_id)
             if baseline is not None and baseline.program_digest:
                 return self.programs.get(baseline.program_digest)
         return read_folder(task.recipe_dir) if task.recipe_dir.is_dir() else {}
@@ -310,7 +331,7 @@ class Worker:
         def best_now() -> float | None:
             return self._after_baseline(proposed.search_id).searches[proposed.search_id].best_score
 
-        return decide(task, evaluation, baseline=proposed.seq == 0, best_now=best_now, confirm=confirm)
+        return decide(task, evaluation, baseline=_is_baseline(proposed), best_now=best_now, confirm=confirm)
 
     def _after_baseline(self, search_id: str, limit_s: float = 3600.0) -> State:
         """The state once the search's baseline is labelled: trials proposed while it ran
@@ -319,12 +340,12 @@ class Worker:
         keep this trial's lease meanwhile.)"""
         deadline = time.monotonic() + limit_s
         state = self.projector.catch_up()
-        base = state.trials.get(ev.trial_id(search_id, 0))
+        base = state.baseline_of(search_id)
         while (base is not None and base.label is None and base.status in ("claimed", "finished", "evaluated")
                and time.monotonic() < deadline):
             self.ledger.wait(state.position, 1.0)
             state = self.projector.catch_up()
-            base = state.trials.get(ev.trial_id(search_id, 0))
+            base = state.baseline_of(search_id)
         return state
 
     def _deltas(self, proposed: ev.TrialProposed, score: float | None) -> tuple[float | None, float | None]:
@@ -350,3 +371,7 @@ class Worker:
                 budget -= size
                 kept[f"seed{run.seed}/{path.relative_to(out).as_posix()}"] = self.ledger.put_blob(path.read_bytes())
         return kept
+
+
+def _is_baseline(proposed: ev.TrialProposed) -> bool:
+    return proposed.agent == BASELINE_AGENT and not proposed.parents

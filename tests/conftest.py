@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.llama import llama_server  # noqa: F401 - one real model server for the whole session
+from tests.needs import require
 
 PG_HOST = os.environ.get("ARL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("ARL_TEST_PG_PORT", "5432"))
@@ -32,6 +34,31 @@ def _pg_available() -> str | None:
     return None
 
 
+#: Real data no one here wrote (../shared/fixtures beside the checkout; /work/shared/fixtures
+#: for a clone elsewhere on this machine, as CI's is).
+_SHARED = [Path(__file__).resolve().parents[2] / "shared" / "fixtures", Path("/work/shared/fixtures")]
+
+
+def shared_path(*parts: str) -> Path:
+    """Where a shared fixture is (or would be), without checking that it is there."""
+    root = next((r for r in _SHARED if r.is_dir()), _SHARED[0])
+    return root.joinpath(*parts)
+
+
+def shared_fixtures(*parts: str) -> Path:
+    """A path under the shared fixtures; skip when absent (fail under ARL_REQUIRE_FIXTURES=1, as in CI)."""
+    path = shared_path(*parts)
+    require("fixtures", None if path.exists() else
+            f"the shared fixture {path} is not here (looked in {' and '.join(str(r) for r in _SHARED)})")
+    return path
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("shared")
+    if marker is not None:
+        shared_fixtures(*marker.args)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -40,10 +67,7 @@ def sqlite_url(tmp_path) -> str:
 def require_postgres() -> None:
     """Skip (or, under ARL_REQUIRE_POSTGRES=1 as in CI, fail) when the server is absent."""
     problem = _pg_available()
-    if problem:
-        if os.environ.get("ARL_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is required but unreachable: {problem}")
-        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} unreachable: {problem}")
+    require("postgres", f"PostgreSQL at {PG_HOST}:{PG_PORT} is unreachable: {problem}" if problem else None)
 
 
 def create_pg_database() -> str:

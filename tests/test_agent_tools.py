@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import msgspec
@@ -156,20 +157,27 @@ def test_an_edit_that_does_not_apply_or_leaves_the_surface_is_recorded_with_its_
         fit.tools.submit(" ", edits=_blocks(HONEST))
 
 
-def test_a_submitter_that_lost_the_race_for_a_number_takes_the_next(fit, ledger):
-    other = McpSpecialist(ledger, fit.tools.search_id, "fit")
-    stale = State.from_bytes(fit.tools.state().to_bytes())
-    first = other.tools.submit("one", edits=_blocks(HONEST))
-    real, calls = fit.tools.state, []
+def test_clients_racing_for_trial_numbers_each_get_their_own(fit, ledger):
+    """Eight clients submit at once (threads, each its own tools and projector, one SQLite file):
+    the losers of each race for a number take the next; no number twice, none lost."""
+    clients = [McpSpecialist(ledger, fit.tools.search_id, "fit") for _ in range(8)]
+    go = threading.Barrier(len(clients))
+    replies: list[dict] = []
 
-    def behind() -> State:  # the first look misses the other client's trial #1
-        calls.append(1)
-        return stale if len(calls) == 1 else real()
+    def submit(i: int, client: McpSpecialist) -> None:
+        go.wait()
+        replies.append(client.tools.submit(f"client {i}", edits=_blocks(
+            [{"file": "train.py", "search": "NOISE = 0.01", "replace": f"NOISE = 0.0{i}"}])))
 
-    fit.tools.state = behind  # type: ignore[method-assign]
-    second = fit.tools.submit("two", edits=_blocks([{"file": "train.py", "search": "NOISE = 0.01",
-                                                     "replace": "NOISE = 0.0"}]))
-    assert (first["seq"], second["seq"]) == (1, 2) and len(calls) >= 2
+    threads = [threading.Thread(target=submit, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    seqs = sorted(r["seq"] for r in replies)
+    assert seqs == list(range(1, len(clients) + 1))
+    rows = fit.tools.state().trials_of(fit.tools.search_id)
+    assert sorted(r.hypothesis for r in rows if r.seq > 0) == sorted(f"client {i}" for i in range(8))
 
 
 def test_submissions_stop_at_the_trial_budget_and_when_the_search_stopped(ledger, task):

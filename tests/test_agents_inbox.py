@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from arl.agents.inbox import Inbox, InboxError
+from arl.agents.inbox import Inbox, InboxError, ingested
 from arl.agents.lineage import LineageView, TrialLine
 from arl.ledger import Ledger
 from arl.ledger import events as ev
 from arl.ledger.events import Label
 from arl.ledger.programs import read_folder
+from arl.ledger.projections import rebuild
 from arl.runners.search import SearchConfig, run_search
+from arl.runners.trials import record_next, start_search, submit
 from arl.tasks.manifest import load_task
 
 TINY = Path(__file__).resolve().parent / "tasks" / "tiny"
@@ -167,17 +169,21 @@ def test_files_dropped_after_start_are_picked_up_by_the_watcher(task, ledger, fo
 def test_a_restart_ingests_nothing_twice(task, ledger, folder, view_for):
     drop(folder, "one.json", edits_file("1.0"))
     drop(folder, "bad.json", "{")
-    recorded: set[str] = set()  # stands for the ledger's agent-call digests
-    with Inbox(folder, task, ledger.put_blob, recorded.__contains__) as inbox:
+    search = start_search(ledger, task, name="inbox")
+    with Inbox(folder, task, ledger.put_blob, ingested(ledger).__contains__) as inbox:
         first = take_all(inbox, view_for)
-    recorded.update(p.agent_call_digest for p in first)
+    base = read_folder(task.recipe_dir)
+    for seq, p in enumerate(first, 1):  # recorded as the driver records them
+        record_next(search, lambda: rebuild(ledger), lambda n, p=p: submit(
+            ledger, task, search, n, agent=p.agent, surface=p.surface, program=p.program, parent_program=base,
+            hypothesis=p.hypothesis, backend=p.backend, agent_call_digest=p.agent_call_digest))
     assert len(first) == 1
     # Fix the rejected file in place: its .rejected marker still stands until removed.
     drop(folder, "bad.json", edits_file("0.7"))
     # The same bytes under another name are the same proposal.
     drop(folder, "copy.json", (folder / "one.json").read_text())
 
-    with Inbox(folder, task, ledger.put_blob, recorded.__contains__) as inbox:
+    with Inbox(folder, task, ledger.put_blob, ingested(ledger).__contains__) as inbox:
         assert take_all(inbox, view_for) == []
         assert "already ingested" in marker(folder / "copy.json", "accepted")
         (folder / "bad.json.rejected").unlink()
@@ -233,6 +239,8 @@ def test_arl_run_with_the_inbox_records_files_as_trials_once(task, folder, tmp_p
     timer.join()
     assert sorted(by_seq) == [0, 1]
     assert by_seq[1][0].hypothesis == "shrink 0.95" and by_seq[1][1] is not None
+    # The last file of a search is marked as soon as it is a trial, not at a next call that never comes.
+    assert marker(folder / "new.json", "accepted").startswith(f"trial #1 ({by_seq[1][0].originator_id})")
 
 
 def _trials(ledger: Ledger, search: str) -> dict[int, tuple[ev.TrialProposed, Label | None]]:

@@ -24,6 +24,7 @@ from arl.agents.llm import (
     ChatCall,
     ChatClient,
     LLMSpecialist,
+    LLMMisconfigured,
     LLMUnavailable,
     ReplayClient,
     endpoint_base,
@@ -415,3 +416,47 @@ def test_a_retry_after_past_the_deadline_gives_up_at_once(server):
         c.complete([{"role": "user", "content": "hi"}])
     assert "the server asked for 120.0 s more, past the call deadline of 5 s" in str(err.value)
     assert len(server.requests) == 1 and err.value.call.retries == []
+
+
+def _too_small(context: int, prompt: int, reply: int) -> Reply:
+    """The OpenAI-style refusal llama.cpp's server and vLLM give for a prompt over the context."""
+    message = (f"This model's maximum context length is {context} tokens. However, you requested "
+               f"{prompt + reply} tokens ({prompt} in the messages, {reply} in the completion). "
+               "Please reduce the length of the messages or completion.")
+    return Reply(status=400, body=json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                                        "code": "context_length_exceeded"}}).encode())
+
+
+def test_a_prompt_over_the_context_is_fitted_once_from_what_the_server_said(server, task, ledger, view):
+    # Long lineage: the part of the prompt that may be cut.
+    view.mine = [TrialLine(seq=i, trial_id=f"t{i}", agent="fit", surface="fit", hypothesis="x" * 300,
+                          label="discard", score=0.6, delta_vs_best=0.08, reason="r" * 200) for i in range(1, 30)]
+    full = sum(len(m["content"]) for m in specialist(task, ledger, client(server)).messages(view, view.best_program))
+    prompt_tokens = full // 3
+    server.play(_too_small(context=prompt_tokens // 2, prompt=prompt_tokens, reply=2048), chat(GOOD_JSON))
+    sp = specialist(task, ledger, client(server))
+    p = sp.propose(view)
+    assert p.program is not None and p.rejected is None
+    first, second = server.requests
+    assert first["max_tokens"] == 2048 and second["max_tokens"] < 2048
+    sent = second["messages"][1]["content"]
+    assert "lineage cut to fit the model's context" in sent and len(sent) < len(first["messages"][1]["content"])
+    assert second["messages"][0] == first["messages"][0]  # the role is never cut
+    # The next proposal is fitted before it is sent: no second refusal.
+    server.play(chat(GOOD_JSON))
+    sp.propose(view)
+    assert len(server.requests) == 3 and "lineage cut" in server.requests[2]["messages"][1]["content"]
+
+
+def test_a_context_too_small_for_the_files_stops_the_search_with_one_line(server, task, ledger, view):
+    server.play(_too_small(context=300, prompt=1700, reply=2048))
+    with pytest.raises(LLMMisconfigured) as err:
+        specialist(task, ledger, client(server)).propose(view)
+    assert "has a context of 300 tokens" in str(err.value) and "--n_ctx" in str(err.value)
+    assert len(server.requests) == 1  # what cannot fit is not asked again
+
+
+def test_a_refusal_that_retrying_cannot_change_is_not_a_proposal(server, task, ledger, view):
+    server.play(Reply(status=404, body=b'{"error": {"message": "model scripted not found"}}'))
+    with pytest.raises(LLMMisconfigured, match="refused the request .HTTP 404.*check --llm-url"):
+        specialist(task, ledger, client(server)).propose(view)

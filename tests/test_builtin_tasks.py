@@ -27,8 +27,10 @@ import pytest
 from arl.runners.sandbox import run_process
 from arl.tasks.evaluation import EvalContext, Label, Process, SeedRun
 from arl.tasks.manifest import Task, load_task
+from tests.needs import require
 
-pytest.importorskip("torch")
+require("torch", None if importlib.util.find_spec("torch") else
+        "torch is not installed (pip install torch==2.13.0, then the [tasks] extra)")
 
 BUILTIN = Path(__file__).resolve().parents[1] / "tasks" / "builtin"
 NAMES = ["golf-mini", "airbench-mini"]

@@ -21,6 +21,7 @@ from arl.tasks import legality
 from arl.tasks.adapters import bind, device_sets, parse_devices, recorded_paths
 from arl.tasks.manifest import TaskError
 from arl.tasks.registry import resolve
+from tests.conftest import shared_path
 
 
 def pin_violation(task, program):
@@ -29,8 +30,8 @@ def pin_violation(task, program):
     return None if found.passed else (found.label, found.detail)
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDS = ROOT.parent / "shared" / "fixtures" / "parameter-golf-records" / "track_10min_16mb"
-needs_records = pytest.mark.skipif(not RECORDS.is_dir(), reason="parameter-golf records fixture not present")
+RECORDS = shared_path("parameter-golf-records", "track_10min_16mb")
+needs_records = pytest.mark.shared("parameter-golf-records", "track_10min_16mb")
 
 #: record -> (val_bpb the record claims, largest artifact its logs state, label arl gives).
 #: Claims are submission.json's val_bpb (mean_val_bpb where that is the key); exceptions noted below.

@@ -189,9 +189,13 @@ def test_follow_yields_history_then_new_events(sqlite_url):
         ledger.append(*synthetic_search(2))
         stop = threading.Event()
         seen = []
+        # A follower that never sees the late event must fail the test, not hang the suite.
+        watchdog = threading.Timer(60.0, stop.set)
+        watchdog.start()
         subprocess.Popen([sys.executable, "-c", WRITER, sqlite_url, "0.5"], cwd=ROOT)
         for nid, event in ledger.follow(0, stop):
             seen.append(nid)
             if isinstance(event, ev.SearchStarted) and event.name == "late":
                 stop.set()
+        watchdog.cancel()
         assert seen == list(range(1, len(seen) + 1)) and len(seen) == 1 + 3 * 6 + 1

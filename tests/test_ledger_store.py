@@ -16,11 +16,11 @@ from arl.ledger import ConflictError, Ledger, StoreError, events as ev
 from arl.ledger.events import Label
 from arl.ledger.store import StoreURL
 from arl.runners.trials import claim
-from tests.factories import one_of_each
+from tests.factories import every_event, one_of_each
 
 
 def test_every_event_type_round_trips(store_url):
-    sent = one_of_each()
+    sent = every_event()
     assert {type(e) for e in sent} == set(ev.EVENT_TYPES)
     with Ledger.open(store_url) as ledger:
         ids = ledger.append(*sent)
@@ -32,7 +32,7 @@ def test_every_event_type_round_trips(store_url):
         assert ledger.stream(sent[1].originator_id) == [
             e for e in sent if e.originator_id == sent[1].originator_id
         ]
-        assert ledger.version(sent[0].originator_id) == 2
+        assert ledger.version(sent[0].originator_id) == 3  # started, stopped, resumed
         assert isinstance(got[7].label, Label) and got[7].label is Label.SIZE_VIOLATION
 
 
@@ -67,6 +67,37 @@ def test_events_and_blobs_are_append_only(store_url):
                 conn.execute("TRUNCATE arl_events")
     with Ledger.open(store_url) as ledger:
         assert len(ledger.read()) == 11
+
+
+def test_insert_or_replace_cannot_rewrite_an_event_a_blob_or_the_chain(sqlite_url):
+    with Ledger.open(sqlite_url) as ledger:
+        ledger.append(*one_of_each())
+        digest = ledger.put_blob(b"the real diff")
+        before = [(nid, e) for nid, e in ledger.read()]
+    path = StoreURL.parse(sqlite_url).path
+    conn = sqlite3.connect(path)
+    tables = [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("arl_chain", "arl_blobs", "arl_meta")]
+    conn.execute("PRAGMA recursive_triggers = OFF")  # the writer's own choice: DELETE triggers stay silent
+    oid, version, topic = conn.execute(
+        "SELECT originator_id, originator_version, topic FROM stored_events WHERE rowid = 8").fetchone()
+    rewrites = [
+        ("INSERT OR REPLACE INTO stored_events (originator_id, originator_version, topic, state) "
+         "VALUES (?, ?, ?, ?)", (oid, version, topic, b'{"type":"TrialLabeled","label":"keep"}')),
+        ("INSERT OR REPLACE INTO stored_events (rowid, originator_id, originator_version, topic, state) "
+         "VALUES (8, 'x', 1, ?, ?)", (topic, b"{}")),
+        ("REPLACE INTO arl_blobs (seq, digest, size, data, chain) "
+         "SELECT seq, digest, 4, X'00', chain FROM arl_blobs WHERE digest = ?", (digest,)),
+        ("INSERT OR REPLACE INTO arl_chain (notification_id, digest) VALUES (3, X'00')", ()),
+        ("INSERT OR REPLACE INTO arl_meta (key, value) VALUES ('schema', '0')", ()),
+    ]
+    for statement, params in rewrites:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(statement, params)
+    assert [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("arl_chain", "arl_blobs", "arl_meta")] == tables
+    conn.close()
+    with Ledger.open(sqlite_url) as ledger:
+        assert ledger.read() == before and ledger.get_blob(digest) == b"the real diff"
 
 
 def test_blobs_are_content_addressed_and_deduplicated(store_url):

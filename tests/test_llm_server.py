@@ -138,3 +138,31 @@ def test_a_search_with_llm_specialists_end_to_end(llama_server, tmp_path, monkey
             call = msgspec.json.decode(ledger.get_blob(trial.agent_call_digest), type=ChatCall)
             assert call.request["model"] == llama_server.model
     print(out.getvalue()[-2000:])
+
+
+def test_a_server_whose_context_cannot_hold_the_task_stops_the_search_at_once(tmp_path):
+    """llama.cpp with a 512-token context: the tiny task's files alone do not fit. `arl run` asks
+    once (plus the fitted retry it can rule out without asking), stops with one line naming the
+    context and the fix, and charges nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.llama import running_server
+
+    url = f"sqlite:///{tmp_path / 'small.db'}"
+    env = {**os.environ, "ARL_CACHE": str(tmp_path / "cache")}
+    with running_server(tmp_path, n_ctx=512) as small:
+        done = subprocess.run(
+            [sys.executable, "-m", "arl.runners.cli", "run", str(TINY), "--agents", "llm", "--llm-url", small.url,
+             "--llm-model", small.model, "--trials", "3", "--store", url],
+            env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("arl: error:") and "has a context of 512 tokens" in last and "--n_ctx" in last
+    with Ledger.open(url) as ledger:
+        state = Projector(ledger, name="t").catch_up()
+        search = next(iter(state.searches.values()))
+        rows = state.trials_of(search.search_id)
+    assert search.charged == 0 and search.stop_reason.startswith("failed: the model at")
+    assert [r.seq for r in rows if r.seq > 0] == []  # no proposal was recorded

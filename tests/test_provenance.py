@@ -22,12 +22,11 @@ TINY = str(ROOT / "tests" / "tasks" / "tiny")
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prov")
-    import os
-
-    os.environ["ARL_CACHE"] = str(tmp / "cache")
-    url = f"sqlite:///{tmp / 'ledger.db'}"
-    with Ledger.open(url) as ledger:
-        summary = run_search(ledger, TINY, SearchConfig(trials=8, workers=2, seed=5), out=io.StringIO())
+    with pytest.MonkeyPatch.context() as patch:  # ARL_CACHE for this search only, not later tests
+        patch.setenv("ARL_CACHE", str(tmp / "cache"))
+        url = f"sqlite:///{tmp / 'ledger.db'}"
+        with Ledger.open(url) as ledger:
+            summary = run_search(ledger, TINY, SearchConfig(trials=8, workers=2, seed=5), out=io.StringIO())
     return url, summary.search_id, tmp
 
 

@@ -146,3 +146,28 @@ def test_import_then_report_from_the_command_line(tmp_path, sqlite_url):
     assert report.returncode == 0, report.stderr
     assert "1 search(es), 9 trials" in report.stdout
     assert (tmp_path / "r.html").read_text().count('data-kind=progress') == 1
+
+
+def test_every_command_that_opens_a_ledger_takes_store():
+    """The README's promise: a command that reads or writes a ledger takes --store; the ones
+    that take none open no ledger."""
+    import argparse
+    import inspect
+
+    from arl.runners.cli import build_parser
+
+    def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for action in subs:
+            for name, child in action.choices.items():
+                yield from leaves(child, (*path, name))
+
+    commands = list(leaves(build_parser()))
+    assert len(commands) > 12
+    for path, parser in commands:
+        takes_store = any("--store" in a.option_strings for a in parser._actions)
+        handler = parser.get_default("func")
+        opens = "Ledger.open" in inspect.getsource(handler) or "_ledger(" in inspect.getsource(handler)
+        assert takes_store == opens, f"arl {' '.join(path)}: --store {'missing' if opens else 'taken but unused'}"

@@ -13,10 +13,9 @@ from arl.queries.importers import SourceError, import_autoresearch, import_recip
 from arl.queries.load import connect
 from arl.queries.named import run_named
 from arl.queries.table import run_sql
+from tests.conftest import shared_fixtures, shared_path
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "auto-research-recipes"
-if not FIXTURES.is_dir():  # a checkout outside the shared workspace
-    FIXTURES = Path("/work/shared/fixtures/auto-research-recipes")
+FIXTURES = shared_path("auto-research-recipes")
 
 # Status counts as published with the release (fixtures README), baseline row excluded.
 PUBLISHED = {
@@ -28,14 +27,13 @@ PUBLISHED = {
 }
 BEST = {"cifar": 25.1464, "nanochat_d12": 0.2244, "pg_ablation_lineage_on": 1.073142}
 
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
+needs_fixtures = pytest.mark.shared("auto-research-recipes")
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """The three fixture runs imported into one SQLite ledger, and a DuckDB connection to it."""
-    if not FIXTURES.is_dir():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+    shared_fixtures("auto-research-recipes")
     url = f"sqlite:///{tmp_path_factory.mktemp('imported') / 'ledger.db'}"
     with Ledger.open(url) as ledger:
         results = {d: import_recipes(ledger, FIXTURES / d) for d in PUBLISHED}

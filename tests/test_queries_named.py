@@ -174,3 +174,44 @@ def test_unknown_names_are_clear_errors(con):
     assert resolve_search(con, "other") == OTHER_ID
     with pytest.raises(QueryError, match="2 searches start with 'aaaa'"):
         resolve_search(con, "aaaa")
+
+
+@pytest.fixture(scope="module")
+def real_search(tmp_path_factory):
+    """A real tuner search on the tiny task (real worker, real evaluator), loaded into DuckDB."""
+    import io
+    from pathlib import Path
+
+    from arl.ledger.projections import rebuild
+    from arl.runners.search import SearchConfig, run_search
+
+    tmp = tmp_path_factory.mktemp("named-real")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARL_CACHE", str(tmp / "cache"))
+        ledger = Ledger.open(f"sqlite:///{tmp / 'l.db'}")
+        tiny = Path(__file__).resolve().parent / "tasks" / "tiny"
+        summary = run_search(ledger, str(tiny), SearchConfig(trials=6, workers=2, seed=4), out=io.StringIO())
+    yield connect(ledger), rebuild(ledger), summary.search_id
+    ledger.close()
+
+
+def test_named_queries_agree_with_the_projection_on_a_real_search(real_search):
+    con, state, search = real_search
+    rows = state.trials_of(search)
+    best = state.trials[state.searches[search].best_trial]
+    board = run_named(con, "leaderboard", search=search)
+    top = dict(zip(board.columns, board.rows[0]))
+    assert top["trial_id"] == best.trial_id and top["score"] == pytest.approx(best.score)
+    path = run_named(con, "best_path", search=search)
+    assert [r[path.columns.index("trial_id")] for r in path.rows] == state.lineage(best.trial_id)
+    mix = run_named(con, "label_mix", search=search)
+    counted = {r[mix.columns.index("label")]: r[mix.columns.index("trials")] for r in mix.rows}
+    expected: dict[str, int] = {}
+    for r in rows:
+        if r.seq > 0 and r.label is not None:
+            expected[r.label.value] = expected.get(r.label.value, 0) + 1
+    assert counted == expected
+    yield_ = run_named(con, "agent_yield", search=search)
+    keeps = {r[yield_.columns.index("agent")]: r[yield_.columns.index("keeps")] for r in yield_.rows}
+    assert keeps == {a: sum(1 for r in rows if r.agent == a and r.label is Label.KEEP)
+                     for a in {r.agent for r in rows if r.seq > 0}}

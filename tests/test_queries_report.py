@@ -17,15 +17,15 @@ from arl.queries.errors import QueryError
 from arl.queries.load import connect
 from arl.queries.report import write_report
 from tests.test_queries_named import PLAN, build
+from tests.conftest import shared_fixtures
+from tests.needs import require
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def _browser_dom(page: Path, profile: Path) -> str:
-    if CHROMIUM is None:
-        if os.environ.get("ARL_REQUIRE_POSTGRES"):  # CI: the browser check must run
-            pytest.fail("chromium is required in CI (apt-get install chromium) but not installed")
-        pytest.skip("chromium not installed (apt-get install chromium); the report is not rendered")
+    require("browser", "chromium is not installed (apt-get install chromium); the report is not rendered"
+            if CHROMIUM is None else None)
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
@@ -112,8 +112,7 @@ def test_report_of_every_search_and_bad_requests(sqlite_url, tmp_path):
 def test_report_of_the_papers_run_draws_every_trial(tmp_path, sqlite_url):
     from tests.test_queries_import import FIXTURES
 
-    if not FIXTURES.is_dir():
-        pytest.skip(f"fixtures not found at {FIXTURES}")
+    shared_fixtures("auto-research-recipes")
     from arl.queries.importers import import_recipes
 
     with Ledger.open(sqlite_url) as ledger:

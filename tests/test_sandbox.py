@@ -13,6 +13,7 @@ import pytest
 
 from arl.runners import sandbox
 from arl.runners.sandbox import bwrap_path, run_process
+from tests.needs import require
 
 
 def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):
@@ -41,8 +42,8 @@ def test_environment_is_scrubbed_and_threads_are_set(tmp_path, monkeypatch):
     assert "'ARL_SEED'" in p.stdout_tail and "'OMP_NUM_THREADS'" in p.stdout_tail
 
 
-@pytest.mark.skipif(bwrap_path() is None and not os.environ.get("CI"), reason="bubblewrap is not installed")
 def test_bubblewrap_hides_folders_and_the_network(tmp_path):
+    require("sandbox", None if bwrap_path() else "bubblewrap is missing or unusable here (apt-get install bubblewrap; user namespaces must be allowed)")
     secret = tmp_path / "cache" / "heldout"
     secret.mkdir(parents=True)
     (secret / "answers.txt").write_text("42")

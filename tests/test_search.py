@@ -49,7 +49,8 @@ def test_a_tuner_search_runs_to_its_budget(store_url, lineage):
     assert rows[0].label.value == "baseline" and all(r.label is not None for r in rows)
     assert len(labels) == len(rows)
     assert all(r.parents for r in rows[1:]) and all(r.backend == "tuner" for r in rows[1:])
-    assert summary.best <= summary.baseline and summary.gain is not None
+    # SHRINK 0.8 → towards 1.0 is a real improvement the tuner finds on the tiny task
+    assert summary.best < summary.baseline and summary.gain is not None and summary.gain > 0
     assert "[8/8]" in out.getvalue()  # progress was shown
     started = next(e for _, e in Ledger.open(store_url).read() if isinstance(e, ev.SearchStarted))
     assert started.config["lineage"] is lineage and started.config["trials"] == 8
@@ -103,7 +104,7 @@ def test_interrupt_then_resume_finishes_the_budget(sqlite_url, tmp_path):
     show = subprocess.run([*arl, "show", "stoppy#1", "--store", sqlite_url], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     assert show.returncode == 0 and "trial #1" in show.stdout and "diff --git a/train.py" in show.stdout
-    assert "label:" in show.stdout and "pass train_s" in show.stdout or "FAIL" in show.stdout
+    assert "label:" in show.stdout and ("pass train_s" in show.stdout or "FAIL" in show.stdout)
     bad = subprocess.run([*arl, "show", "stoppy#999", "--store", sqlite_url], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("arl: error:")
@@ -164,3 +165,47 @@ def test_the_first_proposals_run_beside_the_baseline_and_are_judged_against_it(s
     for row in rows[1:]:
         if row.label.legal:  # judged against the baseline or a later best, never an empty search
             assert row.delta_vs_best is not None and row.delta_vs_parent is not None, row
+
+
+def test_resume_applies_a_new_trial_budget_on_the_record_and_refuses_other_changes(sqlite_url, tmp_path):
+    env = {**os.environ, "ARL_CACHE": str(tmp_path / "cache")}
+    arl = [sys.executable, "-m", "arl.runners.cli"]
+    first = subprocess.run([*arl, "run", TINY, "--trials", "2", "--name", "short", "--store", sqlite_url],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "2/2 trials" in first.stdout, first.stderr
+    with Ledger.open(sqlite_url) as ledger:
+        head = ledger.head()
+    refused = subprocess.run([*arl, "run", "--resume", "short", "--agents", "random", "--store", sqlite_url],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "--agents cannot change when a search is resumed (it ran with 'tuner')" in refused.stderr
+    with Ledger.open(sqlite_url) as ledger:
+        assert ledger.head() == head  # nothing recorded
+    more = subprocess.run([*arl, "run", "--resume", "short", "--trials", "4", "--agents", "tuner",
+                           "--store", sqlite_url], env=env, capture_output=True, text=True, timeout=120)
+    assert more.returncode == 0, more.stderr
+    assert "4/4 trials, stopped (trial budget spent)" in more.stdout
+    with Ledger.open(sqlite_url) as ledger:
+        search = next(e for _, e in ledger.iter_events() if isinstance(e, ev.SearchStarted))
+        resumed = [e for e in ledger.stream(search.originator_id) if isinstance(e, ev.SearchResumed)]
+        assert [r.changes for r in resumed] == [{"trials": [2, 4]}]
+        assert rebuild(ledger).searches[search.originator_id].charged == 4
+    status = subprocess.run([*arl, "status", "short", "--store", sqlite_url], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "4/4 trials" in status.stdout
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--agents", "llm"], "--agents llm needs --llm-url and --llm-model"),
+    (["--agents", "inbox", "--inbox", "/nonexistent/inbox"], "inbox folder /nonexistent/inbox does not exist"),
+    (["--agents", "agentic", "--llm-url", "http://127.0.0.1:9/v1", "--llm-model", "m", "--turns", "0"],
+     "--turns must be at least 1"),
+    (["--trials", "0"], "--trials must be at least 1"),
+])
+def test_a_run_that_cannot_start_writes_nothing(sqlite_url, tmp_path, flags, says):
+    env = {**os.environ, "ARL_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "arl.runners.cli", "run", TINY, *flags, "--store", sqlite_url],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    with Ledger.open(sqlite_url) as ledger:
+        assert ledger.head() == 0

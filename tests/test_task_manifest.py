@@ -77,7 +77,7 @@ def test_cli_lists_tasks_and_checks_a_folder(tiny_copy, tmp_path):
            "PATH": "/usr/bin:/bin"}
     arl = [sys.executable, "-m", "arl.runners.cli"]
     listed = subprocess.run([*arl, "tasks"], capture_output=True, text=True, cwd=ROOT, env=env)
-    assert listed.returncode == 0 and listed.stdout.startswith("tiny") or "\ntiny" in listed.stdout
+    assert listed.returncode == 0 and (listed.stdout.startswith("tiny") or "\ntiny" in listed.stdout)
     ok = subprocess.run([*arl, "task", "check", "tiny"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "base program: baseline, mse = " in ok.stdout and "pass  accuracy" in ok.stdout
