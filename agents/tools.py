@@ -255,6 +255,8 @@ class LedgerTools:
             raise ToolError(f"{search_id} is not a search in {ledger.url.display()}; "
                             "`arl status` names the latest")
         self.config = started[0].config
+        #: Set for an imported search: a record of trials run elsewhere, which nothing can be added to.
+        self.imported_from = str(self.config.get("format", "another tool")) if started[0].kind == "import" else None
 
     # -- dispatch (the agent loop's way in) ------------------------------------------------------
 
@@ -389,6 +391,10 @@ class LedgerTools:
     def submit(self, hypothesis: str, edits: list[EditBlock] | None = None, diff: str | None = None,
                parents: list[str] | None = None, expected_delta: float | None = None, *,
                caller: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if self.imported_from is not None:
+            raise ToolError(f"search {self.search_id[:8]} is an import from {self.imported_from}: a record of trials "
+                            "run elsewhere, so nothing can be submitted to it; read it with lineage, sql, "
+                            "read_program and diff, or start a search of your own with `arl run`")
         if self.sink is None:
             raise ToolError("this session cannot submit")
         if not hypothesis or not hypothesis.strip():
@@ -498,7 +504,7 @@ class LedgerTools:
         base = state.trials.get(ev.trial_id(self.search_id, 0))
         if base is not None and base.program_digest:
             return self.programs.get(base.program_digest)
-        return read_folder(self.task.recipe_dir) if self.task.recipe_dir.is_dir() else {}
+        return read_folder(self.task.recipe_dir) if self.task.root and self.task.recipe_dir.is_dir() else {}
 
     def _recorded_edit(self, row: TrialRow) -> str:
         proposed = self.ledger.stream(row.trial_id)[0]

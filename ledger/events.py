@@ -143,6 +143,9 @@ class TrialProposed(Event, frozen=True, kw_only=True):
     agent_call_digest: str | None = None
     #: For imported trials: the original id, status and raw row.
     source: dict[str, Any] | None = None
+    #: For imported trials whose text was clipped in ``source``/``hypothesis``: a blob
+    #: holding the whole record as the source had it (JSON).
+    source_digest: str | None = None
     #: The log position of the state the proposer's view was built from (for replay).
     seen_position: int | None = None
 
@@ -276,10 +279,12 @@ class BlobRefs(msgspec.Struct, gc=False):
     agent_call_digest: str | None = None
     program_digest: str | None = None
     log_digest: str | None = None
+    source_digest: str | None = None
     artifacts: dict[str, str] = {}
 
     def digests(self) -> list[str]:
-        single = (self.edit_digest, self.agent_call_digest, self.program_digest, self.log_digest)
+        single = (self.edit_digest, self.agent_call_digest, self.program_digest, self.log_digest,
+                  self.source_digest)
         return [d for d in single if d] + list(self.artifacts.values())
 
 

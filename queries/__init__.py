@@ -10,7 +10,7 @@
 
 from arl.queries.errors import QueryError
 from arl.queries.export import export
-from arl.queries.imports import ImportResult, SourceError, import_autoresearch, import_recipes
+from arl.queries.importers import ImportResult, SourceError, import_autoresearch, import_recipes
 from arl.queries.load import LoadStats, connect, connect_with_stats, refresh
 from arl.queries.named import NAMED, resolve_search, run_named
 from arl.queries.report import write_report

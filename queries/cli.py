@@ -111,16 +111,14 @@ def _export_provenance(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from arl.queries.imports import IMPORTERS
+    from arl.queries.importers import IMPORTERS, import_path
 
-    importer = IMPORTERS[args.source]
-    kwargs = {"name": args.name}
-    if args.source == "recipes":
-        kwargs.update(score=args.score, direction=args.direction)
-    elif args.score or args.direction:
-        raise _UsageError("--score and --direction apply to `arl import recipes` only; drop them")
+    fmt, path = (args.first, args.second) if args.second is not None else (None, args.first)
+    if fmt is not None and fmt not in IMPORTERS:
+        raise _UsageError(f"unknown format {fmt!r}; arl imports: {', '.join(IMPORTERS)} "
+                          "(or give only PATH and arl tells the format)")
     with Ledger.open(args.store) as ledger:
-        result = importer(ledger, args.path, **kwargs)
+        result = import_path(ledger, path, fmt, name=args.name, score=args.score, direction=args.direction)
     print(result.summary())
     return 0
 
@@ -162,22 +160,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     _cache_arg(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("export", help="every view as Parquet, every event as NDJSON, W3C PROV, or an RO-Crate")
-    p.add_argument("format", choices=("parquet", "ndjson", "prov", "ro-crate"))
+    p = sub.add_parser("export", help="every view as Parquet or CSV, every event as NDJSON, W3C PROV, or an RO-Crate")
+    p.add_argument("format", choices=("parquet", "csv", "ndjson", "prov", "ro-crate"))
     p.add_argument("--search", metavar="S", help="prov / ro-crate: one search (default: every search)")
     p.add_argument("dir", metavar="DIR", type=Path, help="folder to write into (created if missing)")
     _store_arg(p)
     _cache_arg(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="import a trajectory recorded by another tool as a search")
-    p.add_argument("source", choices=("recipes", "autoresearch"),
-                   help="recipes: a blackboard folder of the paper's release; "
-                   "autoresearch: a karpathy/autoresearch results.tsv")
-    p.add_argument("path", metavar="PATH", help="the run folder, or its results.tsv")
-    p.add_argument("--name", help="name of the new search (default: the folder's name)")
-    p.add_argument("--score", metavar="COLUMN", help="recipes: the score column (default: from best.json)")
-    p.add_argument("--direction", choices=("min", "max"), help="recipes: is lower or higher better")
+    from arl.queries.importers import FORMATS
+
+    p = sub.add_parser(
+        "import", help="import a trajectory recorded by another tool as a search (the format is detected)",
+        description="Import a trajectory recorded by another tool as one search. Formats: "
+        + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ".",
+    )
+    p.add_argument("first", metavar="[FORMAT] PATH",
+                   help=f"the run to import, optionally preceded by its format ({', '.join(FORMATS)})")
+    p.add_argument("second", nargs="?", metavar="", help=argparse.SUPPRESS)
+    p.add_argument("--name", help="name of the new search (default: the run's folder or file name)")
+    p.add_argument("--score", metavar="NAME",
+                   help="recipes: the score column; openevolve, mlgym: the metric to rank by")
+    p.add_argument("--direction", choices=("min", "max"),
+                   help="recipes, aide, mlgym: is lower or higher better (default: from the source)")
     _store_arg(p)
     p.set_defaults(func=cmd_import)
 

@@ -57,12 +57,27 @@ def render(table: Table, fmt: str = "table") -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(table.columns)
-        writer.writerows([_text(v) for v in row] for row in table.rows)
+        writer.writerow([spreadsheet_safe(c) for c in table.columns])
+        writer.writerows([csv_cell(v) for v in row] for row in table.rows)
         return out.getvalue().rstrip("\n")
     if fmt == "table":
         return _aligned(table)
     raise QueryError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+#: A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """Text a spreadsheet shows as text: one that would start a formula gets a leading quote (OWASP)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_cell(value: Any) -> str:
+    """A value as a CSV cell: numbers as they are, text made safe to open in a spreadsheet."""
+    text = _text(value)
+    return spreadsheet_safe(text) if isinstance(value, str) else text
 
 
 def _jsonable(value: Any) -> Any:

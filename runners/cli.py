@@ -211,6 +211,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         started = ledger.stream(search_id)[0]
         trials = int(search_config(ledger, search_id).get("trials", 0))
         metric = started.config.get("metric") or _metric_of(started)
+        if started.kind == "import":  # a record: its size is what it holds, its score what the source named
+            trials, metric = len(state.trials_of(search_id)), str(started.config.get("score") or metric)
         print(render_summary(summarize(state, search_id, metric, trials), ledger.url.display()))
     return 0
 

@@ -42,6 +42,8 @@ def render_trial(ledger: Ledger, ref: str) -> str:
                     f"by {e.agent} ({e.backend or 'manual'}) on surface {e.surface or '-'}; parents {parents}",
                     f"hypothesis: {e.hypothesis or '-'}"
                     + (f" (expected Δ {e.expected_delta:+.4g})" if e.expected_delta is not None else "")]
+            if e.source is not None:
+                out += _imported(e)
             if e.edit_digest:
                 out += ["", "diff:", ledger.get_blob(e.edit_digest).decode(errors="replace").rstrip()]
         elif isinstance(e, ev.EditRejected):
@@ -68,3 +70,15 @@ def render_trial(ledger: Ledger, ref: str) -> str:
             delta = f", Δbest {e.delta_vs_best:+.4g}" if e.delta_vs_best is not None else ""
             out += ["", f"label: {e.label.value}{delta} — {e.reason}"]
     return "\n".join(out)
+
+
+def _imported(e: ev.TrialProposed) -> list[str]:
+    """Where an imported trial came from, and what the import had to repair or could not link."""
+    src = e.source or {}
+    out = [f"imported ({e.backend.removeprefix('import:')}): {src.get('id')} [{src.get('status')}], "
+           f"line {src.get('line')} of the source"
+           + (f"; its parent there: {src['parent']}" if src.get("parent") else "")]
+    out += [f"{key}: {src[key]}" for key in ("salvaged", "lineage") if src.get(key)]
+    if e.source_digest:
+        out.append(f"clipped here; the whole record is blob {e.source_digest}")
+    return out

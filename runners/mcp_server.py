@@ -47,6 +47,7 @@ from arl.agents.base import Proposal
 from arl.agents.tools import MAX_WAIT_S, SPECS, TEXT_PAGE, EditBlock, LedgerTools
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
+from arl.ledger.projections import Projector
 from arl.ledger.searches import find_search
 from arl.ledger.store import Ledger
 from arl.runners.tokens import (
@@ -61,7 +62,7 @@ from arl.runners.tokens import (
     server_gate,
 )
 from arl.runners.trials import base_program, record_proposal
-from arl.tasks.registry import task_of
+from arl.tasks.registry import recorded_task, task_of
 
 
 class Edit(TypedDict):
@@ -112,8 +113,14 @@ class McpSpecialist:
         search_id = find_search(ledger, search_ref)
         started = ledger.stream(search_id)[0]
         assert isinstance(started, ev.SearchStarted)
-        self.task = task_of(started)
-        self.base = base_program(ledger, started, self.task)
+        projector = Projector(ledger, name=f"tools/{search_id}/{specialist}", checkpoint_s=60.0)
+        self.imported = started.kind == "import"
+        if self.imported:  # no task folder: the record's own specialists, read-only (submit is refused)
+            trials = projector.catch_up().trials_of(search_id)
+            self.task = recorded_task(started, (n for r in trials for n in (r.agent, r.surface)))
+        else:
+            self.task = task_of(started)
+            self.base = base_program(ledger, started, self.task)
         names = [s.name for s in self.task.surfaces]
         if specialist not in names:
             raise ArlError(f"task {self.task.name} has no specialist {specialist!r}; "
@@ -122,7 +129,7 @@ class McpSpecialist:
         self.session = f"{transport}-{uuid.uuid4()}"  # stdio: one client per process
         self.tools = LedgerTools(ledger, self.task, search_id, specialist=specialist, surface=specialist,
                                  lineage=bool(started.config.get("lineage", True)), backend="mcp",
-                                 sink=self._record)
+                                 projector=projector, sink=None if self.imported else self._record)
 
     def _record(self, proposal: Proposal, call: Mapping[str, Any]) -> dict[str, Any]:
         blob = McpCall(tool=str(call.get("tool", "submit")), arguments=dict(call.get("arguments") or {}),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from arl.ledger.events import SearchStarted
 from arl.tasks.adapters import bind
-from arl.tasks.manifest import Task, TaskError, load_task
+from arl.tasks.manifest import Budgets, Objective, Run, Surface, Task, TaskError, load_task
 
 BUILTIN = Path(__file__).resolve().parent / "builtin"
 
@@ -46,6 +47,13 @@ def resolve(name_or_path: str) -> Task:
 
 def task_of(started: SearchStarted, *, need_recipe: bool = True) -> Task:
     """The task a search runs, bound to its recorded checkout and data, checked unchanged."""
+    if started.kind == "import":
+        fmt = started.config.get("format", "another tool")
+        raise TaskError(
+            f"search {started.originator_id[:8]} ({started.name!r}) is an import from {fmt}: a record of trials "
+            "run elsewhere, with no task folder, so nothing can be run in it; read it with arl sql, show, "
+            "report or mcp, or start a new search on a task of yours"
+        )
     task = bind(resolve(started.config.get("task_path") or started.task), recorded=started.config,
                 need_recipe=need_recipe)
     if task.digest() != started.task_digest:
@@ -55,3 +63,20 @@ def task_of(started: SearchStarted, *, need_recipe: bool = True) -> Task:
             "restore the task folder or start a new search"
         )
     return task
+
+
+def recorded_task(started: SearchStarted, surfaces: Iterable[str]) -> Task:
+    """The task of a search that has no task folder (an import), as its record describes it.
+
+    Enough to read the search through the ledger tools — its objective, its
+    specialists as surfaces — and nothing to run: no command, no recipe.
+    """
+    names = sorted({s for s in surfaces if s}) or ["unknown"]
+    fmt = started.config.get("format", "another tool")
+    return Task(
+        name=started.task, description=f"imported from {fmt}; nothing of it can be run here",
+        run=Run(command=[]),
+        objective=Objective(metric=str(started.config.get("score") or "score"), direction=started.direction),
+        budgets=Budgets(train_s=0.0, eval_s=0.0, wallclock_s=0.0),
+        surfaces=[Surface(name=n, description=f"the trials {n} made in {fmt}", files=[]) for n in names],
+    )

@@ -9,7 +9,7 @@ import pytest
 
 from arl.ledger import Ledger
 from arl.ledger import events as ev
-from arl.queries.imports import SourceError, import_autoresearch, import_recipes
+from arl.queries.importers import SourceError, import_autoresearch, import_recipes
 from arl.queries.load import connect
 from arl.queries.named import run_named
 from arl.queries.table import run_sql
@@ -294,3 +294,212 @@ def test_autoresearch_results_become_a_search(tmp_path, sqlite_url):
         assert kinds == [("import", "min", "ar")]
         assert ledger.stream(result.search_id)[0].kind == "import"
         assert isinstance(ledger.stream(result.search_id)[-1], ev.SearchStopped)
+
+
+# --- swallowed columns, lineage and numeric edges (issue 20) -------------------------------
+
+FRAGMENT = '</hypothesis> <parameter name="notes">'
+
+
+def _swallow(src: Path, out: Path, every: int, *, style: str) -> dict[str, dict[str, str]]:
+    """Copy a fixture run with every ``every``-th row damaged the way a leaked tool call damages it:
+    the hypothesis field holds the fragment, the notes and then, joined, every column after the
+    hypothesis; the row ends there. ``style``: ``collapsed`` (empty columns leave no trace),
+    ``kept`` (one space per column, empty or not), ``lines`` (a line break before the tail, tabs in
+    it). Returns the damaged rows as they were."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(src.read_text(encoding="utf-8")), delimiter="\t"))
+    header, body = rows[0], rows[1:]
+    h, n = header.index("hypothesis"), header.index("notes")
+    damaged = {}
+    for i in range(1, len(body), every):
+        row = body[i]
+        damaged[row[0]] = dict(zip(header, row, strict=True))
+        tail = [x for x in row[h + 1 : n] if x or style == "kept"]
+        joint, before = ("\t", "\n") if style == "lines" else (" ", " ")
+        row[h] = row[h] + FRAGMENT.replace("> <", ">\n<" if style == "lines" else "> <") + row[n] + before \
+            + joint.join(tail)
+        body[i] = row[: h + 1]
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerows([header, *body])
+    out.mkdir(parents=True)
+    (out / "results.tsv").write_text(buf.getvalue(), encoding="utf-8")
+    for extra in ("best.json", "tree.tsv"):
+        (out / extra).write_bytes((src.parent / extra).read_bytes())
+    return damaged
+
+
+@needs_fixtures
+@pytest.mark.parametrize("run", sorted(PUBLISHED))
+@pytest.mark.parametrize("style", ["collapsed", "kept", "lines"])
+def test_columns_swallowed_by_a_tool_call_fragment_are_recovered_exactly(run, style, tmp_path, sqlite_url):
+    damaged = _swallow(FIXTURES / run / "results.tsv", tmp_path / run, 3, style=style)
+    with Ledger.open(sqlite_url) as ledger:
+        result = import_recipes(ledger, tmp_path / run)
+        assert result.quarantined == [] and result.trials == sum(PUBLISHED[run].values()) + 1
+        assert {f.id for f in result.salvaged} == set(damaged)
+        con = connect(ledger)
+        got = {r["source_id"]: r for r in run_sql(con, "SELECT * FROM trials").records()}
+        counts = dict(_rows(con, "SELECT source_status, count(*) FROM trials WHERE source_status <> 'baseline' "
+                                 "GROUP BY 1"))
+    assert counts == PUBLISHED[run]  # every row a trial, every status where it was
+    wrong = []
+    for exp, original in damaged.items():
+        t = got[exp]
+        source = json.loads(t["source"])
+        metrics = json.loads(t["metrics"] or "{}")
+        assert "swallowed columns recovered from the tail of hypothesis" in t["salvaged"]
+        assert source["raw"].startswith(exp + "\t")  # the damaged text is kept
+        if t["hypothesis"] != original["hypothesis"] or source.get("notes", "").strip() != original["notes"].strip():
+            wrong.append((exp, "text"))
+        for col in ("status", "job_name", "snapshot_path"):
+            have = t["source_status"] if col == "status" else source.get(col)
+            if (have or "") != original[col]:
+                wrong.append((exp, col))
+        for col, value in original.items():
+            if col in metrics or (value and col in ("val_bpb", "core_metric", "accuracy", "train_s", "total_s")):
+                if metrics.get(col) != (float(value) if value else None):
+                    wrong.append((exp, col))
+    # One row of nanochat is ambiguous once its empty columns are collapsed: a preflight crash
+    # whose train_s equals its total_s, with four numeric columns it could be read as.
+    assert len(wrong) <= (2 if run == "nanochat_d12" and style != "kept" else 0), wrong
+
+
+def _tsv(tmp_path, rows, header=HEADER, name="run"):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "results.tsv").write_text("\n".join(["\t".join(header), *rows]) + "\n", encoding="utf-8")
+    return run
+
+
+def test_parents_are_matched_however_they_are_spelled_and_wherever_they_are(tmp_path, sqlite_url):
+    rows = [
+        _row("000", "baseline", "1.10", "seed"),
+        _row("001", "keep", "1.09", "first", parent="exp_000"),       # prefixed
+        _row("002", "discard", "1.095", "second", parent="1"),         # zero padding dropped
+        _row("003", "discard", "1.095", "written before its parent", parent="004"),
+        _row("004", "keep", "1.08", "the later parent", parent="exp_001"),
+        _row("005", "discard", "1.2", "child of a quarantined row", parent="006"),
+        _row("006", "exploded", "1.2", "unknown status: quarantined"),
+        _row("007", "discard", "1.2", "child of nobody", parent="999"),
+        _row("008", "discard", "1.2", "its own parent", parent="008"),
+        _row("009", "discard", "1.2", "a loop", parent="010"),
+        _row("010", "discard", "1.2", "the loop back", parent="009"),
+    ]
+    with Ledger.open(sqlite_url) as ledger:
+        result = import_recipes(ledger, _tsv(tmp_path, rows), direction="min")
+        lineage = result.lineage
+        assert (lineage.named, lineage.resolved, lineage.later) == (9, 5, 2)
+        assert lineage.breaks == {"names its own row": 1, "parent not in the source": 1,
+                                  "parent quarantined": 1, "would close a cycle": 1}
+        assert "lineage: 5/9 named parents resolved (55.6 %)" in result.summary()
+        con = connect(ledger)
+        edges = dict(_rows(con, "SELECT t.source_id, p.source_id FROM trials t "
+                                "LEFT JOIN trials p ON p.trial_id = t.parents[1]"))
+        sources = {r[0]: json.loads(r[1]) for r in _rows(con, "SELECT source_id, source FROM trials")}
+        stopped = json.loads(con.execute("SELECT summary FROM searches").fetchall()[0][0])
+    assert edges["001"] == "000" and edges["002"] == "001" and edges["004"] == "001"
+    assert edges["003"] == "004" and "written after this row" in sources["003"]["lineage"]
+    assert edges["005"] is None and "was quarantined (line" in sources["005"]["lineage"]
+    assert sources["005"]["parent"] == "006"  # the reference itself is never lost
+    assert edges["007"] is None and edges["008"] is None
+    assert [edges["009"], edges["010"]].count(None) == 1  # one edge of the loop is cut
+    assert stopped["lineage"]["breaks"]["parent quarantined"] == 1
+
+
+def test_non_finite_numbers_and_huge_text_never_reach_the_events_raw(tmp_path, sqlite_url):
+    from arl.ledger.verify import verify
+    from arl.queries.importers.core import TEXT_CHARS
+
+    huge = "x" * (3 * 1024 * 1024) + " tail"
+    rows = [
+        _row("000", "baseline", "1.10", "seed"),
+        _row("001", "keep", "nan", "a keep whose score is nan"),
+        _row("002", "discard", "1.09", "a time that is not finite").replace("\t600\t", "\tinf\t"),
+        _row("003", "discard", "1.09", "a negative time").replace("\t600\t", "\t-5\t"),
+        _row("004", "discard", "1.09", huge, notes="=HYPERLINK(\"http://evil\")"),
+        _row("005", "keep", "-inf", "minus infinity"),
+        _row("006", "discard", "1.2", "=HYPERLINK(\"http://evil\",\"x\")"),
+        _row("007", "discard", "1.2", "@SUM(A1:A9)"),
+    ]
+    with Ledger.open(sqlite_url) as ledger:
+        result = import_recipes(ledger, _tsv(tmp_path, rows), direction="min")
+        assert result.trials == 8 and not result.quarantined
+        con = connect(ledger)
+        t = {r["source_id"]: r for r in run_sql(con, "SELECT * FROM trials").records()}
+        assert t["001"]["label"] == "diverged" and t["001"]["score"] is None
+        assert "val_bpb=nan is not finite; left empty" in t["001"]["salvaged"]
+        assert "score nan is not finite (the source says keep)" in t["001"]["reason"]
+        assert t["005"]["label"] == "diverged"
+        assert t["002"]["wall_s"] is None and "total_s=inf is not finite" in t["002"]["salvaged"]
+        assert t["003"]["wall_s"] is None and "not a plausible duration" in t["003"]["salvaged"]
+        assert len(t["004"]["hypothesis"]) < TEXT_CHARS + 100 and "clipped" in t["004"]["hypothesis"]
+        proposed = ledger.stream(t["004"]["trial_id"])[0]
+        whole = json.loads(ledger.get_blob(proposed.source_digest))
+        assert whole["hypothesis"] == huge and whole["notes"].startswith("=HYPERLINK")
+        assert result.clipped == 1 and "clipped: 1 trials" in result.summary()
+        assert verify(ledger).ok  # the blob is referenced like every other
+        out = tmp_path / "csv"
+        from arl.queries.export import export
+
+        written = dict(export(con, "csv", out))
+        text = (out / "trials.csv").read_text(encoding="utf-8")
+        assert written[out / "trials.csv"] == 8
+        import csv
+
+        cells = [c for row in csv.reader(text.splitlines()) for c in row]
+        assert "'=HYPERLINK(\"http://evil\",\"x\")" in cells and "'@SUM(A1:A9)" in cells
+        assert not [c for c in cells if c[:1] in ("=", "+", "@")]
+        assert "-0.001" in cells  # numbers stay numbers
+        from arl.queries.table import render
+
+        table = run_sql(con, "SELECT source_id, source->>'notes' AS notes, expected_delta FROM trials "
+                             "WHERE source_id = '004'")
+        assert render(table, "csv").splitlines()[1] == "004,\"'=HYPERLINK(\"\"http://evil\"\")\",-0.001"
+        assert render(table, "json").count("=HYPERLINK") == 1  # JSON is data, not a spreadsheet: as it is
+
+
+def test_snapshot_folders_become_programs_and_links_are_not_followed(tmp_path, sqlite_url):
+    rows = [
+        _row("000", "baseline", "1.10", "seed"),
+        _row("001", "keep", "1.09", "kept, with its snapshot"),
+        _row("002", "keep", "1.08", "a snapshot that is a link", parent="001"),
+    ]
+    header = [*HEADER[:-1], "snapshot_path", "notes"]
+    rows = [r.rsplit("\t", 1)[0] + f"\tsnapshots/{r[:3]}_opt\t" + r.rsplit("\t", 1)[1] for r in rows]
+    run = _tsv(tmp_path, rows, header)
+    (run / "snapshots" / "000_opt").mkdir(parents=True)
+    (run / "snapshots" / "000_opt" / "train.py").write_text("lr = 0.1\n")
+    (run / "snapshots" / "001_opt").mkdir()
+    (run / "snapshots" / "001_opt" / "train.py").write_text("lr = 0.2\n")
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key").write_text("do not read")
+    (run / "snapshots" / "002_opt").symlink_to(tmp_path / "secret")
+    with Ledger.open(sqlite_url) as ledger:
+        result = import_recipes(ledger, run, direction="min")
+        assert result.programs == 2
+        con = connect(ledger)
+        t = {r["source_id"]: r for r in run_sql(con, "SELECT * FROM trials").records()}
+        diff = ledger.get_blob(t["001"]["edit_digest"]).decode()
+        assert "-lr = 0.1" in diff and "+lr = 0.2" in diff
+        assert "is a link or leaves the run folder; not read" in t["002"]["salvaged"]
+        assert t["002"]["edit_digest"] is None
+
+
+def test_detect_names_the_format_or_lists_the_formats_it_knows(tmp_path):
+    from arl.queries.importers import FORMATS, SourceError, detect
+
+    if FIXTURES.is_dir():
+        assert detect(FIXTURES / "cifar") == "recipes" and detect(FIXTURES / "cifar" / "results.tsv") == "recipes"
+    ar = tmp_path / "ar.tsv"
+    ar.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n")
+    assert detect(ar) == "autoresearch"
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SourceError) as e:
+        detect(tmp_path / "notes.txt")
+    assert all(name in str(e.value) for name in FORMATS) and "arl import FORMAT PATH" in str(e.value)
+    with pytest.raises(SourceError, match="no folder or file at"):
+        detect(tmp_path / "missing")

@@ -113,7 +113,7 @@ def test_report_of_the_papers_run_draws_every_trial(tmp_path, sqlite_url):
     from tests.test_queries_import import FIXTURES
 
     shared_fixtures("auto-research-recipes")
-    from arl.queries.imports import import_recipes
+    from arl.queries.importers import import_recipes
 
     with Ledger.open(sqlite_url) as ledger:
         import_recipes(ledger, FIXTURES / "pg_ablation_lineage_on")

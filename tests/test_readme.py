@@ -11,7 +11,8 @@ A block without a marker fails this test, so a new example is either run or says
 
 Bash commands run with ``arl`` on the PATH in a scratch folder laid out so the README's
 paths exist: ``path/to/task`` is the test suite's tiny task, ``path/to/results.tsv`` an
-autoresearch log, ``../shared`` the shared fixtures, and the default ledger
+autoresearch log, ``path/to/journal.json``, ``openevolve_output``, ``evolution_db.sqlite`` and
+``run.traj`` the other tools' outputs of tests/fixtures/imports, ``../shared`` the shared fixtures, and the default ledger
 (``.arl/ledger.db``) already holds a tiny search and the paper's cifar run. The few
 placeholders a person replaces (``SEARCH``, ``#12``) are replaced by :data:`PLACEHOLDERS`.
 A command must exit 0, or the code its trailing comment names first (``# exit 2: …``).
@@ -104,6 +105,13 @@ def place(tmp_path_factory) -> dict[str, Path]:
         "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
         "b2c3d4e\t0.993200\t44.2\tkeep\tincrease LR to 0.04\n"
         "c3d4e5f\t1.005000\t44.0\tdiscard\tswitch to GeLU activation\n")
+    imports = ROOT / "tests" / "fixtures" / "imports"  # other tools' outputs (their README names them)
+    shutil.copy(imports / "aide" / "regression" / "journal.json", work / "path" / "to" / "journal.json")
+    shutil.copytree(imports / "openevolve" / "arc_task_0",
+                    work / "path" / "to" / "openevolve_output" / "checkpoints")
+    shutil.copy(imports / "shinka" / "pi" / "evolution_db.sqlite", work / "path" / "to")
+    shutil.copy(imports / "mlgym" / "blotto" / "blotto.traj", work / "path" / "to" / "run.traj")
+    (work / "path" / "to" / "notes.txt").write_text("not a trajectory\n")
     (top / "shared").symlink_to(shared_fixtures().parent)
     env = _env(top)
     for argv in (["run", "path/to/task", "--trials", "2", "--name", "tiny-search"],
