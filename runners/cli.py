@@ -354,14 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = store_sub.add_parser("migrate", help="create or update the ledger's tables, triggers and functions "
                                              "(PostgreSQL: as the role that owns them)")
     _store_arg(q)
+    q.set_defaults(func=cmd_store)
     q = store_sub.add_parser("grant", help="PostgreSQL: let ROLE record (insert and read the ledger; no update, "
                                            "delete, truncate or trigger changes), run as the owner")
     _store_arg(q)
     q.add_argument("role", help="an existing PostgreSQL role (e.g. created with `createuser arl_writer`)")
+    q.set_defaults(func=cmd_store)
     q = store_sub.add_parser("drop-checkpoints", help="remove every projection checkpoint "
                                                       "(derived state: rebuilt from the log when next used)")
     _store_arg(q)
-    p.set_defaults(func=cmd_store)
+    q.set_defaults(func=cmd_store)
 
     p = sub.add_parser("worker", help="claim submitted trials, run them under budgets, record labels")
     _store_arg(p)
@@ -474,12 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="the identity recorded with what the token does, e.g. alice or opt-agent")
     q.add_argument("--specialist", metavar="NAME", help="the one specialist this token may act as")
     _token_file_arg(q)
+    q.set_defaults(func=cmd_token)
     q = token_sub.add_parser("list", help="the tokens' names, specialists and dates (never the tokens)")
     _token_file_arg(q)
+    q.set_defaults(func=cmd_token)
     q = token_sub.add_parser("revoke", help="remove a token")
     q.add_argument("name")
     _token_file_arg(q)
-    p.set_defaults(func=cmd_token)
+    q.set_defaults(func=cmd_token)
 
     p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
     p.set_defaults(func=cmd_tasks)

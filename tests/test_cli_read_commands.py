@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from arl.ledger.store import StoreURL, store_failure
+from tests.needs import require
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ROOT / "tests" / "fixtures" / "ledger-main-52915f2.db"
@@ -26,7 +27,6 @@ BWRAP = shutil.which("bwrap")
 READS = [["status"], ["show", "ec8a7c4c#1"], ["verify"], ["sql", "SELECT label, count(*) FROM trials GROUP BY 1"],
          ["query", "leaderboard"], ["replay", "ec8a7c4c", "--verify"]]
 
-needs_bwrap = pytest.mark.skipif(BWRAP is None and not os.environ.get("CI"), reason="bubblewrap is not installed")
 
 
 def run(args: list[str], *, read_only: Path | None = None, **kw) -> subprocess.CompletedProcess:
@@ -34,9 +34,10 @@ def run(args: list[str], *, read_only: Path | None = None, **kw) -> subprocess.C
     return subprocess.run([*prefix, *ARL, *args], capture_output=True, text=True, cwd=ROOT, timeout=120, **kw)
 
 
-@needs_bwrap
 @pytest.mark.parametrize("with_shm", [False, True], ids=["bare file", "with its -shm and -wal"])
 def test_read_commands_work_on_a_read_only_ledger(tmp_path, with_shm):
+    require("sandbox", None if BWRAP else "bubblewrap is missing (apt-get install bubblewrap): it makes the "
+                                          "read-only mount")
     folder = tmp_path / "ro"
     folder.mkdir()
     ledger = folder / "ledger.db"
