@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -144,3 +145,103 @@ def synthetic_search(
                             improvement=label is Label.KEEP, reason=""),
         ]
     return out
+
+
+# --- an MLGym trajectory, written here (format of MLGym's `*.traj` files and results.json) ----
+
+_MLGYM_FILE = '''import random
+
+
+# The function signature is fixed by the task; its body is what the agent improves.
+def row_strategy(history):
+    """Split 120 soldiers over 6 battlefields at random."""
+    total = 120
+    fields = 6
+    cuts = sorted(random.sample(range(1, total), fields - 1))
+    return [b - a for a, b in zip([0, *cuts], [*cuts, total])]
+'''
+_MLGYM_EDITS = [
+    ("even split", '''def row_strategy(history):
+    """Split 120 soldiers evenly over 6 battlefields."""
+    allocation = [120 // 6] * 6
+    return allocation
+'''),
+    ("answer the opponent's last move", '''def row_strategy(history):
+    """Beat the opponent's last split on four battlefields."""
+    last = history[-1][1] if history else [20] * 6
+    order = sorted(range(6), key=lambda i: last[i])
+    allocation = [0] * 6
+    for i in order[:4]:
+        allocation[i] = last[i] + 1
+    allocation[order[4]] += 120 - sum(allocation)
+    return allocation
+'''),
+    ("guard against an empty history", '''def row_strategy(history):
+    """Beat the opponent's last split on four battlefields (even split to start)."""
+    if not history:
+        return [20] * 6
+    last = history[-1][1]
+    order = sorted(range(6), key=lambda i: last[i])
+    allocation = [0] * 6
+    for i in order[:4]:
+        allocation[i] = min(last[i] + 1, 120 - sum(allocation))
+    allocation[order[4]] += 120 - sum(allocation)
+    return allocation
+'''),
+]
+
+
+def _mlgym_view(path: str, text: str) -> str:
+    lines = text.splitlines()
+    numbered = "\n".join(f"{n}:{line}" for n, line in enumerate(lines, 1))
+    return f"[File: {path} ({len(lines)} lines total)]\n{numbered}"
+
+
+def mlgym_trajectory() -> tuple[str, str]:
+    """A Colonel-Blotto run in MLGym's trajectory format: (``run.traj`` text, ``results.json`` text).
+
+    Nine steps as MLGym records them (ls, open, edit, validate, edit, a validation whose
+    evaluation script failed, edit, validate, submit); scores as its validate command prints
+    them; ``info`` with the graded submissions. Written for arl's tests (MLGym's own published
+    trajectories are CC BY-NC and are not copied here).
+    """
+    path = "/home/agent/workspace/strategy.py"
+    base_scores, scores = {"Score": -0.24797001481056213}, [-0.006530000362545252, 0.02345000021159649]
+    header = _MLGYM_FILE.split("def row_strategy")[0]
+
+    def step(action: str, observation: str, thought: str) -> dict:
+        return {"action": action, "observation": observation, "response": thought, "thought": thought,
+                "state": json.dumps({"open_file": path, "working_dir": "/home/agent/workspace"}),
+                "execution_time": "0.8"}
+
+    def valid(score: float) -> str:
+        return (f"Your code produced a valid submission artefact at /home/agent/workspace/target.py.\n"
+                f"Baseline Score: {base_scores!r}\nEvaluation Score: {{'Score': {score!r}}}")
+
+    steps = [
+        step("ls -a\n", "./\n../\nevaluate.py*\nstrategy.py\ntarget.py", "DISCUSSION\nLook at the workspace first."),
+        step(f'open "strategy.py"\n', _mlgym_view(path, _MLGYM_FILE), "DISCUSSION\nRead the baseline strategy."),
+    ]
+    for n, (why, body) in enumerate(_MLGYM_EDITS):
+        text = header + body
+        steps.append(step(f"edit 5:{len(_MLGYM_FILE.splitlines())}\n{body}end_of_edit\n",
+                          _mlgym_view(path, text) + "\nFile updated. Please review the changes.",
+                          f"DISCUSSION\nTry an {why}." if n == 0 else f"DISCUSSION\nNow {why}."))
+        if n == 0:
+            steps.append(step("validate\n", valid(scores[0]), "DISCUSSION\nValidate the even split."))
+        elif n == 1:
+            steps.append(step("validate\n", "Failed to decode metrics from evaluation script. Output:\n---\n"
+                              "Traceback (most recent call last):\n  File \"/home/agent/workspace/evaluate.py\", "
+                              "line 80, in <module>\n    evaluate()\nIndexError: list index out of range\n---",
+                              "DISCUSSION\nValidate the answering strategy."))
+        else:
+            steps.append(step("validate\n", valid(scores[1]), "DISCUSSION\nValidate the guarded version."))
+    steps.append(step("submit\n", "", "DISCUSSION\nSubmit the best strategy."))
+    graded = [{"Score": s} for s in (*scores, 0.024290001019835472)]
+    traj = {"environment": "mlgym_main", "trajectory": steps,
+            "history": [{"role": "system", "content": "SETTING: an autonomous ML researcher."}],
+            "info": {"model_stats": {"total_cost": 0.2, "tokens_sent": 40000, "tokens_received": 1200,
+                                     "api_calls": 10},
+                     "exit_status": "submitted", "submission": "/home/agent/workspace/target.py",
+                     "score": graded, "summarizer": {}}}
+    return json.dumps(traj, indent=2), json.dumps({"agent": graded, "baseline": base_scores})

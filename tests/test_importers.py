@@ -30,13 +30,24 @@ from arl.queries.importers import (
 from arl.queries.load import connect
 from arl.queries.named import run_named
 from arl.queries.table import run_sql
+from tests.factories import mlgym_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "imports"
 AIDE = DATA / "aide" / "regression" / "journal.json"
 OPENEVOLVE = DATA / "openevolve" / "arc_task_0" / "checkpoint_100"
 SHINKA = DATA / "shinka" / "pi" / "evolution_db.sqlite"
-MLGYM = DATA / "mlgym" / "blotto" / "blotto.traj"
+
+
+@pytest.fixture(scope="module")
+def mlgym(tmp_path_factory) -> Path:
+    """An MLGym run folder (a trajectory and results.json), written by tests.factories."""
+    folder = tmp_path_factory.mktemp("mlgym") / "blotto"
+    folder.mkdir()
+    traj, results = mlgym_trajectory()
+    (folder / "blotto.traj").write_text(traj)
+    (folder / "results.json").write_text(results)
+    return folder / "blotto.traj"
 
 
 def _trials(ledger: Ledger) -> list[dict]:
@@ -48,11 +59,11 @@ def _trials(ledger: Ledger) -> list[dict]:
         con.close()
 
 
-def test_every_format_is_detected_from_its_content():
+def test_every_format_is_detected_from_its_content(mlgym):
     assert detect(AIDE) == "aide" and detect(AIDE.parent) == "aide"
     assert detect(OPENEVOLVE) == "openevolve" and detect(OPENEVOLVE.parent) == "openevolve"
     assert detect(SHINKA) == "shinka" and detect(SHINKA.parent) == "shinka"
-    assert detect(MLGYM) == "mlgym" and detect(MLGYM.parent) == "mlgym"
+    assert detect(mlgym) == "mlgym" and detect(mlgym.parent) == "mlgym"
 
 
 # --- AIDE ----------------------------------------------------------------------------------
@@ -227,9 +238,9 @@ def test_shinka_damage(tmp_path, sqlite_url):
 # --- MLGym ------------------------------------------------------------------------------------
 
 
-def test_mlgym_trajectory_becomes_one_trial_per_evaluation(sqlite_url):
+def test_mlgym_trajectory_becomes_one_trial_per_evaluation(sqlite_url, mlgym):
     with Ledger.open(sqlite_url) as ledger:
-        result = import_mlgym(ledger, MLGYM)
+        result = import_mlgym(ledger, mlgym)
         rows = _trials(ledger)
         assert [(r["label"], r["source_status"]) for r in rows] == [
             ("baseline", "baseline"), ("keep", "validated"), ("crash", "failed"), ("keep", "validated"),
@@ -244,8 +255,8 @@ def test_mlgym_trajectory_becomes_one_trial_per_evaluation(sqlite_url):
         assert "higher is better" in result.summary()
 
 
-def test_mlgym_damage(tmp_path, sqlite_url):
-    traj = json.loads(MLGYM.read_text())
+def test_mlgym_damage(tmp_path, sqlite_url, mlgym):
+    traj = json.loads(mlgym.read_text())
     traj["trajectory"][3]["observation"] = traj["trajectory"][3]["observation"].replace(
         "Evaluation Score: {'Score': -0.006530000362545252}", "Evaluation Score: {'Score': nan}")
     traj["trajectory"].insert(5, "not a step")
@@ -273,9 +284,9 @@ def _arl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_arl_import_detects_each_format_and_refuses_options_that_do_not_apply(tmp_path):
+def test_arl_import_detects_each_format_and_refuses_options_that_do_not_apply(tmp_path, mlgym):
     store = f"sqlite:///{tmp_path / 'ledger.db'}"
-    for path in (AIDE, OPENEVOLVE, SHINKA, MLGYM):
+    for path in (AIDE, OPENEVOLVE, SHINKA, mlgym):
         done = _arl("import", str(path), "--store", store, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "lineage:" in done.stdout and "labels:" in done.stdout
@@ -288,4 +299,4 @@ def test_arl_import_detects_each_format_and_refuses_options_that_do_not_apply(tm
     unknown = _arl("import", "weka", str(SHINKA), "--store", store, cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown format 'weka'" in unknown.stderr
     with Ledger.open(store) as ledger:
-        assert import_path(ledger, MLGYM).already
+        assert import_path(ledger, mlgym).already

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_fixtures
+from tests.factories import mlgym_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -110,7 +111,7 @@ def place(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(imports / "openevolve" / "arc_task_0",
                     work / "path" / "to" / "openevolve_output" / "checkpoints")
     shutil.copy(imports / "shinka" / "pi" / "evolution_db.sqlite", work / "path" / "to")
-    shutil.copy(imports / "mlgym" / "blotto" / "blotto.traj", work / "path" / "to" / "run.traj")
+    (work / "path" / "to" / "run.traj").write_text(mlgym_trajectory()[0])
     (work / "path" / "to" / "notes.txt").write_text("not a trajectory\n")
     (top / "shared").symlink_to(shared_fixtures().parent)
     env = _env(top)
