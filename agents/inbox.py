@@ -16,6 +16,11 @@ proposal file (``*.json`` or ``*.toml``) into the folder::
 
 Write the file under another name first (``x.json.tmp`` or a dot-file) and
 rename it into place: a rename is atomic, so the inbox never reads half a file.
+A proposal must be a regular file with one name: a symbolic link (or a second
+hard link to a file elsewhere) is rejected unread, so a link cannot make arl
+record a file it was not handed. Markers are written through a new temporary
+file (``O_EXCL|O_NOFOLLOW``) renamed into place, so a link planted where a
+marker or its temporary file will go is replaced, never followed.
 
 A file that cannot be read as a proposal (bad syntax, missing keys, unknown
 specialist or parent) gets ``<file>.rejected`` saying why, and is never
@@ -28,9 +33,13 @@ already holds is skipped, so a restarted search ingests nothing twice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 import threading
 import tomllib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,7 +213,11 @@ class Inbox:
             finish()
             return None
         try:
-            data = path.read_bytes()
+            data = _read_proposal(path)
+        except _Invalid as e:
+            finish()
+            _write_marker(path, "rejected", str(e.args[0]))
+            return None
         except OSError as e:
             finish()
             _write_marker(path, "rejected", f"cannot read the file: {e}")
@@ -299,14 +312,39 @@ def _marker(path: Path, kind: str) -> Path:
     return path.with_name(f"{path.name}.{kind}")
 
 
+def _read_proposal(path: Path) -> bytes:
+    """The bytes of a proposal file, opened without following a link; _Invalid if it is not one plain file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Invalid("the file is a symbolic link; write the proposal itself into the folder "
+                           "(links are not followed)") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _Invalid("not a regular file; write the proposal as a plain file")
+        if info.st_nlink != 1:
+            raise _Invalid(f"the file has {info.st_nlink} hard links; write the proposal as a file of its "
+                           "own (a link to a file elsewhere is not read)")
+        return f.read(MAX_FILE_BYTES + 1)
+
+
 def _write_marker(path: Path, kind: str, text: str) -> None:
     target = _marker(path, kind)
-    tmp = target.with_name(f".{target.name}.tmp")
+    # A fresh, unguessable temporary name, created only if nothing (no planted link) is there.
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        tmp.write_text(_one_line(text) + "\n")
-        tmp.replace(target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except OSError:
-        pass  # a read-only inbox still works; the ledger is the record
+        return  # a read-only inbox still works; the ledger is the record
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(_one_line(text) + "\n")
+        os.replace(tmp, target)  # replaces a link at the marker's name; never writes through it
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def _one_line(e: object) -> str:

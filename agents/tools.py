@@ -44,6 +44,8 @@ from arl.ledger.programs import Program, ProgramCache, program_digest, read_fold
 from arl.ledger.projections import Projector, State, TrialRow
 from arl.ledger.searches import search_config
 from arl.ledger.store import Ledger
+from arl.queries.errors import QueryError
+from arl.queries.guarded import GuardedDuckDB, SqlLimits, one_select, rows_of
 from arl.queries.load import connect, refresh
 from arl.tasks import legality
 from arl.tasks.manifest import Surface, Task
@@ -225,6 +227,7 @@ class LedgerTools:
         backend: str = "mcp",
         projector: Projector | None = None,
         sink: Sink | None = None,
+        sql_limits: SqlLimits | None = None,
     ) -> None:
         self.ledger = ledger
         self.task = task
@@ -235,9 +238,17 @@ class LedgerTools:
         self.backend = backend
         self.sink = sink
         self.projector = projector or Projector(ledger, name=f"tools/{search_id}/{specialist}", checkpoint_s=60.0)
+        #: What one ``sql`` call may use (statement timeout, memory, threads, temp space, paging).
+        self.sql_limits = sql_limits or SqlLimits(max_rows=MAX_SQL_ROWS)
         self._lock = threading.RLock()
         self.programs = ProgramCache(ledger)
         self._duck: duckdb.DuckDBPyConnection | None = None
+        self._guarded: GuardedDuckDB | None = None
+        self._guarded_at: tuple[int, str] | None = None  # (log head, best trial) of its rows
+        self._sql_lock = threading.Lock()  # guards the two above
+        self._copy_lock = threading.Lock()  # one copy of the rows at a time
+        #: The furthest log position a submission or a returned label has shown: sql shows it too.
+        self._shown_at = 0
         self._pinned: State | None = None
         started = ledger.stream(search_id)
         if not started or not isinstance(started[0], ev.SearchStarted):
@@ -249,8 +260,12 @@ class LedgerTools:
 
     # -- dispatch (the agent loop's way in) ------------------------------------------------------
 
-    def call(self, name: str, arguments: Mapping[str, Any], *, caller: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Run the tool ``name`` with JSON arguments; bad names or arguments are a :class:`ToolError`."""
+    def call(self, name: str, arguments: Mapping[str, Any], *, caller: Mapping[str, Any] | None = None,
+             fresh_as_of: int | None = None) -> dict[str, Any]:
+        """Run the tool ``name`` with JSON arguments; bad names or arguments are a :class:`ToolError`.
+
+        ``caller``: who submits (recorded with a submission); ``fresh_as_of``: for sql, the log
+        position the caller has been shown (a server with many sessions passes each one's own)."""
         spec = SPECS.get(name)
         if spec is None:
             raise ToolError(f"unknown tool {name!r}; the tools are: {', '.join(SPECS)}")
@@ -263,6 +278,8 @@ class LedgerTools:
         kwargs = {f: getattr(args, f) for f in args.__struct_fields__}
         if name == "submit":
             kwargs["caller"] = caller
+        if name == "sql":
+            kwargs["fresh_as_of"] = fresh_as_of
         return getattr(self, name)(**kwargs)
 
     # -- reading -----------------------------------------------------------------------------------
@@ -295,25 +312,19 @@ class LedgerTools:
                 **_page(view.render(), offset, limit),
             }
 
-    def sql(self, query: str, offset: int = 0, limit: int = SQL_ROWS) -> dict[str, Any]:
-        statement = _one_select(query)
-        limit = min(limit, MAX_SQL_ROWS)
-        with self._lock:
-            con = self._scoped_duckdb()
+    def sql(self, query: str, offset: int = 0, limit: int = SQL_ROWS, *,
+            fresh_as_of: int | None = None) -> dict[str, Any]:
+        """``fresh_as_of``: the rows include the log up to this position (default: everything these
+        tools have shown — submissions and labels returned); beyond it they may lag a moving log
+        by the time one copy takes."""
         try:
-            result = con.execute(statement)
-            columns = [d[0] for d in result.description or []]
-            if offset:
-                result.fetchmany(offset)
-            rows = result.fetchmany(limit + 1)
-        except duckdb.Error as e:
-            raise ToolError(f"SQL failed: {' '.join(str(e).split())[:300]}") from None
-        finally:
-            con.close()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return {"columns": columns, "rows": [[_cell(v) for v in row] for row in rows],
-                "offset": offset, "next_offset": offset + limit if more else None}
+            one_select(query)  # refused before any copying
+            needed = self._shown_at if fresh_as_of is None else fresh_as_of
+            page = self._scoped_duckdb(needed).page(query, offset, min(limit, MAX_SQL_ROWS))
+        except QueryError as e:
+            raise ToolError(str(e)) from None
+        return {"columns": page.columns, "rows": [[_cell(v) for v in row] for row in page.rows],
+                "offset": page.offset, "next_offset": page.next_offset}
 
     def read_program(self, trial: str = "best", path: str | None = None, offset: int = 0,
                      limit: int = TEXT_PAGE) -> dict[str, Any]:
@@ -390,6 +401,8 @@ class LedgerTools:
             raise ToolError("give a hypothesis: one sentence saying why the change should help")
         if expected_delta is not None and not math.isfinite(expected_delta):
             raise ToolError("expected_delta must be a finite number (or omitted)")
+        # The budget check and the recording hold one lock, so concurrent callers of this
+        # session cannot together submit past the budget.
         with self._lock:
             state = self._current()
             search = state.searches[self.search_id]
@@ -401,35 +414,44 @@ class LedgerTools:
                 raise ToolError(f"the search's trial budget is spent ({budget['charged']} charged, "
                                 f"{budget['in_flight']} running of {budget['trials']}); wait for labels instead")
             candidate = self._candidate(edits, diff, parents)
-        proposal = Proposal(
-            agent=self.specialist, surface=self.surface.name, hypothesis=_clip(hypothesis, HYPOTHESIS_CHARS),
-            expected_delta=expected_delta, parents=tuple(r.trial_id for r in candidate.parents),
-            backend=self.backend, program=candidate.program,
-            rejected=(Label.INVALID_EDIT, _clip(candidate.error or "", REASON_CHARS)) if candidate.program is None else None,
-        )
-        arguments = {"hypothesis": hypothesis, "expected_delta": expected_delta, "parents": parents,
-                     "edits": msgspec.to_builtins(edits) if edits else None, "diff": diff}
-        return self.sink(proposal, {"tool": "submit", "arguments": arguments, **(caller or {})})
+            proposal = Proposal(
+                agent=self.specialist, surface=self.surface.name, hypothesis=_clip(hypothesis, HYPOTHESIS_CHARS),
+                expected_delta=expected_delta, parents=tuple(r.trial_id for r in candidate.parents),
+                backend=self.backend, program=candidate.program,
+                rejected=(Label.INVALID_EDIT, _clip(candidate.error or "", REASON_CHARS)) if candidate.program is None else None,
+            )
+            arguments = {"hypothesis": hypothesis, "expected_delta": expected_delta, "parents": parents,
+                         "edits": msgspec.to_builtins(edits) if edits else None, "diff": diff}
+            reply = self.sink(proposal, {"tool": "submit", "arguments": arguments, **(caller or {})})
+            self._shown_at = max(self._shown_at, self.ledger.head())
+            return reply
 
     def wait(self, trial: str, timeout_s: float = 300.0) -> dict[str, Any]:
         deadline = time.monotonic() + min(max(timeout_s, 0.0), MAX_WAIT_S)
-        early = str(trial).strip().lower() in ("baseline", "best")  # may not exist yet: wait for it too
         while True:
-            with self._lock:
-                state = self._current()
-                try:
-                    row: TrialRow | None = self._trial(trial, waiting=True)
-                except ToolError:
-                    if not early:
-                        raise
-                    row = None
-            if row is not None and row.label is not None:
-                return {**_trial_json(row), "timed_out": False}
+            reply, position = self.poll(trial)
             left = deadline - time.monotonic()
-            if left <= 0:
-                return {**(_trial_json(row) if row else {"trial": trial, "status": "not proposed yet"}),
-                        "timed_out": True}
-            self.ledger.wait(state.position, min(left, 5.0))
+            if not reply["timed_out"] or left <= 0:
+                return reply
+            self.ledger.wait(position, min(left, 5.0))
+
+    def poll(self, trial: str) -> tuple[dict[str, Any], int]:
+        """``wait`` without blocking: the trial's label (``timed_out`` False) or where it stands
+        (``timed_out`` True), and the log position that answer was read at."""
+        early = str(trial).strip().lower() in ("baseline", "best")  # may not exist yet: wait for it too
+        with self._lock:
+            state = self._current()
+            try:
+                row: TrialRow | None = self._trial(trial, waiting=True)
+            except ToolError:
+                if not early:
+                    raise
+                row = None
+        if row is not None and row.label is not None:
+            self._shown_at = max(self._shown_at, state.position)
+            return {**_trial_json(row), "timed_out": False}, state.position
+        return {**(_trial_json(row) if row else {"trial": trial, "status": "not proposed yet"}),
+                "timed_out": True}, state.position
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -517,37 +539,69 @@ class LedgerTools:
     def _also(self, parents: list[TrialRow]) -> tuple[str, ...]:
         return tuple(r.surface for r in parents[1:] if r.surface)
 
-    def _scoped_duckdb(self) -> duckdb.DuckDBPyConnection:
-        """A throwaway DuckDB holding only this search's rows (the best's, with lineage off).
+    def _scoped_duckdb(self, needed: int) -> GuardedDuckDB:
+        """The guarded DuckDB holding only this search's rows (the best's, with lineage off).
 
         Copying the rows out keeps the rest of the ledger unreachable whatever the
-        SQL says, and file access is switched off before the caller's SQL runs.
+        SQL says; the copy runs the caller's SQL under :attr:`sql_limits`. A copy
+        that holds the log up to ``needed`` (all the caller was shown) answers at
+        once, and if the log has moved since, a fresher one is made in the
+        background, so a busy log does not make every query wait for a copy.
         """
-        if self._duck is None:
-            self._duck = connect(self.ledger)
-        else:
-            refresh(self._duck, self.ledger)
-        main = self._duck
-        state = self._current()
-        best = state.searches[self.search_id].best_trial or ""
+        head = self.ledger.head()
+        best = self._scope_best()
+        with self._sql_lock:
+            copy, at = self._guarded, self._guarded_at
+        if copy is not None and at is not None and at[0] >= needed and at[1] == best:
+            if at != (head, best):
+                threading.Thread(target=self._copy_rows, args=(False,), name="arl-sql-copy", daemon=True).start()
+            return copy
+        copied = self._copy_rows(True)
+        assert copied is not None
+        return copied
+
+    def _scope_best(self) -> str:
+        """With lineage off, the best trial (the only one sql may show); with it on, "" (all are shown).
+
+        Only the control arm takes the tools' lock here: with lineage on, sql never waits
+        for a submission being recorded."""
         if self.lineage_on:
-            scopes = {"trials": "search = $s", "lineage": "search = $s", "checks": "search = $s",
-                      "events": "search_id = $s", "agent_calls": "search = $s", "searches": "search = $s"}
-        else:
-            scopes = {"trials": "trial_id = $b", "lineage": "false", "checks": "trial = $b",
-                      "events": "stream = $b", "agent_calls": "trial_id = $b", "searches": "search = $s"}
-        con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": "false",
-                                                 "autoload_known_extensions": "false"})
-        con.execute("SET TimeZone = 'UTC'")
-        for view, where in scopes.items():
-            params = {k: v for k, v in (("s", self.search_id), ("b", best)) if f"${k}" in where}
-            table = main.sql(f'SELECT * FROM "{view}" WHERE {where}', params=params).to_arrow_table()
-            con.register("_rows", table)
-            con.execute(f'CREATE TABLE "{view}" AS SELECT * FROM _rows')
-            con.unregister("_rows")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        return con
+            return ""
+        with self._lock:
+            return self._current().searches[self.search_id].best_trial or ""
+
+    def _copy_rows(self, wait: bool) -> GuardedDuckDB | None:
+        """Copy this search's rows as of now into the guarded DuckDB; one copy at a time
+        (without ``wait``, None when another one is under way)."""
+        if not self._copy_lock.acquire(blocking=wait):
+            return None
+        try:
+            head = self.ledger.head()
+            best = self._scope_best()
+            if self._guarded is not None and self._guarded_at == (head, best):
+                return self._guarded
+            if self._duck is None:
+                self._duck = connect(self.ledger)
+            else:
+                refresh(self._duck, self.ledger)
+            if self.lineage_on:
+                scopes = {"trials": "search = $s", "lineage": "search = $s", "checks": "search = $s",
+                          "events": "search_id = $s", "agent_calls": "search = $s", "searches": "search = $s"}
+            else:
+                scopes = {"trials": "trial_id = $b", "lineage": "false", "checks": "trial = $b",
+                          "events": "stream = $b", "agent_calls": "trial_id = $b", "searches": "search = $s"}
+            views = {view: (where, {k: v for k, v in (("s", self.search_id), ("b", best)) if f"${k}" in where})
+                     for view, where in scopes.items()}
+            if self._guarded is None:
+                guarded = GuardedDuckDB.copy_of(self._duck, views, self.sql_limits)
+            else:
+                guarded = self._guarded
+                guarded.load(rows_of(self._duck, views))
+            with self._sql_lock:
+                self._guarded, self._guarded_at = guarded, (head, best)
+            return guarded
+        finally:
+            self._copy_lock.release()
 
 
 class McpSeat:
@@ -568,21 +622,6 @@ class McpSeat:
     def propose(self, view: LineageView) -> None:
         self.ledger.wait(self.ledger.head(), 1.0)
         return None
-
-
-def _one_select(query: str) -> str:
-    """The query, if it is exactly one read-only SELECT; else a ToolError saying so."""
-    if not query or not query.strip():
-        raise ToolError("give a query, e.g. SELECT seq, label, score FROM trials ORDER BY seq")
-    try:
-        statements = duckdb.connect(":memory:").extract_statements(query)
-    except duckdb.Error as e:
-        raise ToolError(f"SQL does not parse: {' '.join(str(e).split())[:300]}") from None
-    if len(statements) != 1:
-        raise ToolError(f"give exactly one statement ({len(statements)} given)")
-    if statements[0].type != duckdb.StatementType.SELECT:
-        raise ToolError(f"only SELECT (or WITH … SELECT) is allowed, not {statements[0].type.name}")
-    return statements[0].query.strip().rstrip(";")
 
 
 def _only(rows: list[TrialRow], ref: str) -> TrialRow:

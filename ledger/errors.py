@@ -15,3 +15,7 @@ class ConflictError(ArlError):
 
 class BlobError(ArlError):
     """A blob is missing or its bytes no longer match its digest."""
+
+
+class LedgerWarning(UserWarning):
+    """Something in the store was not as recorded and was worked around (e.g. a checkpoint rebuilt)."""

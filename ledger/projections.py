@@ -7,6 +7,13 @@ advanced from any position. A :class:`Projector` keeps it up to date against a
 ledger and checkpoints it together with its log position in one write, so a
 process killed at any point resumes from its last checkpoint and reaches the
 same state as a rebuild from zero (compare :meth:`State.digests`).
+
+A checkpoint carries the chain link of its position. Loading one checks that
+link against the ledger's chain (a checkpoint of a rewritten log, or one put
+at a position it was not computed at, is rebuilt from the log, with a
+:class:`~arl.ledger.errors.LedgerWarning`); ``arl verify`` also compares each
+checkpoint's views with a rebuild up to its position, which catches a forged
+state whatever link it carries.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import warnings
 from datetime import datetime
 
 import msgspec
 
 from arl.ledger import events as ev
+from arl.ledger.errors import LedgerWarning
 from arl.ledger.events import Label
 from arl.ledger.store import Ledger, decode_states
 
@@ -26,7 +35,7 @@ from arl.ledger.store import Ledger, decode_states
 BASELINE_AGENT = "baseline"
 
 #: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
-PROJECTION_VERSION = 4  # 3: TrialRow.shortfalls; 4: baselines never charged, SearchRow.measuring
+PROJECTION_VERSION = 5  # 3: TrialRow.shortfalls; 4: baselines never charged, SearchRow.measuring; 5: State.link
 
 
 class TrialRow(msgspec.Struct, kw_only=True, gc=False):
@@ -87,6 +96,8 @@ class SearchRow(msgspec.Struct, kw_only=True, gc=False):
 
 class State(msgspec.Struct, kw_only=True):
     position: int = 0
+    #: The chain link (hex) of the event at ``position``, set when the state is checkpointed.
+    link: str = ""
     searches: dict[str, SearchRow] = {}
     trials: dict[str, TrialRow] = {}
     children: dict[str, list[str]] = {}
@@ -331,6 +342,18 @@ def rebuild(ledger: Ledger, *, page: int = 50_000) -> State:
     return state
 
 
+def rebuild_to(ledger: Ledger, state: State, position: int, *, page: int = 50_000) -> State:
+    """Advance ``state`` through the event at ``position`` and no further."""
+    while state.position < position:
+        rows = [r for r in ledger.read_states(state.position, page) if r[0] <= position]
+        if not rows:
+            break
+        events = decode_states([r[1] for r in rows])
+        for row, event in zip(rows, events, strict=True):
+            state.apply(row[0], event)
+    return state
+
+
 def _advance(ledger: Ledger, state: State, page: int, until: float | None = None) -> int:
     """Apply every event after ``state.position``; returns how many were applied."""
     applied = 0
@@ -347,12 +370,38 @@ def _advance(ledger: Ledger, state: State, page: int, until: float | None = None
             return applied
 
 
+def checkpoint_problem(ledger: Ledger, name: str, position: int, digest: str,
+                       data: bytes) -> tuple[str | None, State | None]:
+    """What is wrong with a stored checkpoint, short of a rebuild: (problem or None, its state).
+
+    A checkpoint of another layout version is nobody's concern (never loaded): (None, None).
+    """
+    if not name.endswith(f"/v{PROJECTION_VERSION}"):
+        return None, None
+    if hashlib.sha256(data).hexdigest() != digest:
+        return f"its bytes at #{position} do not match its digest (damaged)", None
+    try:
+        state = State.from_bytes(data)
+    except msgspec.DecodeError:
+        return f"its state at #{position} cannot be decoded (damaged)", None
+    if state.position != position:
+        return f"it is stored at #{position} but holds the state at #{state.position}", None
+    link = ledger.chain_link(position)
+    if link is None:
+        return f"it is at #{position}, and the log has no event #{position}", None
+    if state.link != link.hex():
+        return (f"it carries the link {state.link[:16] or '(none)'}… for #{position}, and the chain "
+                f"there is {link.hex()[:16]}…: it was not computed from this log"), None
+    return None, state
+
+
 class Projector:
     """Keeps a :class:`State` current against a ledger, with durable checkpoints.
 
-    The checkpoint (state + position, one row, one transaction) is written at
-    most every ``checkpoint_s`` seconds, so a restart re-applies at most the
-    events of that long; call :meth:`checkpoint` to write one now.
+    The checkpoint (state + position + its chain link, one row, one transaction)
+    is written at most every ``checkpoint_s`` seconds, so a restart re-applies at
+    most the events of that long; call :meth:`checkpoint` to write one now. On a
+    ledger opened read-only no checkpoint is written.
     """
 
     def __init__(self, ledger: Ledger, *, name: str = "state", checkpoint_s: float = 2.0) -> None:
@@ -363,17 +412,23 @@ class Projector:
         self._checkpointed = time.monotonic()
 
     def _load(self) -> State:
-        stored = self.ledger.load_checkpoint(self.name)
-        if stored is None:
-            return State()
-        position, digest, data = stored
-        if hashlib.sha256(data).hexdigest() != digest:
-            return State()  # derived data: a damaged checkpoint is simply rebuilt
-        try:
-            state = State.from_bytes(data)
-        except msgspec.DecodeError:
-            return State()
-        return state if state.position == position else State()
+        # Read-only, this projector writes no checkpoint of its own: it starts from the
+        # furthest one any writer (a search driver, a worker) left, if its link holds.
+        names = [self.name]
+        if self.ledger.read_only:
+            names = [n for n, _ in self.ledger.checkpoint_positions() if n.endswith(f"/v{PROJECTION_VERSION}")]
+        for name in names:
+            stored = self.ledger.load_checkpoint(name)
+            if stored is None:
+                continue
+            position, digest, data = stored
+            problem, state = checkpoint_problem(self.ledger, name, position, digest, data)
+            if state is not None:
+                return state
+            warnings.warn(f"projection checkpoint {name!r} not used: {problem}; "
+                          "rebuilding from the log (`arl verify` checks every checkpoint)",
+                          LedgerWarning, stacklevel=3)
+        return State()
 
     def catch_up(self, *, page: int = 50_000) -> State:
         """Apply everything recorded so far; checkpoint at most every ``checkpoint_s``."""
@@ -384,6 +439,12 @@ class Projector:
 
     def checkpoint(self) -> None:
         self._checkpointed = time.monotonic()
+        if self.ledger.read_only:
+            return
+        link = self.ledger.chain_link(self.state.position)
+        if link is None:  # the log lost the event this state stands on: nothing sound to store
+            return
+        self.state.link = link.hex()
         data = self.state.to_bytes()
         self.ledger.save_checkpoint(
             self.name, self.state.position, hashlib.sha256(data).hexdigest(), data

@@ -8,14 +8,22 @@ are added, both inside the same transactions the library already uses:
 * a content-addressed blob table with its own running chain.
 
 Events, blobs, chain and meta rows are append-only: triggers refuse UPDATE,
-DELETE (and TRUNCATE on PostgreSQL). Projection checkpoints are the only
-mutable rows; they are derived state and can be rebuilt from the log.
+DELETE (and TRUNCATE on PostgreSQL). Projection checkpoints and lease
+heartbeats are the only mutable rows; they are derived or operational state.
+
+On PostgreSQL the store can be split between two roles: the owner of the
+tables, who creates and migrates them (:func:`migrate`), and a writer for
+workers and drivers that may only insert and read the record
+(:func:`grant_writer`); the writer cannot lift the triggers, since only a
+table's owner may. Read commands open a ledger read-only (``read_only=True``):
+nothing is written, and a ledger on a read-only file or filesystem opens.
 """
 
 from __future__ import annotations
 
 import getpass
 import hashlib
+import re
 import os
 import socket
 import sqlite3
@@ -27,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 from eventsourcing.persistence import (
@@ -50,6 +58,13 @@ DEFAULT_PATH = Path(".arl") / "ledger.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 GENESIS = b"\x00" * 32
 _SCHEMA_LOCK_KEY = 0x61726C  # "arl"
+#: Bump when the DDL below changes. The owner records ``ddl/<N>`` in arl_meta when it
+#: applies it, so a writer role (which may not run DDL) knows the tables are current.
+DDL_VERSION = 2  # 2: append locks through owner-defined functions (two-role PostgreSQL)
+#: How long a command waits for another process's write lock on an SQLite ledger.
+SQLITE_LOCK_WAIT_S = 30
+#: How long opening waits for it: a command that cannot start says so within seconds.
+SQLITE_OPEN_WAIT_S = 3
 
 
 #: The help text of the one ``--store URL`` option every command takes.
@@ -151,8 +166,20 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
     """PostgreSQL application recorder that extends the hash chain as it inserts.
 
     The library holds an EXCLUSIVE lock on the events table while inserting, so
-    reading the last link and writing the next ones cannot interleave.
+    reading the last link and writing the next ones cannot interleave. The lock
+    is taken through ``arl_lock_events()``, a function of the tables' owner:
+    PostgreSQL lets only a role with UPDATE, DELETE or TRUNCATE rights lock a
+    table that way, and the writer role has none of them.
     """
+
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        from psycopg.sql import SQL, Identifier
+
+        self.lock_table_statements = [
+            statement for statement in self.lock_table_statements
+            if not statement.as_string().startswith("LOCK TABLE")
+        ] + [SQL("SELECT {0}.arl_lock_events()").format(Identifier(datastore.schema))]
 
     def _fetch_ids_after_insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -213,6 +240,13 @@ _PG_SCHEMA = [
     "BEGIN RAISE EXCEPTION 'arl: % on % refused: the ledger is append-only', "
     "TG_OP, TG_TABLE_NAME; END $$",
 ]
+
+#: Tables a writer role may read and insert into, and those it may also update
+#: (derived checkpoints and lease heartbeats), on PostgreSQL.
+_WRITER_INSERTS = ("arl_events", "arl_chain", "arl_blobs")
+_WRITER_UPDATES = ("arl_projections", "arl_leases")
+_WRITER_READS = ("arl_meta",)
+_LOCK_FUNCTIONS = {"arl_lock_events": "arl_events", "arl_lock_blobs": "arl_blobs"}
 
 
 class _Backend:
@@ -307,6 +341,15 @@ class _PostgresBackend(_Backend):
 
     def schema(self) -> list[str]:
         out = list(_PG_SCHEMA)
+        schema = _quote_ident(self.datastore.schema)
+        for function, table in _LOCK_FUNCTIONS.items():
+            # SECURITY DEFINER: the lock is taken with the owner's rights, for the caller's transaction.
+            out.append(
+                f"CREATE OR REPLACE FUNCTION {schema}.{function}() RETURNS void LANGUAGE plpgsql "
+                f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ "
+                f"BEGIN LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; END $$"
+            )
+            out.append(f"REVOKE ALL ON FUNCTION {schema}.{function}() FROM PUBLIC")
         for table in _APPEND_ONLY:
             name = self.events_table if table == "events" else table
             out.append(
@@ -318,6 +361,10 @@ class _PostgresBackend(_Backend):
                 f"ON {name} FOR EACH STATEMENT EXECUTE FUNCTION arl_refuse_change()"
             )
         return out
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 # --- URL handling ----------------------------------------------------------------------
@@ -418,6 +465,8 @@ class Ledger:
         self._changed = threading.Event()
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Opened for reading only: every write is refused (and none is attempted).
+        self.read_only = False
 
     @property
     def recorder(self) -> Any:
@@ -427,18 +476,23 @@ class Ledger:
     # -- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | None = None, *, create: bool = True) -> Ledger:
+    def open(cls, url: str | None = None, *, create: bool = True, read_only: bool = False) -> Ledger:
         """Open the ledger at ``url`` (default: ``ARL_STORE`` or ``.arl/ledger.db``).
 
         With ``create=False`` a missing ledger is an error instead of a new one.
-        Nothing is written unless the store is, or can become, an arl ledger.
+        With ``read_only=True`` (implies ``create=False``) nothing is ever written,
+        not even the schema of this arl version, so a ledger on a read-only file
+        or filesystem opens. Nothing is written unless the store is, or can
+        become, an arl ledger.
         """
         parsed = StoreURL.parse(url or default_store_url())
+        create = create and not read_only
         if parsed.kind == "sqlite":
-            factory, backend = _open_sqlite(parsed, create=create)
+            factory, backend = _open_sqlite(parsed, create=create, read_only=read_only)
         else:
             factory, backend = _open_postgres(parsed)
         ledger = cls(parsed, factory, backend)
+        ledger.read_only = read_only
         try:
             ledger._prepare(create=create)
         except BaseException:
@@ -468,17 +522,46 @@ class Ledger:
                 )
             self._create_schema()
             return
-        with self._backend.read() as c:
-            c.execute(self._backend.sql("SELECT value FROM arl_meta WHERE key = ?"), ("schema",))
-            row = c.fetchone()
-        version = int(_col(row, "value")) if row else 0
+        version = int(self.meta("schema") or 0)
         if version > ev.SCHEMA_VERSION:
             raise StoreError(
                 f"{self.url.display()} was written by a newer arl (ledger schema {version}, "
                 f"this arl reads up to {ev.SCHEMA_VERSION}); upgrade arl to open it"
             )
+        if self.read_only:
+            return
+        if self.kind == "postgresql" and not self._owns_tables():
+            # A writer role: it may not run DDL, so the owner must have brought the tables in.
+            if self.meta(f"ddl/{DDL_VERSION}") is None:
+                raise StoreError(
+                    f"the ledger at {self.url.display()} lacks the schema of this arl version, and "
+                    f"{self.url.user} does not own its tables; run `arl store migrate --store "
+                    "postgresql://OWNER@…` as the owner role, then retry"
+                )
+            return
         # Bring triggers and tables of this version in (idempotent).
         self._create_schema()
+
+    def meta(self, key: str) -> str | None:
+        """A value of the ledger's arl_meta table (``schema``, ``created_at``, ``ledger_id``, …)."""
+        with self._backend.read() as c:
+            c.execute(self._backend.sql("SELECT value FROM arl_meta WHERE key = ?"), (key,))
+            row = c.fetchone()
+        return str(_col(row, "value")) if row else None
+
+    def ledger_id(self) -> str:
+        """The id this ledger was given when it was created (anchors name it)."""
+        return self.meta("ledger_id") or ""
+
+    def _owns_tables(self) -> bool:
+        with self._backend.read() as c:
+            c.execute(
+                "SELECT pg_has_role(current_user, tableowner, 'USAGE') AS owner FROM pg_tables "
+                "WHERE schemaname = current_schema() AND tablename = %s",
+                (self.events_table,),
+            )
+            row = c.fetchone()
+        return row is None or bool(row["owner"])
 
     def _table_names(self) -> set[str]:
         with self._backend.read() as c:
@@ -504,6 +587,7 @@ class Ledger:
                 ("schema", str(ev.SCHEMA_VERSION)),
                 ("created_at", ev.now().isoformat()),
                 ("ledger_id", uuid.uuid4().hex),
+                (f"ddl/{DDL_VERSION}", ev.now().isoformat()),
             ):
                 c.execute(  # never over an existing key: that insert is refused (append-only)
                     self._backend.sql(
@@ -533,6 +617,7 @@ class Ledger:
         Raises :class:`ConflictError` if any stream position is already taken,
         in which case nothing of the batch is written.
         """
+        self._writable()
         try:
             recordings = self._store.put(list(events))
         except IntegrityError as e:
@@ -543,10 +628,12 @@ class Ledger:
                 "re-read the stream and decide again"
             ) from e
         except PersistenceError as e:
-            raise StoreError(
-                f"could not write to {self.url.display()}: {_one_line(e)}"
-            ) from e
+            raise store_failure(e, self.url, "could not write to") from e
         return [r.notification.id for r in recordings]
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.url.display()} was opened read-only; this command may not write to it")
 
     def stream(self, originator_id: str, after: int = 0) -> list[ev.Event]:
         """Every event of one stream, in version order (versions > ``after``)."""
@@ -620,12 +707,13 @@ class Ledger:
 
     def put_blobs(self, items: Sequence[bytes]) -> list[str]:
         """Store many blobs in one transaction; returns their digests in order."""
+        self._writable()
         digests = [hashlib.sha256(data).hexdigest() for data in items]
         b = self._backend
         try:
             with b.write() as c:
                 if b.kind == "postgresql":
-                    c.execute("LOCK TABLE arl_blobs IN EXCLUSIVE MODE")
+                    c.execute(f"SELECT {_quote_ident(b.datastore.schema)}.arl_lock_blobs()")
                 c.execute("SELECT chain FROM arl_blobs ORDER BY seq DESC LIMIT 1")
                 row = c.fetchone()
                 prev = bytes(_col(row, "chain")) if row else GENESIS
@@ -645,7 +733,7 @@ class Ledger:
                     rows,
                 )
         except (PersistenceError, sqlite3.Error) as e:
-            raise StoreError(f"could not write blobs to {self.url.display()}: {_one_line(e)}") from e
+            raise store_failure(e, self.url, "could not write blobs to") from e
         return digests
 
     def has_blob(self, digest: str) -> bool:
@@ -703,6 +791,13 @@ class Ledger:
             c.execute(statement, (*params, limit))
             return [(r["notification_id"], bytes(r["digest"])) for r in c.fetchall()]
 
+    def chain_link(self, position: int) -> bytes | None:
+        """The stored chain link of the event at ``position`` (GENESIS at 0; None if no such event)."""
+        if position == 0:
+            return GENESIS
+        rows = self.read_chain(position - 1, 1, stop=position)
+        return rows[0][1] if rows and rows[0][0] == position else None
+
     def read_blob_rows(self, after: int = 0, limit: int = 1_000) -> list[tuple[int, str, bytes, bytes]]:
         """Rows ``(seq, digest, data, chain)`` of the blob table after a position."""
         with self._backend.read() as c:
@@ -721,6 +816,7 @@ class Ledger:
 
     def save_checkpoint(self, name: str, position: int, digest: str, state: bytes) -> None:
         """Store a projection's state at a log position, unless a later one is stored."""
+        self._writable()
         with self._backend.write() as c:
             c.execute(
                 self._backend.sql(
@@ -731,6 +827,21 @@ class Ledger:
                 ),
                 (name, position, digest, state),
             )
+
+    def drop_checkpoints(self) -> int:
+        """Remove every projection checkpoint (derived state); returns how many there were."""
+        self._writable()
+        with self._backend.write() as c:
+            c.execute("SELECT count(*) AS n FROM arl_projections")
+            n = int(_col(c.fetchone(), "n"))
+            c.execute("DELETE FROM arl_projections")
+        return n
+
+    def checkpoint_positions(self) -> list[tuple[str, int]]:
+        """``(name, position)`` of every stored checkpoint, the furthest first."""
+        with self._backend.read() as c:
+            c.execute("SELECT name, position FROM arl_projections ORDER BY position DESC, name")
+            return [(_col(r, "name"), int(_col(r, "position"))) for r in c.fetchall()]
 
     def checkpoint_names(self) -> list[str]:
         with self._backend.read() as c:
@@ -754,6 +865,7 @@ class Ledger:
 
     def renew_lease(self, trial: str, runner: str, expires_at: float) -> None:
         """Extend ``runner``'s hold on a trial to ``expires_at`` (unix seconds)."""
+        self._writable()
         with self._backend.write() as c:
             c.execute(
                 self._backend.sql(
@@ -877,13 +989,60 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _probe_sqlite(path: Path) -> None:
+def store_failure(e: BaseException, url: StoreURL, doing: str = "could not use",
+                  *, waited: float = SQLITE_LOCK_WAIT_S) -> StoreError:
+    """One line for a failure of the database underneath (a lock held too long, a read-only file, …)."""
+    text = _one_line(e)
+    if "database is locked" in text or "database table is locked" in text:
+        return StoreError(
+            f"{url.display()} is locked by another process (waited {waited:g} s): a long "
+            "write, or an open sqlite3 shell in a transaction, holds it; retry when it is done"
+        )
+    if "readonly database" in text or "read-only" in text.lower():
+        return StoreError(
+            f"{url.display()} is read-only here ({text}); read commands (status, show, verify, sql, …) "
+            "work on it, commands that record need a writable copy"
+        )
+    if "permission denied" in text.lower():
+        return StoreError(
+            f"{doing} {url.display()}: {text}; the role in the store URL lacks that right "
+            "(a writer role may only insert and read: see `arl store grant`)"
+        )
+    return StoreError(f"{doing} {url.display()}: {text}")
+
+
+def _read_uri(path: Path, url: StoreURL) -> str:
+    """An SQLite URI that reads ``path`` without writing to it.
+
+    ``mode=ro`` where SQLite can still keep its shared-memory file beside the
+    ledger; on a read-only filesystem, where it cannot, ``immutable=1`` (nothing
+    can write there either, so the file cannot change under the reader).
+    """
+    ro = f"file:{quote(str(path))}?mode=ro"
+    try:
+        conn = sqlite3.connect(ro, uri=True, timeout=SQLITE_OPEN_WAIT_S)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:
+        if "unable to open" in str(e) or "readonly" in str(e):
+            return f"file:{quote(str(path))}?immutable=1"
+        if "locked" in str(e):
+            raise store_failure(e, url, waited=SQLITE_OPEN_WAIT_S) from e
+        raise StoreError(f"{path} cannot be read as an SQLite database ({e}); is it a ledger?") from e
+    except sqlite3.Error as e:
+        raise StoreError(f"{path} cannot be read as an SQLite database ({e}); is it a ledger?") from e
+    return ro
+
+
+def _probe_sqlite(path: Path, uri: str, url: StoreURL) -> None:
     """Refuse a foreign or too-new database before anything opens it for writing.
 
     (Opening it through eventsourcing switches it to WAL mode, which is a write.)
     """
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_OPEN_WAIT_S)
         try:
             tables = {
                 r[0]
@@ -895,6 +1054,10 @@ def _probe_sqlite(path: Path) -> None:
                 row = conn.execute("SELECT value FROM arl_meta WHERE key = 'schema'").fetchone()
         finally:
             conn.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):
+            raise store_failure(e, url, waited=SQLITE_OPEN_WAIT_S) from e
+        raise StoreError(f"{path} cannot be read as an SQLite database ({e}); is it a ledger?") from e
     except sqlite3.Error as e:
         raise StoreError(f"{path} cannot be read as an SQLite database ({e}); is it a ledger?") from e
     if tables and "arl_meta" not in tables:
@@ -910,20 +1073,29 @@ def _probe_sqlite(path: Path) -> None:
         )
 
 
-def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory, _Backend]:
+def _open_sqlite(url: StoreURL, *, create: bool, read_only: bool = False) -> tuple[InfrastructureFactory, _Backend]:
     path = Path(url.path)
     if path.is_dir():
         raise StoreError(f"{path} is a folder; give the ledger file, e.g. {path / 'ledger.db'}")
+    dbname = str(path)
     if path.exists():
-        with path.open("rb") as f:
-            head = f.read(16)
+        try:
+            with path.open("rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror}; check its permissions") from e
         if head and head != _SQLITE_MAGIC:
             raise StoreError(
                 f"{path} is not an arl ledger (not an SQLite database); "
                 "point --store at a ledger file or a new path"
             )
         if head:
-            _probe_sqlite(path)
+            uri = _read_uri(path, url)
+            _probe_sqlite(path, uri, url)
+            if read_only:
+                dbname = uri
+        elif read_only:
+            raise StoreError(f"{path} is empty, not an arl ledger; check --store / ARL_STORE")
     elif not create:
         raise StoreError(
             f"no arl ledger at {path}; check --store / ARL_STORE, or run a search to create one"
@@ -937,8 +1109,8 @@ def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory,
         "arl",
         {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(path),
-            "SQLITE_LOCK_TIMEOUT": "30",
+            "SQLITE_DBNAME": dbname,
+            "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_WAIT_S),
             "CREATE_TABLE": "false",
             "ORIGINATOR_ID_TYPE": "text",
         },
@@ -947,6 +1119,10 @@ def _open_sqlite(url: StoreURL, *, create: bool) -> tuple[InfrastructureFactory,
         factory = InfrastructureFactory.construct(env)
     except Exception as e:
         raise StoreError(f"cannot open {path}: {_one_line(e)}") from e
+    if read_only:
+        # eventsourcing switches a file to WAL mode on its first connection: a write.
+        # Reading needs no journal mode change, so tell the pool it is done.
+        factory.datastore.pool.is_journal_mode_wal = True
     return factory, _SQLiteBackend(factory.datastore)
 
 
@@ -985,3 +1161,52 @@ def _open_postgres(url: StoreURL) -> tuple[InfrastructureFactory, _Backend]:
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+# --- two roles on PostgreSQL ------------------------------------------------------------------
+
+
+def migrate(url: str) -> Ledger:
+    """Create or bring up to date the ledger's tables, triggers and functions, as their owner."""
+    ledger = Ledger.open(url, create=True)
+    if ledger.kind == "postgresql" and not ledger._owns_tables():
+        ledger.close()
+        raise StoreError(
+            f"{ledger.url.user} does not own the ledger's tables in {ledger.url.display()}; "
+            "run `arl store migrate` with the owner role in the URL"
+        )
+    return ledger
+
+
+def grant_writer(ledger: Ledger, role: str) -> list[str]:
+    """Let ``role`` record (INSERT and SELECT on the record, UPDATE on checkpoints and leases
+    only); returns the statements run. The caller is the tables' owner; the role must exist."""
+    if ledger.kind != "postgresql":
+        raise StoreError("roles exist on PostgreSQL only; an SQLite ledger is guarded by its file's permissions")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", role):
+        raise StoreError(f"{role!r} is not a plain PostgreSQL role name; use letters, digits and _")
+    if not ledger._owns_tables():
+        raise StoreError(f"{ledger.url.user} does not own the ledger's tables; run `arl store grant` as the owner")
+    schema = _quote_ident(ledger._backend.datastore.schema)
+    who = _quote_ident(role)
+    statements = [f"GRANT USAGE ON SCHEMA {schema} TO {who}"]
+    statements += [f"GRANT SELECT, INSERT ON {schema}.{t} TO {who}" for t in _WRITER_INSERTS]
+    statements += [f"GRANT SELECT, INSERT, UPDATE ON {schema}.{t} TO {who}" for t in _WRITER_UPDATES]
+    statements += [f"GRANT SELECT ON {schema}.{t} TO {who}" for t in _WRITER_READS]
+    statements += [f"GRANT EXECUTE ON FUNCTION {schema}.{f}() TO {who}" for f in _LOCK_FUNCTIONS]
+    try:
+        with ledger._backend.write() as c:
+            c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if c.fetchone() is None:
+                raise StoreError(f"no role {role!r} in {ledger.url.display()}; create it first "
+                                 f"(`createuser {role}`, or CREATE ROLE {role} LOGIN PASSWORD '…')")
+            for table, column in (("arl_events", "notification_id"), ("arl_blobs", "seq")):
+                c.execute("SELECT pg_get_serial_sequence(%s, %s) AS seq", (f"{schema}.{table}", column))
+                sequence = c.fetchone()["seq"]
+                if sequence:
+                    statements.append(f"GRANT USAGE ON SEQUENCE {sequence} TO {who}")
+            for statement in statements:
+                c.execute(statement)
+    except PersistenceError as e:
+        raise store_failure(e, ledger.url, "could not grant on") from e
+    return statements

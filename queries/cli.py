@@ -46,7 +46,7 @@ def _connect(args: argparse.Namespace, ledger: Ledger):
 def cmd_sql(args: argparse.Namespace) -> int:
     from arl.queries.table import render, run_sql
 
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         con = _connect(args, ledger)
     try:
         if args.query is None:
@@ -63,7 +63,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from arl.queries.named import run_named
     from arl.queries.table import render
 
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         con = _connect(args, ledger)
     try:
         table = run_named(con, args.name, search=args.search, quartiles=args.quartiles)
@@ -78,7 +78,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format in ("prov", "ro-crate"):
         return _export_provenance(args)
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         con = _connect(args, ledger)
     try:
         written = export(con, args.format, args.dir)
@@ -94,7 +94,7 @@ def _export_provenance(args: argparse.Namespace) -> int:
     from arl.queries.provenance import export_prov, export_ro_crate
     from arl.ledger.searches import find_search
 
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         search = find_search(ledger, args.search) if args.search else None
         if args.format == "prov":
             for path in export_prov(ledger, args.dir, search):
@@ -126,7 +126,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from arl.queries.report import write_report
 
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         con = _connect(args, ledger)
         try:
             summary = write_report(con, args.output, search=args.search, ledger=ledger)

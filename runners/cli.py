@@ -19,22 +19,77 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
+def _token_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-file", metavar="FILE",
+                   help="token file (default: $ARL_TOKENS, else ~/.config/arl/tokens.jsonl)")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    with Ledger.open(args.store, create=False) as ledger:
+    from arl.ledger.anchors import read_anchors
+
+    anchors = [a for path in args.anchors or () for a in read_anchors(path)]
+    with Ledger.open(args.store, read_only=True) as ledger:
         def progress(n: int) -> None:
             print(f"  … {n:,} events checked", file=sys.stderr)
 
-        report = verify(ledger, expect_head=args.expect_head, progress=progress)
+        report = verify(ledger, expect_head=args.expect_head, anchors=anchors, progress=progress)
         where = ledger.url.display()
     if report.ok:
         rate = report.events / report.seconds if report.seconds else 0.0
         print(
             f"ok: {report.events:,} events and {report.blobs:,} blobs in {where} verified "
-            f"in {report.seconds:.2f} s ({rate:,.0f} events/s)\nchain head: {report.head}"
+            f"in {report.seconds:.2f} s ({rate:,.0f} events/s)"
+            + (f", {report.checkpoints} checkpoint(s) match a rebuild" if report.checkpoints else "")
+            + (f", {report.anchors} anchored head(s) match" if report.anchors else "")
+            + f"\nchain head: {report.head}@{report.position}"
         )
         return 0
     print(f"TAMPERED: {report.problem}", file=sys.stderr)
     return 1
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from arl.ledger.anchors import anchor_now, append_anchor, read_anchors
+
+    earlier = read_anchors(args.to) if args.to and Path(args.to).exists() and Path(args.to).stat().st_size else []
+    with Ledger.open(args.store, read_only=True) as ledger:
+        report = verify(ledger, anchors=earlier)
+        if not report.ok:
+            print(f"TAMPERED: {report.problem}; nothing anchored", file=sys.stderr)
+            return 1
+        anchor = anchor_now(ledger.ledger_id(), report.position, report.head)
+    if args.to:
+        append_anchor(args.to, anchor)
+    print(anchor.line())
+    print(f"(publish this line where the ledger's owner cannot change it; later: "
+          f"arl verify --expect-head {anchor.head}@{anchor.position}"
+          + (f" or arl verify --anchors {args.to}" if args.to else "") + ")", file=sys.stderr)
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from arl.ledger.store import DDL_VERSION, grant_writer, migrate
+
+    if args.store_command == "migrate":
+        with migrate(args.store) as ledger:
+            print(f"{ledger.url.display()}: tables, triggers and functions of ledger schema "
+                  f"{ledger.meta('schema')} (ddl {DDL_VERSION}) in place, owned by {ledger.url.user or 'you'}")
+        return 0
+    if args.store_command == "grant":
+        with Ledger.open(args.store, create=False) as ledger:
+            statements = grant_writer(ledger, args.role)
+            where = ledger.url.display()
+        print(f"{args.role} may now record in {where} (insert and read; update checkpoints and leases only):")
+        for statement in statements:
+            print(f"  {statement}")
+        return 0
+    with Ledger.open(args.store, create=False) as ledger:
+        dropped = ledger.drop_checkpoints()
+        print(f"{dropped} projection checkpoint(s) removed from {ledger.url.display()}; "
+              "each projection is rebuilt from the log when next used")
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -150,7 +205,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from arl.ledger.searches import find_search, search_config
     from arl.runners.search import render_summary, summarize
 
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         search_id = find_search(ledger, args.search)
         state = Projector(ledger, name="cli").catch_up()
         started = ledger.stream(search_id)[0]
@@ -174,7 +229,7 @@ def _metric_of(started) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     from arl.runners.inspect import render_trial
 
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, read_only=True) as ledger:
         print(render_trial(ledger, args.trial))
     return 0
 
@@ -195,7 +250,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     modes = [m for m in ("verify", "rerun", "agents") if getattr(args, m)]
     if len(modes) != 1:
         raise ArlError("choose one of --verify, --rerun or --agents")
-    with Ledger.open(args.store, create=False) as ledger:
+    with Ledger.open(args.store, create=False, read_only=bool(args.verify)) as ledger:
         if args.verify:
             checks = replay.verify(ledger, args.search)
             bad = [c for c in checks if not c.same]
@@ -226,11 +281,38 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_mcp(args: argparse.Namespace) -> int:
-    from arl.runners.mcp_server import serve
+    from arl.runners.mcp_server import HttpAccess, McpLimits, serve
 
+    access = HttpAccess(host=args.host, port=args.port, token_file=args.token_file, no_auth=args.no_auth,
+                        allow_hosts=tuple(args.allow_host or ()))
+    limits = McpLimits(submits_per_minute=args.submit_rate, waits_per_session=args.session_waits,
+                       waits_total=args.max_waits)
     # stdout is the protocol's channel on stdio: nothing else may be printed there.
     with Ledger.open(args.store, create=False) as ledger:
-        serve(ledger, args.search, args.specialist, transport=args.transport, host=args.host, port=args.port)
+        serve(ledger, args.search, args.specialist, transport=args.transport, access=access, limits=limits)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from arl.runners.tokens import TokenFile, default_token_file
+
+    file = TokenFile(args.token_file or default_token_file())
+    if args.token_command == "add":
+        token = file.add(args.name, specialist=args.specialist)
+        print(token)
+        print(f"token {args.name!r}" + (f" for specialist {args.specialist}" if args.specialist else "")
+              + f" added to {file.path}; it is shown only now (the file keeps its hash). Clients send it as "
+              "the header  Authorization: Bearer <token>", file=sys.stderr)
+        return 0
+    if args.token_command == "revoke":
+        file.revoke(args.name)
+        print(f"token {args.name!r} revoked in {file.path}; servers refuse it once restarted", file=sys.stderr)
+        return 0
+    records = file.records()
+    if not records:
+        print(f"no tokens in {file.path}; `arl token add NAME` makes one", file=sys.stderr)
+    for r in records:
+        print(f"{r.name:24} {r.specialist or '(any specialist)':20} {r.created_at}")
     return 0
 
 
@@ -248,11 +330,40 @@ def build_parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument(
         "--expect-head",
-        metavar="HEX",
-        help="chain head recorded earlier (printed by a previous verify): "
-        "also catches removal or rewrite of the newest events",
+        metavar="HEX[@N]",
+        action="append",
+        help="a chain head noted earlier, as verify or `arl anchor` printed it: HEX@N is the head at "
+        "position N (catches a rewrite at or before N, even with the chain recomputed), a bare HEX "
+        "the current head; may be repeated",
     )
+    p.add_argument("--anchors", metavar="FILE", action="append",
+                   help="a file holding anchor lines (`arl anchor --to FILE`, or any saved copy of them): "
+                        "check every head in it")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("anchor", help="verify, then print the chain head as a line to publish "
+                                      "outside the store (and append it to a file)")
+    _store_arg(p)
+    p.add_argument("--to", metavar="FILE",
+                   help="append the anchor line to FILE, after checking the ledger against the anchors in it")
+    p.set_defaults(func=cmd_anchor)
+
+    p = sub.add_parser("store", help="administer the store: migrate its schema, grant a writer role, "
+                                     "drop checkpoints")
+    store_sub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    q = store_sub.add_parser("migrate", help="create or update the ledger's tables, triggers and functions "
+                                             "(PostgreSQL: as the role that owns them)")
+    _store_arg(q)
+    q.set_defaults(func=cmd_store)
+    q = store_sub.add_parser("grant", help="PostgreSQL: let ROLE record (insert and read the ledger; no update, "
+                                           "delete, truncate or trigger changes), run as the owner")
+    _store_arg(q)
+    q.add_argument("role", help="an existing PostgreSQL role (e.g. created with `createuser arl_writer`)")
+    q.set_defaults(func=cmd_store)
+    q = store_sub.add_parser("drop-checkpoints", help="remove every projection checkpoint "
+                                                      "(derived state: rebuilt from the log when next used)")
+    _store_arg(q)
+    q.set_defaults(func=cmd_store)
 
     p = sub.add_parser("worker", help="claim submitted trials, run them under budgets, record labels")
     _store_arg(p)
@@ -345,7 +456,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdio (the client starts `arl mcp`) or streamable HTTP for remote agents")
     p.add_argument("--host", default="127.0.0.1", help="with --transport http: address to listen on")
     p.add_argument("--port", type=int, default=8000, help="with --transport http: port (default 8000)")
+    _token_file_arg(p)
+    p.add_argument("--no-auth", action="store_true",
+                   help="with --transport http on a loopback address only: accept clients without a token")
+    p.add_argument("--allow-host", metavar="NAME", action="append",
+                   help="with --transport http: also answer requests for this host name or address "
+                        "(this machine's names and addresses are answered already)")
+    p.add_argument("--submit-rate", type=float, default=12.0, metavar="N",
+                   help="submissions per minute per caller (token), in bursts up to N (default 12; 0: no limit)")
+    p.add_argument("--session-waits", type=int, default=4, metavar="N",
+                   help="wait calls one MCP session may have pending at once (default 4)")
+    p.add_argument("--max-waits", type=int, default=64, metavar="N",
+                   help="wait calls pending at once in the whole server (default 64)")
     p.set_defaults(func=cmd_mcp)
+
+    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http)")
+    token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    q = token_sub.add_parser("add", help="make a token and print it once (the token file keeps its hash)")
+    q.add_argument("name", help="the identity recorded with what the token does, e.g. alice or opt-agent")
+    q.add_argument("--specialist", metavar="NAME", help="the one specialist this token may act as")
+    _token_file_arg(q)
+    q.set_defaults(func=cmd_token)
+    q = token_sub.add_parser("list", help="the tokens' names, specialists and dates (never the tokens)")
+    _token_file_arg(q)
+    q.set_defaults(func=cmd_token)
+    q = token_sub.add_parser("revoke", help="remove a token")
+    q.add_argument("name")
+    _token_file_arg(q)
+    q.set_defaults(func=cmd_token)
 
     p = sub.add_parser("tasks", help="list the tasks arl knows (built-in and on ARL_TASK_PATH)")
     p.set_defaults(func=cmd_tasks)
@@ -370,20 +508,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+    import sqlite3
+    import warnings
+
+    from eventsourcing.persistence import PersistenceError
+
+    from arl.ledger.errors import LedgerWarning
+    from arl.ledger.store import StoreURL, default_store_url, store_failure
+
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, LedgerWarning):
+            print(f"arl: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `arl verify | head -1`: the reader has what it wanted. Nothing more can be
+        # printed, and Python's own flush at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process ended by SIGPIPE
     except ArlError as e:
         print(f"arl: error: {e}", file=sys.stderr)
+        return 2
+    except (PersistenceError, sqlite3.Error) as e:  # the database underneath, e.g. a lock held too long
+        url = StoreURL.parse(getattr(args, "store", None) or default_store_url())
+        print(f"arl: error: {store_failure(e, url)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("arl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

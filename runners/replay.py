@@ -25,7 +25,7 @@ from arl.agents.lineage import build_view
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.programs import get_program, program_digest, unified_diff
-from arl.ledger.projections import State, rebuild
+from arl.ledger.projections import PROJECTION_VERSION, State, rebuild
 from arl.ledger.searches import find_search
 from arl.ledger.store import Ledger, decode_states
 from arl.runners.config import SearchConfig
@@ -75,6 +75,8 @@ def verify(ledger: Ledger, search_ref: str) -> list[ViewCheck]:
     expected = search_digests(rebuilt, search_id)
     checks = []
     for name in ledger.checkpoint_names():
+        if not name.endswith(f"/v{PROJECTION_VERSION}"):
+            continue  # another arl version's layout: never loaded, so nothing to compare
         stored = ledger.load_checkpoint(name)
         try:
             live = State.from_bytes(stored[2])

@@ -230,3 +230,15 @@ def _blocks(edits):
     from arl.agents.tools import EditBlock
 
     return [msgspec.convert(e, EditBlock) for e in edits]
+
+
+def test_sql_shows_whatever_the_tools_have_shown(fit, ledger):
+    tools = fit.tools
+    before = tools.sql("SELECT count(*) FROM trials")["rows"]
+    receipt = tools.submit("honest fit", edits=_blocks(HONEST))
+    # Its own submission is in the very next answer: the copy waits for it.
+    assert tools.sql("SELECT count(*) FROM trials")["rows"] == [[before[0][0] + 1]]
+    Worker(ledger).run(exit_when_idle=True)
+    labelled = tools.wait(receipt["trial_id"], timeout_s=60)
+    rows = tools.sql(f"SELECT label FROM trials WHERE trial_id = '{receipt['trial_id']}'")["rows"]
+    assert rows == [[labelled["label"]]]  # a label wait returned is in sql's rows too

@@ -253,3 +253,39 @@ def _trials(ledger: Ledger, search: str) -> dict[int, tuple[ev.TrialProposed, La
             assert e.originator_id not in labels, "a trial labelled twice"
             labels[e.originator_id] = e.label
     return {p.seq: (p, labels.get(t)) for t, p in proposed.items()}
+
+
+# --- hostile folders: links where files should be -----------------------------------------
+
+
+def test_a_symlinked_or_hard_linked_proposal_is_rejected_unread(task, ledger, folder, view_for, tmp_path):
+    secret = tmp_path / "secret.json"  # outside the inbox, shaped like a proposal
+    secret.write_text(json.dumps(edits_file("1.0")))
+    (folder / "link.json").symlink_to(secret)
+    os.link(secret, folder / "hard.json")
+    os.mkfifo(folder / "pipe.json")  # would block a plain open() forever
+    with Inbox(folder, task, ledger.put_blob, lambda d: False) as inbox:
+        assert take_all(inbox, view_for) == []
+    assert "symbolic link" in marker(folder / "link.json", "rejected")
+    assert "2 hard links" in marker(folder / "hard.json", "rejected")
+    assert marker(folder / "pipe.json", "rejected") is None  # not a file: passed over, never opened
+    assert not ledger.has_blob(hashlib.sha256(secret.read_bytes()).hexdigest())  # never recorded
+
+
+def test_a_link_planted_at_a_marker_or_its_temp_name_is_replaced_not_followed(
+        task, ledger, folder, view_for, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    drop(folder, "bad.json", "{")
+    ok = drop(folder, "ok.json", edits_file("1.0"))
+    # The fixed temp name markers were written through before, and a dangling link at a marker's name.
+    (folder / ".bad.json.rejected.tmp").symlink_to(victim)
+    (folder / "ok.json.accepted").symlink_to(tmp_path / "created-by-arl")
+    with Inbox(folder, task, ledger.put_blob, lambda d: False) as inbox:
+        [proposal] = take_all(inbox, view_for)
+        inbox.accepted(hashlib.sha256(ok.read_bytes()).hexdigest(), "trial #1")
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "created-by-arl").exists()
+    for name, text in (("bad.json.rejected", "not valid JSON"), ("ok.json.accepted", "trial #1")):
+        assert not (folder / name).is_symlink() and text in (folder / name).read_text(), name
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]

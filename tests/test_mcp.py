@@ -39,15 +39,22 @@ HONEST = [{"file": "train.py", "search": "SHRINK = 0.8", "replace": "SHRINK = 1.
 TOOLS = {"lineage", "sql", "read_program", "diff", "check", "submit", "wait"}
 
 
-@pytest.fixture
-def search(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
-    """A search on the tiny task with its baseline labelled, and a worker running until the test ends."""
+def tiny_search(tmp_path: Path, monkeypatch, name: str) -> tuple[str, str]:
+    """A search on the tiny task in a fresh SQLite ledger, its baseline submitted: (store URL, search id)."""
     monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     task = load_task(TINY)
     with Ledger.open(url) as ledger:
-        sid = start_search(ledger, task, name="mcp", config={"trials": 5, "lineage": True})
+        sid = start_search(ledger, task, name=name, config={"trials": 5, "lineage": True})
         submit(ledger, task, sid, 0, agent="baseline", surface="", program=read_folder(task.recipe_dir))
+    return url, sid
+
+
+@pytest.fixture
+def search(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
+    """A search on the tiny task with its baseline labelled, and a worker running until the test ends."""
+    url, sid = tiny_search(tmp_path, monkeypatch, "mcp")
+    with Ledger.open(url) as ledger:
         stop = threading.Event()
         worker = threading.Thread(target=Worker(ledger, name="test-worker").run, args=(stop,), daemon=True)
         worker.start()
@@ -125,6 +132,7 @@ def test_an_mcp_client_reads_the_lineage_submits_and_waits_for_the_label(search)
         call = msgspec.json.decode(ledger.get_blob(proposed.agent_call_digest), type=McpCall)
         assert (call.client, call.client_version, call.transport) == ("arl-test-client", "2.0", "stdio")
         assert call.session.startswith("stdio-") and call.arguments["edits"] == HONEST
+        assert call.credential.startswith("local:")  # stdio: the OS user who started arl mcp
         labels = [e for e in ledger.stream(labelled["trial_id"]) if isinstance(e, ev.TrialLabeled)]
         assert len(labels) == 1
 
@@ -145,35 +153,63 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_remote_client_over_streamable_http(search, tmp_path):
+def start_http(url: str, sid: str, tmp_path: Path, *extra: str, specialist: str = "fit",
+               env: dict | None = None) -> tuple[subprocess.Popen, str, Path]:
+    """`arl mcp --transport http` as the README starts it, with its own token file; (process, endpoint, log)."""
+    port = _free_port()
+    log_path = tmp_path / f"mcp-http-{port}.log"
+    args = [a if a != "fit" else specialist for a in _arl_mcp(url, sid)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, *args, "--transport", "http", "--port", str(port), *extra],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "ARL_TOKENS": str(tmp_path / "tokens.jsonl"), **(env or {})})
+    endpoint = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            httpx.get(endpoint, timeout=1)
+            return proc, endpoint, log_path
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "arl mcp --transport http did not start listening"
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(30)
+
+
+def first_token(log: Path) -> str:
+    """The token a first start prints once."""
+    return next(w for w in log.read_text().split() if w.startswith("arl_"))
+
+
+@asynccontextmanager
+async def http_session(endpoint: str, token: str | None):
+    import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as client:
+        async with streamable_http_client(endpoint, http_client=client) as streams:
+            async with ClientSession(streams[0], streams[1], client_info=CLIENT) as session:
+                await session.initialize()
+                yield session
+
+
+def test_a_remote_client_over_streamable_http(search, tmp_path):
     url, sid = search
-    port = _free_port()
-    log = open(tmp_path / "mcp-http.log", "wb")
-    proc = subprocess.Popen([sys.executable, *_arl_mcp(url, sid, "--transport", "http", "--port", str(port))],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc, endpoint, log = start_http(url, sid, tmp_path)
     try:
-        endpoint = f"http://127.0.0.1:{port}/mcp"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "mcp-http.log").read_text()
-            try:
-                httpx.get(endpoint, timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "arl mcp --transport http did not start listening"
-                time.sleep(0.2)
+        token = first_token(log)
 
         async def session_script() -> dict:
-            async with streamable_http_client(endpoint) as streams:
-                read, write = streams[0], streams[1]
-                async with ClientSession(read, write, client_info=CLIENT) as session:
-                    await session.initialize()
-                    assert {t.name for t in (await session.list_tools()).tools} == TOOLS
-                    await _call(session, "wait", {"trial": "baseline", "timeout_s": 120})
-                    receipt = await _call(session, "submit", {"hypothesis": "remote honest fit", "edits": HONEST})
-                    return await _call(session, "wait", {"trial": receipt["trial_id"], "timeout_s": 300})
+            async with http_session(endpoint, token) as session:
+                assert {t.name for t in (await session.list_tools()).tools} == TOOLS
+                await _call(session, "wait", {"trial": "baseline", "timeout_s": 120})
+                receipt = await _call(session, "submit", {"hypothesis": "remote honest fit", "edits": HONEST})
+                return await _call(session, "wait", {"trial": receipt["trial_id"], "timeout_s": 300})
 
         labelled = anyio.run(session_script)
         assert labelled["label"] == "keep"
@@ -181,10 +217,9 @@ def test_a_remote_client_over_streamable_http(search, tmp_path):
             proposed = ledger.stream(labelled["trial_id"])[0]
             call = msgspec.json.decode(ledger.get_blob(proposed.agent_call_digest), type=McpCall)
             assert (call.client, call.transport, proposed.backend) == ("arl-test-client", "http", "mcp")
+            assert call.credential == "fit"  # the token's name: who the server let in
     finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+        stop(proc)
 
 
 def test_a_search_with_mcp_specialists_runs_their_trials_and_stops_at_the_budget(tmp_path, monkeypatch):
