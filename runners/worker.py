@@ -21,6 +21,7 @@ to the queue; after ``max_attempts`` they are labelled ``infra_error``.
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import threading
 import time
@@ -44,6 +45,8 @@ from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
 from arl.tasks.registry import task_of
 
+#: Seconds a recipe killed by SIGTERM from outside waits for this worker's own shutdown signal.
+SIGNAL_GRACE_S = 2.0
 #: Artifacts kept in the blob store per trial (bigger outputs are named, not kept).
 ARTIFACT_BYTES = 64 * 1024 * 1024
 
@@ -89,6 +92,8 @@ class Worker:
         self._started: dict[str, ev.SearchStarted] = {}
         self.programs = ProgramCache(ledger)
         self._stop = threading.Event()
+        #: Set when a trial's confirmation runs were stopped by the worker's shutdown.
+        self._interrupted = False
 
     # -- the loop --------------------------------------------------------------------
 
@@ -205,7 +210,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="arl-trial-", dir=self.work_dir) as tmp:
             root = Path(tmp)
             runs = self._run_seeds(loaded, program, submitted.seeds, root)
-            if any(r.process.killed_for == "cancelled" for r in runs):
+            if self._shutting_down(runs):
                 record.released()
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
@@ -223,12 +228,30 @@ class Worker:
                 record.label(*failed)
                 return
             evaluation = self._evaluate(loaded, runs, root)
+            if isinstance(evaluation, str) and self._shutting_down([]):
+                record.released()  # the evaluator's processes died with the job
+                return
             if isinstance(evaluation, str):
                 record.label(Label.CRASH, evaluation)
                 return
             label, reason, evaluation = self._judge(loaded, proposed, program, runs, evaluation, root)
+            if self._interrupted:
+                record.released()  # the confirmation runs were stopped with the worker
+                return
         record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason,
                                      self._deltas(proposed, evaluation.score), loaded.data_digest)
+
+    def _shutting_down(self, runs: list[SeedRun]) -> bool:
+        """Whether this worker is giving its trial back rather than judging it.
+
+        Slurm's scancel or preemption signals every process of the job at once: a recipe may
+        die of that SIGTERM a moment before this worker's own handler sets ``release``, and
+        must not be labelled a crash for it."""
+        if any(r.process.killed_for == "cancelled" for r in runs):
+            return True
+        if any(r.process.signal == signal.SIGTERM and r.process.killed_for is None for r in runs):
+            return self.release.wait(SIGNAL_GRACE_S)
+        return self.release.is_set()
 
     def _search_started(self, search_id: str) -> ev.SearchStarted:
         if search_id not in self._started:
@@ -319,9 +342,13 @@ class Worker:
                runs: list[SeedRun], evaluation: Evaluation, root: Path
                ) -> tuple[Label, str, Evaluation]:
         task = loaded.task
+        self._interrupted = False
 
         def confirm() -> tuple[Evaluation, list[int]] | str:
             extra = self._run_seeds(loaded, program, task.confirm_seeds, root / "confirm")
+            if self._shutting_down(extra):
+                self._interrupted = True
+                return "the worker shut down during confirmation"
             failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s)
             if failed is not None:
                 return failed[1]
