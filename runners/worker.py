@@ -37,7 +37,7 @@ from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
 from arl.runners.labels import decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
-from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
+from arl.runners.trials import StaleLease, TrialRecorder, claim, claim_hint, expire_leases, renew_lease
 from arl.tasks import legality
 from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
@@ -121,6 +121,8 @@ class Worker:
                 continue  # it needs another number of GPUs than this slot has
             if self._waits_for_baseline(state, trial):
                 continue
+            if not claim_hint(self.ledger, trial, state.trials[trial].version, self.name):
+                continue  # another idle worker is claiming it; no race for the same trial
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
