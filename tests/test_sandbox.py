@@ -71,8 +71,9 @@ def test_python_under_tmp_stays_visible(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "prefix", str(venv))
     monkeypatch.setattr(sys, "path", [str(checkout), str(checkout / "missing"), "/usr/lib/python3"])
     paths = sandbox._python_paths()
+    # The virtual environment, a package folder on sys.path: read-only. Not /usr: a system folder.
     assert os.path.realpath(venv) in paths and os.path.realpath(checkout) in paths
-    assert all(p.startswith("/tmp") for p in paths)
+    assert not any(p == "/usr" or p.startswith("/usr/") for p in paths)
 
 
 def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp_path, request):
@@ -98,8 +99,63 @@ def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp
         return
     work = tmp_path / "work"
     work.mkdir()
-    code = "import sys\nfor f in sys.argv[1:]:\n    print(f.rsplit('/', 1)[1], repr(open(f).read()))\n"
+    code = ("import sys\nfor f in sys.argv[1:]:\n"
+            "    try:\n        print(f.rsplit('/', 1)[1], repr(open(f).read()))\n"
+            "    except FileNotFoundError:\n        print(f.rsplit('/', 1)[1], 'absent')\n")
     p = run_process(["{python}", "-c", code, str(ledger), str(checkout / "ledger.db-wal"),
                      str(checkout / "notes.txt")], cwd=work, timeout_s=20, memory_mb=300, hidden=hidden)
     assert p.exit_code == 0, p.stderr_tail
-    assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt 'visible'"]
+    assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt absent"]
+
+
+def test_a_recipe_sees_the_system_its_python_and_its_own_folders_only(tmp_path, request):
+    """What a sandboxed recipe can list and read: not the home folder, not arl's checkout,
+    not another task's cache, not its own held-out data, not the ledger — all of them
+    outside /tmp here (which the sandbox empties anyway), as on a user's machine."""
+    require("sandbox", None if bwrap_path() else "bubblewrap is missing or unusable here (apt-get install bubblewrap; user namespaces must be allowed)")
+    host = Path(tempfile.mkdtemp(prefix="arl-host-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(host))
+    own = host / "cache" / "tiny-0123"
+    (own / "train").mkdir(parents=True)
+    (own / "train" / "x.txt").write_text("train")
+    (own / "heldout").mkdir()
+    (own / "heldout" / "y.txt").write_text("own answers")
+    (host / "cache" / "golf-4567" / "heldout").mkdir(parents=True)
+    (host / "cache" / "golf-4567" / "heldout" / "val.bin").write_text("other answers")
+    (host / "store").mkdir()
+    (host / "store" / "ledger.db").write_text("scores")
+    work, out = host / "work", host / "out"
+    work.mkdir()
+    out.mkdir()
+    checkout = Path(sandbox.__file__).resolve().parents[1]
+    probes = {
+        "home": Path.home(), "checkout": checkout / "pyproject.toml",
+        "other task": host / "cache" / "golf-4567" / "heldout" / "val.bin",
+        "own heldout": own / "heldout" / "y.txt", "ledger": host / "store" / "ledger.db",
+        "train": own / "train" / "x.txt", "python": Path(sys.prefix) / "pyvenv.cfg",
+    }
+    code = ("import os, sys, json\n"
+            "probes = json.loads(sys.argv[1])\n"
+            "seen = {k: os.path.exists(p) and (os.listdir(p) if os.path.isdir(p) else open(p).read())"
+            " for k, p in probes.items()}\n"
+            "print(json.dumps({'/': sorted(os.listdir('/')), **seen}))\n")
+    import json
+    p = run_process(["{python}", "-c", code, json.dumps({k: str(v) for k, v in probes.items()})],
+                    cwd=work, timeout_s=20, memory_mb=300, writable=[out],
+                    readable=[own / "train"], hidden=[own, host / "store"])
+    assert p.sandbox == "bwrap" and p.exit_code == 0, p.stderr_tail
+    seen = json.loads(p.stdout_tail.strip().splitlines()[-1])
+    assert seen["train"] == "train"
+    assert seen["python"] is not False or not (Path(sys.prefix) / "pyvenv.cfg").exists()
+    for name in ("checkout", "other task", "own heldout", "ledger"):
+        assert seen[name] in (False, [], ""), (name, seen[name])
+    # Of the home folder, only the way to the interpreter when it lives there (pyenv).
+    home = Path.home().resolve()
+    to_python = {Path(p).relative_to(home).parts[0] for p in sandbox._python_paths()
+                 if Path(p).is_relative_to(home) and Path(p) != home}
+    assert seen["home"] is False or set(seen["home"]) <= to_python, seen["home"]
+    # The root holds the system, the sandbox's own /dev /proc /tmp, and the first folder of
+    # each path the recipe was given or runs from — nothing else of the host.
+    given = {Path(x).resolve().parts[1] for x in (work, out, own / "train", *sandbox._python_paths())}
+    allowed = {"usr", "etc", "sys", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "dev", "proc", "tmp"}
+    assert set(seen["/"]) <= allowed | given, set(seen["/"]) - allowed - given
