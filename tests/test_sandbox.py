@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -16,10 +18,35 @@ from arl.runners.sandbox import bwrap_path, run_process
 from tests.needs import require
 
 
+def _no_bwrap() -> str | None:
+    return None if bwrap_path() else ("bubblewrap is missing or unusable here (apt-get install bubblewrap; "
+                                      "user namespaces must be allowed)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its reaper is dead)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):
-    slow = run_process(["{python}", "-c", "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"],
-                       cwd=tmp_path, timeout_s=1, memory_mb=500)
+    # The child writes its pid where the test can read it: killing the recipe must kill it too.
+    naptime = f"{30 + os.getpid() % 1000 / 1000:.3f}"  # tells this test's child from any other sleep
+    code = ("import subprocess, sys, time\n"
+            f"child = subprocess.Popen(['sleep', '{naptime}'])\n"
+            "open('child.pid', 'w').write(str(child.pid))\n"
+            "time.sleep(30)\n")
+    slow = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=3, memory_mb=500)
     assert slow.killed_for == "wallclock" and slow.signal == 9 and slow.wall_s < 10
+    child = (tmp_path / "child.pid").read_text()
+    if slow.sandbox == "bwrap":  # a pid of the sandbox's own namespace, or the host's
+        assert not any(_alive(int(p)) and Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep\x00" + naptime.encode())
+                       for p in os.listdir("/proc") if p.isdigit())
+    else:
+        assert not _alive(int(child))
     hog = run_process(["{python}", "-c", "b = bytearray(700 * 2**20); import time; time.sleep(10)"],
                       cwd=tmp_path, timeout_s=20, memory_mb=200)
     assert hog.killed_for == "memory" and hog.peak_rss_mb > 200
@@ -43,7 +70,7 @@ def test_environment_is_scrubbed_and_threads_are_set(tmp_path, monkeypatch):
 
 
 def test_bubblewrap_hides_folders_and_the_network(tmp_path):
-    require("sandbox", None if bwrap_path() else "bubblewrap is missing or unusable here (apt-get install bubblewrap; user namespaces must be allowed)")
+    require("sandbox", _no_bwrap())
     secret = tmp_path / "cache" / "heldout"
     secret.mkdir(parents=True)
     (secret / "answers.txt").write_text("42")
@@ -52,15 +79,30 @@ def test_bubblewrap_hides_folders_and_the_network(tmp_path):
     (train / "x.txt").write_text("train")
     work = tmp_path / "work"
     work.mkdir()
-    code = ("import os, socket\n"
+    # A port that certainly listens on the host, and a folder the recipe sees (its Python)
+    # that the user running the test may write: each check can fail.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    target = Path(sys.prefix) / f"arl-write-test-{os.getpid()}"
+    code = ("import os, socket, sys\n"
             "print(sorted(os.listdir(%r)))\n"
-            "try:\n    socket.create_connection(('127.0.0.1', 5432), timeout=1); print('net')\n"
+            "try:\n    socket.create_connection(('127.0.0.1', %d), timeout=2); print('net')\n"
             "except OSError: print('no net')\n"
-            "try:\n    open('/etc/arl-test', 'w')\nexcept OSError: print('read-only')\n") % str(tmp_path / "cache")
-    p = run_process(["{python}", "-c", code], cwd=work, timeout_s=20, memory_mb=300,
-                    hidden=[tmp_path / "cache"], readable=[train])
+            "try:\n    open(%r, 'w').write('x'); print('wrote')\nexcept OSError: print('read-only')\n"
+            ) % (str(tmp_path / "cache"), port, str(target))
+    try:
+        assert os.access(sys.prefix, os.W_OK), "the test needs a Python folder it may write (a venv)"
+        outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+        assert "net\n" in outside.stdout and "wrote" in outside.stdout  # unsandboxed, both succeed
+        target.unlink()
+        p = run_process(["{python}", "-c", code], cwd=work, timeout_s=20, memory_mb=300,
+                        hidden=[tmp_path / "cache"], readable=[train])
+    finally:
+        listener.close()
+        target.unlink(missing_ok=True)
     assert p.sandbox == "bwrap" and p.exit_code == 0, p.stderr_tail
     assert "['train']" in p.stdout_tail and "no net" in p.stdout_tail and "read-only" in p.stdout_tail
+    assert not target.exists()
 
 
 def test_python_under_tmp_stays_visible(monkeypatch, tmp_path):
@@ -95,8 +137,7 @@ def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp
     monkeypatch.setattr(sys, "path", [*sys.path, str(checkout / ".venv")])
     hidden = sandbox.hiding_sqlite(ledger)
     assert hidden == [ledger.resolve(), (checkout / "ledger.db-wal").resolve()]
-    if bwrap_path() is None:
-        return
+    require("sandbox", _no_bwrap())
     work = tmp_path / "work"
     work.mkdir()
     code = ("import sys\nfor f in sys.argv[1:]:\n"
@@ -112,7 +153,7 @@ def test_a_recipe_sees_the_system_its_python_and_its_own_folders_only(tmp_path, 
     """What a sandboxed recipe can list and read: not the home folder, not arl's checkout,
     not another task's cache, not its own held-out data, not the ledger — all of them
     outside /tmp here (which the sandbox empties anyway), as on a user's machine."""
-    require("sandbox", None if bwrap_path() else "bubblewrap is missing or unusable here (apt-get install bubblewrap; user namespaces must be allowed)")
+    require("sandbox", _no_bwrap())
     host = Path(tempfile.mkdtemp(prefix="arl-host-", dir="/var/tmp"))
     request.addfinalizer(lambda: shutil.rmtree(host))
     own = host / "cache" / "tiny-0123"
