@@ -153,6 +153,11 @@ def test_the_cli_says_what_is_wrong_in_one_line(tmp_path, env):
     done = arl("slurm", "worker", "--store", f"sqlite:///{tmp_path}/l.db", env={**env, "SLURM_JOB_ID": ""},
                check=False)
     assert done.returncode == 2 and "SLURM_JOB_ID is not set" in done.stderr
+    Ledger.open(f"sqlite:///{tmp_path}/l.db").close()
+    done = arl("slurm", "status", "--store", f"sqlite:///{tmp_path}/l.db", env={**env, "PATH": str(tmp_path)},
+               check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "squeue is not on PATH: run this on a Slurm login node" in done.stderr
 
 
 # -- against the real daemons ------------------------------------------------------------------------------
@@ -198,6 +203,8 @@ def test_a_cancelled_job_gives_its_trial_back_and_every_trial_is_labelled_once(c
                 return len({e.originator_id for e in events_of(ledger, ev.TrialLabeled)}) == 5
 
             wait_for(all_labelled, what="five labels")
+            stranger = arl("slurm", "cancel", "--store", pg_url, "999999", env=env, check=False)
+            assert stranger.returncode == 2 and "999999 are not arl workers" in stranger.stderr
             labels = events_of(ledger, ev.TrialLabeled)
             stream = ledger.stream(trial)
             claims = events_of(ledger, ev.TrialClaimed)
