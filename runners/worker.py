@@ -37,7 +37,15 @@ from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
 from arl.runners.labels import decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
-from arl.runners.trials import StaleLease, TrialRecorder, claim, claim_hint, expire_leases, renew_lease
+from arl.runners.trials import (
+    CLAIM_HINT_S,
+    StaleLease,
+    TrialRecorder,
+    claim,
+    claim_hint,
+    expire_leases,
+    renew_lease,
+)
 from arl.tasks import legality
 from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
@@ -94,6 +102,8 @@ class Worker:
         self._stop = threading.Event()
         #: Set when a trial's confirmation runs were stopped by the worker's shutdown.
         self._interrupted = False
+        #: (trial, queued version) → until when another worker holds its claim hint.
+        self._hints_lost: dict[tuple[str, int], float] = {}
 
     # -- the loop --------------------------------------------------------------------
 
@@ -121,8 +131,14 @@ class Worker:
                 continue  # it needs another number of GPUs than this slot has
             if self._waits_for_baseline(state, trial):
                 continue
-            if not claim_hint(self.ledger, trial, state.trials[trial].version, self.name):
-                continue  # another idle worker is claiming it; no race for the same trial
+            queued_at = (trial, state.trials[trial].version)
+            if self._hints_lost.get(queued_at, 0.0) > time.monotonic():
+                continue  # lost its hint a moment ago: not asked again at every wake
+            if not claim_hint(self.ledger, trial, queued_at[1], self.name):
+                # Another idle worker is claiming it; no race for the same trial.
+                self._hints_lost = {k: t for k, t in self._hints_lost.items() if t > time.monotonic()}
+                self._hints_lost[queued_at] = time.monotonic() + CLAIM_HINT_S
+                continue
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
