@@ -240,6 +240,9 @@ class Worker:
                     record.released(f"the search's baseline (trial #{failed_base.seq}) failed: "
                                     f"{failed_base.label.value}; back in the queue until it is measured again")
                     return
+                if self.release.is_set():
+                    record.released()  # stopped while the baseline was still being measured
+                    return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
                                 wallclock_s=loaded.task.budgets.wallclock_s)
             if failed is not None:
@@ -387,7 +390,7 @@ class Worker:
         state = self.projector.catch_up()
         base = state.baseline_of(search_id)
         while (base is not None and base.label is None and base.status in ("claimed", "finished", "evaluated")
-               and time.monotonic() < deadline):
+               and time.monotonic() < deadline and not self.release.is_set()):
             self.ledger.wait(state.position, 1.0)
             state = self.projector.catch_up()
             base = state.baseline_of(search_id)

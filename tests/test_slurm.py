@@ -170,7 +170,7 @@ def test_a_cancelled_job_gives_its_trial_back_and_every_trial_is_labelled_once(c
         base = read_folder(task.recipe_dir)
         # Every trial runs two seeds of 1.2 s: long enough to be cancelled mid-run.
         submit(ledger, task, search, 0, agent="baseline", surface="", program=edited(task, SLEEP_S=1.2))
-        for seq in range(1, 5):
+        for seq in range(1, 6):
             submit(ledger, task, search, seq, agent="t", surface="fit", parent_program=base,
                    program=edited(task, SHRINK=round(0.8 + seq * 0.04, 2), SLEEP_S=1.2))
         done = arl("slurm", "submit", "--store", pg_url, "--workers", "2", "--log-dir", str(tmp_path), env=env)
@@ -190,19 +190,20 @@ def test_a_cancelled_job_gives_its_trial_back_and_every_trial_is_labelled_once(c
 
             # The other job goes on; both status commands name it, its node and its trial.
             def shown():
-                held = running_in(1)
                 status = arl("slurm", "status", "--store", pg_url, env=env).stdout
-                return held and re.search(rf"{job}_1 +RUNNING +\S+ .*#\d+ \({held[:8]}\) of on-slurm", status)
+                row = re.search(rf"{job}_1 +RUNNING +\S+ .*#\d+ \((\w{{8}})\) of on-slurm", status)
+                return row and any(e.originator_id.startswith(row[1]) and e.runner.startswith(f"slurm-{job}_1@")
+                                   for e in events_of(ledger, ev.TrialClaimed))
 
             wait_for(shown, what="arl slurm status to show the trial job 1 runs")
-            wait_for(lambda: running_in(1) and re.search(rf"running: .*on slurm-{job}_1@",
-                                                         arl("status", "--store", pg_url, env=env).stdout),
+            wait_for(lambda: re.search(rf"running: .*#\d+ on slurm-{job}_1@",
+                                       arl("status", "--store", pg_url, env=env).stdout),
                      what="arl status to name the Slurm runner")
 
             def all_labelled():
-                return len({e.originator_id for e in events_of(ledger, ev.TrialLabeled)}) == 5
+                return len({e.originator_id for e in events_of(ledger, ev.TrialLabeled)}) == 6
 
-            wait_for(all_labelled, what="five labels")
+            wait_for(all_labelled, what="six labels")
             stranger = arl("slurm", "cancel", "--store", pg_url, "999999", env=env, check=False)
             assert stranger.returncode == 2 and "999999 are not arl workers" in stranger.stderr
             labels = events_of(ledger, ev.TrialLabeled)
@@ -212,7 +213,7 @@ def test_a_cancelled_job_gives_its_trial_back_and_every_trial_is_labelled_once(c
             cancelled = arl("slurm", "cancel", "--store", pg_url, env=env).stdout
             wait_for(lambda: gone(job), what="the array to end")
     assert f"cancelled {job}" in cancelled
-    assert len(labels) == 5 and len({e.originator_id for e in labels}) == 5  # each trial once
+    assert len(labels) == 6 and len({e.originator_id for e in labels}) == 6  # each trial once
     kinds = [type(e).__name__ for e in stream]
     assert kinds == ["TrialProposed", "TrialSubmitted", "TrialClaimed", "LeaseExpired", "TrialClaimed",
                      "RunFinished", "TrialEvaluated", "TrialLabeled"], kinds
