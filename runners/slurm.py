@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from arl.ledger.errors import ArlError
@@ -62,7 +62,7 @@ class Submission:
     requeue: bool = False
     log_dir: Path = Path(".")
     sbatch_args: tuple[str, ...] = ()
-    worker_args: tuple[str, ...] = field(default=())
+    worker_args: tuple[str, ...] = ()
 
 
 def _check(sub: Submission) -> None:

@@ -21,6 +21,7 @@ from arl.runners import slurm
 from arl.runners.trials import start_search, submit
 from arl.tasks.manifest import load_task
 from tests.needs import require
+from tests.test_scale import edited
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
@@ -57,15 +58,6 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture
 def task():
     return load_task(TINY)
-
-
-def edited(task, **constants):
-    program = read_folder(task.recipe_dir)
-    src = program["train.py"].decode()
-    for name, value in constants.items():
-        src = re.sub(rf"^{name} = .*$", f"{name} = {value!r}", src, flags=re.M)
-    program["train.py"] = src.encode()
-    return program
 
 
 def wait_for(predicate, timeout=120.0, what="condition"):
