@@ -21,13 +21,16 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from prov.model import ProvDocument
+from prov.constants import PROV
+from prov.model import Namespace, ProvDocument
 
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.store import Ledger
 
 NS = "https://arl.dev/ns/prov#"
+#: arl's PROV types (``prov:type`` values are qualified names, so PROV-O gets them as IRIs).
+ARL = Namespace("arl", NS)
 #: How many earlier labelled trials a proposal is recorded as informed by.
 INFORMED_BY = 8
 
@@ -64,9 +67,9 @@ def build_document(ledger: Ledger, search: str | None = None) -> ProvDocument:
 
     for s in searches:
         doc.activity(f"arl:search/{s.originator_id}", s.at, None, {
-            "prov:type": "arl:Search", "prov:label": s.name, "arl:task": s.task,
+            "prov:type": ARL["Search"], "prov:label": s.name, "arl:task": s.task,
             "arl:taskDigest": s.task_digest, "arl:kind": s.kind})
-        doc.entity(f"arl:task/{s.task_digest}", {"prov:type": "arl:Task", "prov:label": s.task})
+        doc.entity(f"arl:task/{s.task_digest}", {"prov:type": ARL["Task"], "prov:label": s.task})
 
     for tid, events in trials.items():
         proposed = next((e for e in events if isinstance(e, ev.TrialProposed)), None)
@@ -80,15 +83,15 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
            program_of: dict[str, str], labelled: list[tuple[int, str]]) -> None:
     tid, search = proposed.originator_id, proposed.search_id
     specialist = doc.agent(f"arl:specialist/{search}/{proposed.agent}", {
-        "prov:type": "prov:SoftwareAgent", "prov:label": proposed.agent,
+        "prov:type": PROV["SoftwareAgent"], "prov:label": proposed.agent,
         "arl:backend": proposed.backend or "manual", "arl:surface": proposed.surface})
     proposal = doc.activity(f"arl:proposal/{tid}", proposed.at, proposed.at, {
-        "prov:type": "arl:Proposal", "arl:seq": proposed.seq, "arl:hypothesis": proposed.hypothesis,
+        "prov:type": ARL["Proposal"], "arl:seq": proposed.seq, "arl:hypothesis": proposed.hypothesis,
         "arl:trial": tid})
     doc.wasAssociatedWith(proposal, specialist)
     doc.wasInformedBy(proposal, f"arl:search/{search}")
     if proposed.agent_call_digest:
-        doc.entity(f"arl:blob/{proposed.agent_call_digest}", {"prov:type": "arl:AgentCall"})
+        doc.entity(f"arl:blob/{proposed.agent_call_digest}", {"prov:type": ARL["AgentCall"]})
         doc.used(proposal, f"arl:blob/{proposed.agent_call_digest}")
     for parent in proposed.parents:
         if parent in program_of:
@@ -98,11 +101,11 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
         for other in seen:
             doc.wasInformedBy(proposal, f"arl:labelling/{other}")
     if proposed.edit_digest:
-        diff = doc.entity(f"arl:blob/{proposed.edit_digest}", {"prov:type": "arl:Diff"})
+        diff = doc.entity(f"arl:blob/{proposed.edit_digest}", {"prov:type": ARL["Diff"]})
         doc.wasGeneratedBy(diff, proposal)
     program = program_of.get(tid)
     if program:
-        child = doc.entity(f"arl:program/{program}", {"prov:type": "arl:Program"})
+        child = doc.entity(f"arl:program/{program}", {"prov:type": ARL["Program"]})
         doc.wasGeneratedBy(child, proposal, proposed.at)
         for parent in proposed.parents:
             if parent in program_of and program_of[parent] != program:
@@ -111,48 +114,48 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
     evaluation = None
     for e in events:
         if isinstance(e, ev.EditRejected):
-            pre = doc.activity(f"arl:preflight/{tid}", e.at, e.at, {"prov:type": "arl:Preflight",
+            pre = doc.activity(f"arl:preflight/{tid}", e.at, e.at, {"prov:type": ARL["Preflight"],
                                                                     "arl:check": e.check, "arl:reason": e.reason})
             doc.wasInformedBy(pre, proposal)
             last_activity = pre
         elif isinstance(e, ev.TrialClaimed):
-            worker = doc.agent(f"arl:runner/{e.runner}", {"prov:type": "prov:SoftwareAgent", "arl:host": e.host})
-            pre = doc.activity(f"arl:preflight/{tid}/{e.attempt}", e.at, e.at, {"prov:type": "arl:Preflight"})
+            worker = doc.agent(f"arl:runner/{e.runner}", {"prov:type": PROV["SoftwareAgent"], "arl:host": e.host})
+            pre = doc.activity(f"arl:preflight/{tid}/{e.attempt}", e.at, e.at, {"prov:type": ARL["Preflight"]})
             doc.wasAssociatedWith(pre, worker)
             if program:
                 doc.used(pre, f"arl:program/{program}")
             last_activity = pre
         elif isinstance(e, ev.RunFinished) and e.refused is None:
             run = doc.activity(f"arl:run/{tid}", _start(e), e.at, {
-                "prov:type": "arl:Run", "arl:wallSeconds": e.wall_s, "arl:sandbox": e.sandbox,
+                "prov:type": ARL["Run"], "arl:wallSeconds": e.wall_s, "arl:sandbox": e.sandbox,
                 "arl:exitCode": -1 if e.exit_code is None else e.exit_code})
             doc.wasAssociatedWith(run, f"arl:runner/{e.runner}")
             doc.wasInformedBy(run, last_activity)
             if program:
                 doc.used(run, f"arl:program/{program}")
             for name, digest in e.artifacts.items():
-                art = doc.entity(f"arl:blob/{digest}", {"prov:type": "arl:Artifact", "prov:label": name})
+                art = doc.entity(f"arl:blob/{digest}", {"prov:type": ARL["Artifact"], "prov:label": name})
                 doc.wasGeneratedBy(art, run)
             if e.log_digest:
-                log = doc.entity(f"arl:blob/{e.log_digest}", {"prov:type": "arl:Log"})
+                log = doc.entity(f"arl:blob/{e.log_digest}", {"prov:type": ARL["Log"]})
                 doc.wasGeneratedBy(log, run)
             last_activity = run
         elif isinstance(e, ev.TrialEvaluated):
             version = doc.entity(f"arl:evaluator/{e.evaluator}/{e.evaluator_version}",
-                                 {"prov:type": "arl:EvaluatorVersion"})
-            judge = doc.agent(f"arl:evaluator/{e.evaluator}", {"prov:type": "prov:SoftwareAgent"})
+                                 {"prov:type": ARL["EvaluatorVersion"]})
+            judge = doc.agent(f"arl:evaluator/{e.evaluator}", {"prov:type": PROV["SoftwareAgent"]})
             evaluation = doc.activity(f"arl:evaluation/{tid}", e.at, e.at, {
-                "prov:type": "arl:Evaluation", "arl:score": "none" if e.score is None else e.score})
+                "prov:type": ARL["Evaluation"], "arl:score": "none" if e.score is None else e.score})
             doc.wasAssociatedWith(evaluation, judge)
             doc.used(evaluation, version)
             if e.data_digest:
-                doc.entity(f"arl:data/{e.data_digest}", {"prov:type": "arl:Data"})
+                doc.entity(f"arl:data/{e.data_digest}", {"prov:type": ARL["Data"]})
                 doc.used(evaluation, f"arl:data/{e.data_digest}")
             doc.wasInformedBy(evaluation, last_activity)
             last_activity = evaluation
         elif isinstance(e, ev.TrialLabeled):
             labelling = doc.activity(f"arl:labelling/{tid}", e.at, e.at, {
-                "prov:type": "arl:Labelling", "arl:label": e.label.value, "arl:reason": e.reason})
+                "prov:type": ARL["Labelling"], "arl:label": e.label.value, "arl:reason": e.reason})
             doc.wasInformedBy(labelling, last_activity)
 
 
@@ -162,14 +165,41 @@ def _start(e: ev.RunFinished):
     return datetime.fromtimestamp(e.started_at, UTC) if e.started_at else None
 
 
-def export_prov(ledger: Ledger, folder: Path, search: str | None = None) -> list[Path]:
-    """Write ``prov.json`` (PROV-JSON) and ``prov.provn`` (PROV-N) into ``folder``."""
+#: The serializations of ``arl export prov``: PROV-JSON, PROV-N, and PROV-O as Turtle or JSON-LD.
+PROV_FORMATS = ("json", "provn", "ttl", "jsonld")
+_PROV_FILES = {"json": "prov.json", "provn": "prov.provn", "ttl": "prov.ttl", "jsonld": "prov.jsonld"}
+
+
+def export_prov(ledger: Ledger, folder: Path, search: str | None = None,
+                formats: Iterable[str] = ("json", "provn")) -> list[Path]:
+    """Write the PROV document into ``folder``: ``prov.json`` (PROV-JSON), ``prov.provn`` (PROV-N),
+    ``prov.ttl`` / ``prov.jsonld`` (PROV-O as RDF, by rdflib), as ``formats`` ask."""
+    formats = list(formats)
+    unknown = [f for f in formats if f not in _PROV_FILES]
+    if unknown:
+        raise ArlError(f"unknown PROV format {unknown[0]!r}; use one of {', '.join(PROV_FORMATS)}")
     doc = build_document(ledger, search)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "prov.json", folder / "prov.provn"]
-    paths[0].write_text(doc.serialize(format="json", indent=1))
-    paths[1].write_text(doc.get_provn())
+    paths = []
+    for fmt in formats:
+        path = folder / _PROV_FILES[fmt]
+        if fmt == "json":
+            path.write_text(doc.serialize(format="json", indent=1))
+        elif fmt == "provn":
+            path.write_text(doc.get_provn())
+        else:
+            path.write_text(prov_o(doc, "turtle" if fmt == "ttl" else "json-ld"))
+        paths.append(path)
     return paths
+
+
+def prov_o(doc: ProvDocument, rdf_format: str) -> str:
+    """The document as PROV-O: prov's RDF mapping, serialized by rdflib (``turtle`` or ``json-ld``)."""
+    try:
+        import rdflib  # noqa: F401  (prov's RDF serializer needs it)
+    except ImportError as e:
+        raise ArlError("PROV-O needs rdflib; install it with `pip install rdflib`") from e
+    return doc.serialize(format="rdf", rdf_format=rdf_format)
 
 
 def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
