@@ -90,3 +90,56 @@ def test_export_commands(searched, tmp_path):
     assert crate.returncode == 0, crate.stderr
     ids = {e.id for e in ROCrate(str(tmp_path / "c")).get_entities()}
     assert {"tables/trials.parquet", "tables/events.parquet", "provenance/prov.provn"} <= ids
+
+
+def test_prov_o_turtle_and_json_ld_give_the_best_trials_derivation_chain(searched, tmp_path):
+    """PROV-O parsed by rdflib: a SPARQL property path walks from the best trial's program back to
+    the base program, through exactly the programs of the best trial's lineage."""
+    import rdflib
+
+    url, search, _ = searched
+    with Ledger.open(url) as ledger:
+        paths = export_prov(ledger, tmp_path, search, formats=("ttl", "jsonld"))
+        state = rebuild(ledger)
+    assert [p.name for p in paths] == ["prov.ttl", "prov.jsonld"]
+    best = state.searches[search].best_trial
+    chain = [state.trials[t] for t in state.lineage(best)]
+    assert chain[0].seq == 0 and len({r.program_digest for r in chain}) >= 2, "the best improved on the base"
+    arl = "https://arl.dev/ns/prov#"
+    query = f"""
+        PREFIX prov: <http://www.w3.org/ns/prov#>
+        SELECT ?ancestor ?trial WHERE {{
+            <{arl}program/{state.trials[best].program_digest}> prov:wasDerivedFrom* ?ancestor .
+            ?ancestor prov:wasGeneratedBy|prov:qualifiedGeneration/prov:activity ?proposal .
+            ?proposal a <{arl}Proposal> ; <{arl}trial> ?trial .
+        }}"""
+    base = f"{arl}program/{chain[0].program_digest}"
+    for path, fmt in zip(paths, ("turtle", "json-ld"), strict=True):
+        g = rdflib.Graph().parse(path, format=fmt)
+        found = {(str(a), str(t)) for a, t in g.query(query)}
+        ancestors = {a for a, _ in found}
+        assert ancestors == {f"{arl}program/{r.program_digest}" for r in chain}
+        assert {t for _, t in found} >= {r.trial_id for r in chain}
+        assert base in ancestors
+        roots = g.query(f"PREFIX prov: <http://www.w3.org/ns/prov#> ASK {{ <{base}> prov:wasDerivedFrom ?x }}")
+        assert not roots.askAnswer  # the base program derives from nothing
+        kinds = {str(o) for o in g.objects(None, rdflib.RDF.type)}
+        assert {f"{arl}Proposal", f"{arl}Run", f"{arl}Evaluation", "http://www.w3.org/ns/prov#Activity"} <= kinds
+
+
+def test_export_prov_format_option(searched, tmp_path):
+    import subprocess
+    import sys
+
+    import rdflib
+
+    url, search, _ = searched
+    arl = [sys.executable, "-m", "arl.runners.cli", "export", "prov", str(tmp_path), "--store", url]
+    done = subprocess.run([*arl, "--format", "ttl"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "prov.ttl"), done.stderr
+    assert len(rdflib.Graph().parse(tmp_path / "prov.ttl", format="turtle")) > 100
+    wrong = subprocess.run([*arl, "--format", "xml"], capture_output=True, text=True, cwd=ROOT)
+    assert wrong.returncode == 2 and "invalid choice: 'xml'" in wrong.stderr
+    crate = subprocess.run([sys.executable, "-m", "arl.runners.cli", "export", "ro-crate", str(tmp_path / "c"),
+                            "--format", "ttl", "--store", url], capture_output=True, text=True, cwd=ROOT)
+    assert crate.returncode == 2 and "--format is for prov" in crate.stderr
