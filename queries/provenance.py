@@ -1,4 +1,4 @@
-"""W3C PROV (PROV-JSON and PROV-N) and an RO-Crate of a search, from the ledger.
+"""W3C PROV (PROV-JSON, PROV-N, PROV-O) and a Provenance Run Crate of a search, from the ledger.
 
 The graph, per trial:
 
@@ -202,27 +202,49 @@ def prov_o(doc: ProvDocument, rdf_format: str) -> str:
     return doc.serialize(format="rdf", rdf_format=rdf_format)
 
 
+#: The profiles an arl crate conforms to: the Provenance Run Crate and those it builds on.
+CRATE_PROFILES = {
+    "https://w3id.org/ro/wfrun/process/0.5": ("Process Run Crate", "0.5"),
+    "https://w3id.org/ro/wfrun/workflow/0.5": ("Workflow Run Crate", "0.5"),
+    "https://w3id.org/ro/wfrun/provenance/0.5": ("Provenance Run Crate", "0.5"),
+    "https://w3id.org/workflowhub/workflow-ro-crate/1.0": ("Workflow RO-Crate", "1.0"),
+}
+#: The action status of a trial, by the OpenLineage state of its label.
+_STATUS = {"COMPLETE": "http://schema.org/CompletedActionStatus", "FAIL": "http://schema.org/FailedActionStatus",
+           "ABORT": "http://schema.org/FailedActionStatus"}
+_ACTIVE = "http://schema.org/ActiveActionStatus"
+
+
 def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
                     tables: Iterable[Path] = ()) -> Path:
-    """An RO-Crate (Process/Workflow Run Crate profiles): PROV, Parquet tables, kept programs."""
+    """A Provenance Run Crate: the search loop as the workflow, each search its run and organising
+    action, each trial one action (instrument: its specialist; object: the parent programs and
+    the data; result: its program and artifacts; start and end times) with the control action
+    that ties it to the specialist's step. PROV files, Parquet tables and kept programs inside."""
     from rocrate.rocrate import ROCrate
 
+    from arl.ledger import __version__
     from arl.ledger.programs import get_program, write_folder
+    from arl.queries.openlineage_export import state_of
 
     folder.mkdir(parents=True, exist_ok=True)
     prov_files = export_prov(ledger, folder / "provenance", search)
-    crate = ROCrate()
+    searches, trials = _search_events(ledger, search)
+    if not searches:
+        raise ArlError(f"no search to export in {ledger.url.display()}")
+    crate = ROCrate(version="1.1")  # the version the Workflow Run Crate profiles 0.5 are written for
     crate.name = "arl search record"
     crate.description = "Trials, programs and provenance of an arl search, exported from its ledger."
-    crate.root_dataset["conformsTo"] = [
-        {"@id": "https://w3id.org/ro/wfrun/process/0.5"},
-        {"@id": "https://w3id.org/ro/wfrun/workflow/0.5"},
-    ]
-    for profile in ("https://w3id.org/ro/wfrun/process/0.5", "https://w3id.org/ro/wfrun/workflow/0.5"):
-        crate.add_jsonld({"@id": profile, "@type": "CreativeWork", "name": profile.rsplit("/", 2)[-2],
-                          "version": "0.5"})
-    tool = crate.add_jsonld({"@id": "#arl", "@type": "SoftwareApplication", "name": "arl",
-                             "url": "https://pypi.org/project/arl/"})
+    # The record is its owner's: arl cannot know under what terms they share it.
+    crate.root_dataset["license"] = {"@id": crate.add_jsonld({
+        "@id": "#license-not-stated", "@type": "CreativeWork", "name": "no license stated",
+        "description": "arl exported this record without a license; ask the ledger's owner before reuse"}).id}
+    crate.root_dataset["conformsTo"] = [{"@id": profile} for profile in CRATE_PROFILES]
+    for profile, (name, version) in CRATE_PROFILES.items():
+        crate.add_jsonld({"@id": profile, "@type": "CreativeWork", "name": name, "version": version})
+    engine = crate.add_jsonld({"@id": "#arl", "@type": "SoftwareApplication", "name": "arl",
+                               "description": "the auto-research ledger (this crate's exporter and the "
+                               "engine that ran the searches)", "softwareVersion": __version__})
     for path in prov_files:
         crate.add_file(path, dest_path=f"provenance/{path.name}",
                        properties={"encodingFormat": "application/json" if path.suffix == ".json"
@@ -230,26 +252,120 @@ def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
     for path in tables:
         crate.add_file(path, dest_path=f"tables/{path.name}",
                        properties={"encodingFormat": "application/vnd.apache.parquet", "name": path.stem})
-    searches, trials = _search_events(ledger, search)
-    kept = []
-    for tid, events in trials.items():
-        label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
-        submitted = next((e for e in events if isinstance(e, ev.TrialSubmitted)), None)
-        if label is None or submitted is None or label.label.value not in ("keep", "baseline"):
-            continue
-        dest = folder / "programs" / tid
-        write_folder(get_program(ledger, submitted.program_digest), dest)
-        kept.append((tid, dest, label, submitted))
-    results = []
-    for tid, dest, label, submitted in kept:
-        ds = crate.add_dataset(dest, dest_path=f"programs/{tid}/", properties={
-            "name": f"program of trial {tid[:8]} ({label.label.value})",
-            "identifier": f"sha256:{submitted.program_digest}"})
-        results.append({"@id": ds.id})
+
+    by_search: dict[str, list[list[ev.Event]]] = {s.originator_id: [] for s in searches}
+    for events in trials.values():
+        if isinstance(events[0], ev.TrialProposed) and events[0].search_id in by_search:
+            by_search[events[0].search_id].append(events)
+    for group in by_search.values():
+        group.sort(key=lambda events: events[0].seq)
+    program_of = {events[0].originator_id: e.program_digest for group in by_search.values() for events in group
+                  for e in events if isinstance(e, ev.TrialSubmitted)}
+
+    # The workflow: arl's loop as each search was configured, with one step (and tool) per specialist.
+    loop = folder / "workflow" / "searches.json"
+    loop.parent.mkdir(parents=True, exist_ok=True)
+    loop.write_text(json.dumps([{"search": s.originator_id, "name": s.name, "task": s.task,
+                                 "task_digest": s.task_digest, "direction": s.direction, "config": s.config}
+                                for s in searches], indent=1, default=str))
+    language = crate.add_jsonld({"@id": "#arl-search-configuration", "@type": "ComputerLanguage",
+                                 "name": "arl search configuration", "version": __version__})
+    tools, steps = [], []
     for s in searches:
-        crate.add_jsonld({"@id": f"#search-{s.originator_id}", "@type": "CreateAction",
-                          "name": s.name, "startTime": s.at.isoformat(),
-                          "instrument": {"@id": tool.id}, "result": results,
-                          "description": json.dumps({"task": s.task, "config": s.config})})
+        agents = list(dict.fromkeys(events[0].agent for events in by_search[s.originator_id]))
+        for position, agent in enumerate(agents):
+            key = f"{s.originator_id}/{agent}"
+            tool = crate.add_jsonld({"@id": f"#specialist/{key}", "@type": "SoftwareApplication",
+                                     "name": f"specialist {agent} ({s.name})", "softwareVersion": __version__})
+            steps.append(crate.add_jsonld({"@id": f"#step/{key}", "@type": "HowToStep", "position": str(position),
+                                           "name": f"trials of {agent}", "workExample": {"@id": tool.id}}))
+            tools.append(tool)
+    workflow = crate.add_file(loop, dest_path="workflow/searches.json", properties={
+        "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+        "name": "arl search loop", "encodingFormat": "application/json", "version": __version__,
+        "programmingLanguage": {"@id": language.id},
+        "hasPart": [{"@id": t.id} for t in tools], "step": [{"@id": st.id} for st in steps]})
+    crate.root_dataset["mainEntity"] = {"@id": workflow.id}
+
+    kept_dataset: dict[str, str] = {}
+    for group in by_search.values():
+        for events in group:
+            label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
+            tid = events[0].originator_id
+            if label is None or tid not in program_of or label.label.value not in ("keep", "baseline"):
+                continue
+            dest = folder / "programs" / tid
+            write_folder(get_program(ledger, program_of[tid]), dest)
+            ds = crate.add_dataset(dest, dest_path=f"programs/{tid}/", properties={
+                "name": f"program of trial {events[0].seq} ({label.label.value})",
+                "identifier": f"sha256:{program_of[tid]}"})
+            kept_dataset[program_of[tid]] = ds.id
+
+    def entity(kind: str, digest: str, name: str) -> dict:
+        if kind == "program" and digest in kept_dataset:
+            return {"@id": kept_dataset[digest]}
+        ident = f"#{kind}/{digest}"
+        if crate.get(ident) is None:
+            crate.add_jsonld({"@id": ident, "@type": "CreativeWork", "name": name, "identifier": f"sha256:{digest}"})
+        return {"@id": ident}
+
+    for s in searches:
+        sid = s.originator_id
+        stopped = next((e for _, e in ledger.iter_events() if isinstance(e, ev.SearchStopped)
+                        and e.originator_id == sid), None)
+        controls = []
+        for events in by_search[sid]:
+            controls.append(_trial_action(crate, s, events, program_of, entity, state_of))
+        run = {"@id": f"#search/{sid}", "@type": "CreateAction", "name": f"search {s.name}",
+               "instrument": {"@id": workflow.id}, "startTime": s.at.isoformat(),
+               "description": json.dumps({"task": s.task, "config": s.config}, default=str),
+               "result": [{"@id": i} for i in kept_dataset.values()] or None,
+               "actionStatus": {"@id": _STATUS["COMPLETE"] if stopped else _ACTIVE}}
+        organize = {"@id": f"#organize/{sid}", "@type": "OrganizeAction", "name": f"arl ran search {s.name}",
+                    "instrument": {"@id": engine.id}, "result": {"@id": run["@id"]},
+                    "object": [{"@id": c} for c in controls], "startTime": s.at.isoformat()}
+        if stopped is not None:
+            run["endTime"] = organize["endTime"] = stopped.at.isoformat()
+        crate.add_jsonld({k: v for k, v in run.items() if v is not None})
+        crate.add_jsonld(organize)
     crate.write(folder)
     return folder / "ro-crate-metadata.json"
+
+
+def _trial_action(crate, s: ev.SearchStarted, events: list[ev.Event], program_of: dict[str, str],
+                  entity, state_of) -> str:
+    """One trial's CreateAction and the ControlAction that ties it to its specialist's step; returns
+    the control action's id."""
+    proposed = events[0]
+    assert isinstance(proposed, ev.TrialProposed)
+    tid, key = proposed.originator_id, f"{s.originator_id}/{proposed.agent}"
+    claimed = next((e for e in events if isinstance(e, ev.TrialClaimed)), None)
+    run = next((e for e in events if isinstance(e, ev.RunFinished) and e.refused is None), None)
+    evaluated = next((e for e in events if isinstance(e, ev.TrialEvaluated)), None)
+    label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
+    objects = [entity("program", program_of[p], "parent program") for p in proposed.parents if p in program_of]
+    if evaluated is not None and evaluated.data_digest:
+        objects.append(entity("data", evaluated.data_digest, f"data of task {s.task}"))
+    results = []
+    if tid in program_of:
+        results.append(entity("program", program_of[tid], f"program of trial {proposed.seq}"))
+    if proposed.edit_digest:
+        results.append(entity("diff", proposed.edit_digest, f"diff of trial {proposed.seq}"))
+    if run is not None:
+        results += [entity("artifact", d, name) for name, d in sorted(run.artifacts.items())]
+        if run.log_digest:
+            results.append(entity("log", run.log_digest, f"log of trial {proposed.seq}"))
+    action = {"@id": f"#trial/{tid}", "@type": "CreateAction",
+              "name": f"trial {proposed.seq}" + (f" ({label.label.value})" if label else ""),
+              "description": proposed.hypothesis, "instrument": {"@id": f"#specialist/{key}"},
+              "startTime": (claimed or proposed).at.isoformat(),
+              "object": objects or None, "result": results or None,
+              "actionStatus": {"@id": _STATUS[state_of(label.label).value] if label else _ACTIVE}}
+    if label is not None:
+        action["endTime"] = label.at.isoformat()
+        if label.reason and state_of(label.label).value != "COMPLETE":
+            action["error"] = f"{label.label.value}: {label.reason}"
+    crate.add_jsonld({k: v for k, v in action.items() if v is not None})
+    crate.add_jsonld({"@id": f"#control/{tid}", "@type": "ControlAction", "name": f"run trial {proposed.seq}",
+                      "instrument": {"@id": f"#step/{key}"}, "object": {"@id": action["@id"]}})
+    return f"#control/{tid}"
