@@ -27,9 +27,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from arl.ledger import events as ev
-from arl.ledger.errors import ArlError
+from arl.ledger.errors import ArlError, BlobError
 from arl.ledger.programs import get_program
 from arl.ledger.store import Ledger
+from arl.queries.openlineage_export import state_of
 from arl.tasks.knobs import constant_changes
 
 #: MLflow's limits on one value (params: 6,000 characters; tags: 8,000).
@@ -233,8 +234,6 @@ def _export_trial(client, ledger: Ledger, exp_id: str, ledger_id: str, st: ev.Se
                   result: MlflowResult) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
-    from arl.queries.openlineage_export import state_of
-
     p = t.proposed
     tid = p.originator_id
     existing = runs.get(tid)
@@ -309,8 +308,6 @@ def _knob_changes(ledger: Ledger, t: _Trial, programs: dict[str, Any]) -> dict[s
 
 
 def _program(ledger: Ledger, digest: str, programs: dict[str, Any]) -> dict[str, bytes] | None:
-    from arl.ledger.errors import BlobError
-
     if digest not in programs:
         try:
             programs[digest] = get_program(ledger, digest)

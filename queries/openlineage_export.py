@@ -30,9 +30,9 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import attr
@@ -315,9 +315,7 @@ class LineageEvents:
         )
 
 
-def _seconds(wall_s: float):
-    from datetime import timedelta
-
+def _seconds(wall_s: float) -> timedelta:
     return timedelta(seconds=wall_s if wall_s and wall_s > 0 else 0.0)
 
 

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prov.constants import PROV
 from prov.model import Namespace, ProvDocument
 
+from arl.ledger import __version__
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.store import Ledger
+from arl.queries.openlineage_export import state_of
 
 NS = "https://arl.dev/ns/prov#"
 #: arl's PROV types (``prov:type`` values are qualified names, so PROV-O gets them as IRIs).
@@ -160,8 +163,6 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
 
 
 def _start(e: ev.RunFinished):
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(e.started_at, UTC) if e.started_at else None
 
 
@@ -223,9 +224,7 @@ def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
     that ties it to the specialist's step. PROV files, Parquet tables and kept programs inside."""
     from rocrate.rocrate import ROCrate
 
-    from arl.ledger import __version__
     from arl.ledger.programs import get_program, write_folder
-    from arl.queries.openlineage_export import state_of
 
     folder.mkdir(parents=True, exist_ok=True)
     prov_files = export_prov(ledger, folder / "provenance", search)
@@ -309,13 +308,15 @@ def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
             crate.add_jsonld({"@id": ident, "@type": "CreativeWork", "name": name, "identifier": f"sha256:{digest}"})
         return {"@id": ident}
 
+    ids = {s.originator_id for s in searches}
+    stops = {e.originator_id: e for _, e in ledger.iter_events()
+             if isinstance(e, ev.SearchStopped) and e.originator_id in ids}
     for s in searches:
         sid = s.originator_id
-        stopped = next((e for _, e in ledger.iter_events() if isinstance(e, ev.SearchStopped)
-                        and e.originator_id == sid), None)
+        stopped = stops.get(sid)
         controls = []
         for events in by_search[sid]:
-            controls.append(_trial_action(crate, s, events, program_of, entity, state_of))
+            controls.append(_trial_action(crate, s, events, program_of, entity))
         run = {"@id": f"#search/{sid}", "@type": "CreateAction", "name": f"search {s.name}",
                "instrument": {"@id": workflow.id}, "startTime": s.at.isoformat(),
                "description": json.dumps({"task": s.task, "config": s.config}, default=str),
@@ -333,7 +334,7 @@ def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
 
 
 def _trial_action(crate, s: ev.SearchStarted, events: list[ev.Event], program_of: dict[str, str],
-                  entity, state_of) -> str:
+                  entity) -> str:
     """One trial's CreateAction and the ControlAction that ties it to its specialist's step; returns
     the control action's id."""
     proposed = events[0]

@@ -256,10 +256,11 @@ def test_bad_targets_and_a_refusing_receiver_end_in_one_line(ledger_url, tmp_pat
         receiver.close()
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "refused an event of run" in refused.stderr and "400: no such namespace" in refused.stderr
-    folder = _arl("export", "openlineage", str(tmp_path), "--store", url, cwd=tmp_path)
-    assert folder.returncode == 2 and "is a folder; give a file" in folder.stderr
-    hostless = _arl("export", "openlineage", "http://", "--store", url, cwd=tmp_path)
-    assert hostless.returncode == 2 and "names no host" in hostless.stderr
+    with Ledger.open(url, read_only=True) as ledger:
+        with pytest.raises(LineageError, match="is a folder; give a file"):
+            export_openlineage(ledger, str(tmp_path))
+        with pytest.raises(LineageError, match="names no host"):
+            export_openlineage(ledger, "http://")
     missing = _arl("export", "openlineage", "--store", url, cwd=tmp_path)
     assert missing.returncode == 2 and "give a file (NDJSON) or a receiver's URL" in missing.stderr
     with Ledger.open(url, read_only=True) as ledger, pytest.raises(LineageError, match="did not answer"):
@@ -324,10 +325,11 @@ def test_a_follower_refuses_the_position_of_another_ledger(ledger_url, tmp_path)
     done = _arl("lineage", "follow", "--url", str(tmp_path / "x.ndjson"), "--state", str(state), "--store", url,
                 cwd=tmp_path)
     assert done.returncode == 2 and "is the position of another ledger" in done.stderr
+    from arl.queries.openlineage_export import follow
+
     state.write_text("{not json")
-    done = _arl("lineage", "follow", "--url", str(tmp_path / "x.ndjson"), "--state", str(state), "--store", url,
-                cwd=tmp_path)
-    assert done.returncode == 2 and "is not a follower's position file" in done.stderr
+    with Ledger.open(url, read_only=True) as ledger, pytest.raises(LineageError, match="is not a follower's position"):
+        follow(ledger, str(tmp_path / "x.ndjson"), state=state, say=lambda _l: None)
     assert done.stderr.count("\n") == 1 and not (tmp_path / "x.ndjson").exists()
 
 
@@ -367,3 +369,17 @@ def test_the_schema_check_rejects_a_broken_event(ledger_url):
         breaks(broken)
         with pytest.raises(AssertionError):
             check_event(broken)
+
+
+def test_a_follower_stops_at_an_event_its_receiver_refuses_and_keeps_its_position(ledger_url, tmp_path):
+    from arl.queries.openlineage_export import follow
+
+    url, _ = ledger_url
+    state = tmp_path / "p.json"
+    receiver = Receiver(refuse=True)
+    try:
+        with Ledger.open(url, read_only=True) as ledger, pytest.raises(LineageError, match="refused an event"):
+            follow(ledger, receiver.url, state=state, stop=threading.Event(), say=lambda _l: None)
+    finally:
+        receiver.close()
+    assert receiver.events == [] and not state.exists()  # nothing taken, nothing passed over
