@@ -6,7 +6,6 @@ each test exports into its own experiment.
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from collections import Counter
@@ -17,8 +16,8 @@ import pytest
 from arl.ledger import Ledger
 from arl.ledger import events as ev
 from arl.queries.importers import import_recipes
-from arl.runners.search import SearchConfig, run_search
 from tests.needs import require
+from tests.test_openlineage import ledger_url  # noqa: F401  (the tiny search, a fixture)
 from tests.test_queries_import import FIXTURES, needs_fixtures
 
 try:
@@ -28,7 +27,6 @@ except ImportError:  # the `mlflow` extra is not installed
     MlflowClient = None
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "tests" / "tasks" / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +37,6 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()  # creates the store (migrations) once
     return uri, tmp
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow-ledger")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ARL_CACHE", str(tmp / "cache"))
-        url = f"sqlite:///{tmp / 'ledger.db'}"
-        with Ledger.open(url) as ledger:
-            summary = run_search(ledger, TINY, SearchConfig(trials=6, workers=2, seed=3), out=io.StringIO())
-    return url, summary.search_id
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -100,9 +87,9 @@ def test_the_imported_201_trial_run_becomes_201_nested_runs(store, tmp_path):
     assert len(_runs(uri, "release")) == 202
 
 
-def test_a_real_search_gets_params_metrics_and_artifacts(store, tiny, tmp_path):
+def test_a_real_search_gets_params_metrics_and_artifacts(store, ledger_url, tmp_path):
     uri, _ = store
-    url, search = tiny
+    url, search = ledger_url
     done = _export("--tracking-uri", uri, "--experiment", "tiny", "--store", url, "--search", search[:8], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "run(s) created, 0 updated, 0 unchanged" in done.stdout
@@ -133,13 +120,13 @@ def test_a_real_search_gets_params_metrics_and_artifacts(store, tiny, tmp_path):
     assert not (tmp_path / "mlruns").exists() and (Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts").is_dir()
 
 
-def test_an_export_of_a_growing_ledger_is_incremental(store, tiny, tmp_path):
+def test_an_export_of_a_growing_ledger_is_incremental(store, ledger_url, tmp_path):
     """Half the log exported, then all of it: runs are brought up to date, none made twice, and the
     result is the same as one export of the whole log."""
     from arl.queries.mlflow_export import export_mlflow
 
     uri, _ = store
-    source, _ = tiny
+    source, _ = ledger_url
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     with Ledger.open(source, read_only=True) as a, Ledger.open(url) as b:
         b.put_blobs([row[2] for row in a.read_blob_rows(0, 1_000_000)])
@@ -165,11 +152,11 @@ def test_an_export_of_a_growing_ledger_is_incremental(store, tiny, tmp_path):
     assert view("growing") == view("whole")
 
 
-def test_mlflow_usage_errors_are_one_line(store, tiny, tmp_path):
+def test_mlflow_usage_errors_are_one_line(store, ledger_url, tmp_path):
     from arl.queries.mlflow_export import MlflowError, export_mlflow
 
     uri, _ = store
-    url, _ = tiny
+    url, _ = ledger_url
     missing = _export("--store", url, cwd=tmp_path)
     assert missing.returncode == 2 and "give the MLflow tracking store" in missing.stderr
     stray = _export(str(tmp_path / "out"), "--tracking-uri", uri, "--store", url, cwd=tmp_path)
