@@ -273,7 +273,7 @@ def _follow(url: str, target: str, state: Path, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:
+def _wait_for(predicate, timeout: float = 240.0) -> None:  # a deadline for a loaded machine, not a measure
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
