@@ -880,16 +880,6 @@ class Ledger:
                 (trial, runner, expires_at),
             )
 
-    def lease_expiry(self, trial: str, runner: str) -> float | None:
-        """When ``runner``'s last heartbeat on a trial runs out, if it sent any."""
-        with self._backend.read() as c:
-            c.execute(
-                self._backend.sql("SELECT expires_at FROM arl_leases WHERE trial = ? AND runner = ?"),
-                (trial, runner),
-            )
-            row = c.fetchone()
-        return float(_col(row, "expires_at")) if row else None
-
     def lease_expiries(self, trials: Sequence[str]) -> dict[str, tuple[str, float]]:
         """The last heartbeat of each of ``trials`` that has one: ``{trial: (runner, expires_at)}``, in one query."""
         out: dict[str, tuple[str, float]] = {}
