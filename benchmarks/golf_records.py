@@ -119,14 +119,17 @@ def run_set(root: Path) -> tuple[int, int, int, int]:
             either += m or one
         size = checks.get("artifact_bytes")
 
+        def value(name: str) -> float | None:
+            return checks[name].value if name in checks else None
+
         def num(x: float | None, spec: str) -> str:
             return "-" if x is None else format(x, spec)
 
         logs = sum(1 + len(r.copies) for r in result.runs)
         print(f"| {folder.name} | {logs} ({len(result.runs)} distinct) | {num(claim, '')} | {num(result.score, '.8f')} "
               f"| {num(mean_diff, '.5f')} | {num(closest, '.8f')} | {num(log_diff, '.5f')} "
-              f"| {num(size.value if size else None, ',.0f')} | {num(checks['train_s'].value, '')} "
-              f"| {num(checks['eval_s'].value, '')} | {result.label} |")
+              f"| {num(size.value if size else None, ',.0f')} | {num(value('train_s'), '')} "
+              f"| {num(value('eval_s'), '')} | {result.label} |")
         if result.label == "crash":
             print(f"|  ↳ {result.reason[:300]} |||||||||||")
     print(f"\n{either} of {claims} records with a claimed val_bpb reproduce it within {WITHIN} "

@@ -18,7 +18,9 @@ challenge gives every run, not by those names:
    training time.
 3. **The artifact** is stated by ``Total submission size …: N bytes``; the last such
    line before the evaluations is the submitted size (the baseline first states the
-   raw model untagged, then the compressed one), or ``budget:N/16000000``.
+   raw model untagged, then the compressed one), or ``budget:N/16000000``; a log
+   stating no total counts its last ``Serialized model <format>: N bytes`` plus its
+   ``Code size: M bytes``. The first of these lines marks where training ended.
 4. **An evaluation** is an unindented line with a number for ``val_bpb`` (``val_bpb:X``
    or ``val_bpb=X``) that is not a training step (``step…``) and is not labelled a
    diagnostic (``DIAGNOSTIC``, pre-quantization). The evaluations of the submitted
@@ -73,6 +75,9 @@ _STEP = re.compile(r"^step\b", re.I)
 _DIAGNOSTIC = re.compile(r"diagnostic|pre[-_ ]?quant", re.I)
 _TOTAL = re.compile(r"^Total submission size\b[^:]*:\s*(?P<n>\d+)\s*bytes")
 _BUDGET = re.compile(r"^budget:\s*(?P<n>\d+)/(?P<cap>\d+)")
+_SERIALIZED = re.compile(r"^Serialized model\s+(?P<tag>[^:\s][^:]*):\s*(?P<n>\d+)\s*bytes")
+_SERIALIZED_ANY = re.compile(r"^Serialized model\b")
+_CODE = re.compile(r"^Code size:\s*(?P<n>\d+)\s*bytes")
 _TRAIN = re.compile(r"\btrain_time\s*[:=]\s*(?P<t>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|min)?\b")
 _EVAL = re.compile(r"\beval_time\s*[:=]\s*(?P<t>\d+(?:\.\d+)?)\s*(?P<unit>ms|s)?\b")
 _OWN_TIME = re.compile(r"(?<![\w.])time\s*[:=]\s*(?P<t>\d+(?:\.\d+)?)\s*(?P<unit>ms|s)\b")
@@ -141,7 +146,8 @@ def read_log(text: str) -> GolfLog:
     log = GolfLog()
     lines = [(i, line) for i, line in enumerate(text.splitlines()) if line and not line[0].isspace()]
     lines, log.runs = _last_run(lines)
-    artifact_at = next((i for i, line in lines if _TOTAL.match(line) or _BUDGET.match(line)), None)
+    artifact_at = next((i for i, line in lines
+                        if _TOTAL.match(line) or _BUDGET.match(line) or _SERIALIZED_ANY.match(line)), None)
     # 2. training: the last train_time before the artifact is written (TTT passes may log their own).
     train_end = -1
     for i, line in lines:
@@ -165,6 +171,12 @@ def read_log(text: str) -> GolfLog:
     if log.artifact_bytes is None:  # a size stated only during or before training
         sizes = [int(m["n"]) for _, line in lines for m in [_TOTAL.match(line) or _BUDGET.match(line)] if m]
         log.artifact_bytes = sizes[-1] if sizes else None
+    if log.artifact_bytes is None:
+        # No total stated: the compressed (tagged) model plus the code, as the challenge counts it.
+        models = [int(m["n"]) for _, line in lines for m in [_SERIALIZED.match(line)] if m]
+        code = [int(m["n"]) for _, line in lines for m in [_CODE.match(line)] if m]
+        if models and code:
+            log.artifact_bytes = models[-1] + code[-1]
     for _, line in lines:
         if log.world_size is None and (m := _WORLD.match(line)):
             log.world_size = int(m["n"])
