@@ -279,3 +279,37 @@ def test_the_knobs_of_a_stand_in_are_what_the_manifest_declares():
     ast.parse(source)
     for k in knobs_of(task, "train_gpt.py"):
         assert problem(source, k.name, k.where, "train_gpt.py") is None, k.name
+
+
+# -- the tuner moves env/argparse/dict knobs, scope and lineage see them -------------------------------
+
+@pytest.mark.parametrize("name, surface, other", [
+    ("parameter-golf", "opt", "arch"),
+    ("nanochat-d12", "sched", "opt"),
+    ("airbench96", "opt", "aug"),
+])
+def test_the_tuner_moves_a_knob_where_it_lives_and_scope_sees_it(name, surface, other, tmp_path, monkeypatch):
+    from arl.agents.tuner import Tuner
+    from arl.ledger.events import Label
+    from arl.tasks import legality
+
+    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
+    task = bind(resolve(name), recipe_from=_checkout(resolve(name), tmp_path / "co"))
+    base = {str(p.relative_to(task.recipe_dir)): p.read_bytes() for p in task.recipe_dir.rglob("*") if p.is_file()}
+    best = TrialLine(seq=0, trial_id="t0", agent="baseline", surface="", hypothesis="", label="baseline",
+                     score=1.0, delta_vs_best=None, reason="")
+    view = LineageView(search_id="s", task=name, metric=task.objective.metric, direction=task.objective.direction,
+                       noise_floor=task.objective.noise_floor, specialist=surface, surface=surface, lineage=True,
+                       baseline_score=1.0, best=best, best_program=base, chain=[best])
+    proposal = Tuner(task, task.surface(surface), seed=1).propose(view)
+    assert proposal is not None
+    changes = constant_changes(base, proposal.program)
+    own = {k.name for k in task.surface(surface).knobs}
+    assert changes and set(changes) <= own, changes  # one of its own knobs, read back changed
+    for file, data in proposal.program.items():
+        if file.endswith(".py"):
+            ast.parse(data)
+    finding = legality.scope(task, surface, base, proposal.program)
+    assert finding.passed, finding.detail
+    foreign = legality.scope(task, other, base, proposal.program)
+    assert foreign.label is Label.OUT_OF_SURFACE and f"(owned by surface {surface})" in foreign.detail
