@@ -20,9 +20,10 @@ from arl.ledger.projections import State
 from arl.tasks import knobs
 from arl.tasks.adapters import bind
 from arl.tasks.knobs import constant_changes, problem, read, settings, write
-from arl.tasks.manifest import TaskError, load_task
+from arl.tasks.manifest import TaskError
 from arl.tasks.registry import resolve
 from tests.standins import knob_source, knobs_of
+from tests.test_agents_tuner import make_task
 
 ENV = b'''import os
 
@@ -226,13 +227,7 @@ RECIPE = b'import os\nFAST = bool(int(os.environ.get("FAST", "0")))\nWIDTH = 8\n
 
 
 def _small(tmp_path, manifest: str = SMALL):
-    folder = tmp_path / "small"
-    (folder / "recipe").mkdir(parents=True)
-    (folder / "task.toml").write_text(manifest)
-    (folder / "recipe" / "train.py").write_bytes(RECIPE)
-    (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
-    (folder / "data.py").write_text("def prepare(cache): ...\n")
-    return load_task(folder)
+    return make_task(tmp_path / "small", manifest, RECIPE)
 
 
 def _view(known: set[str], n: int) -> LineageView:
