@@ -31,8 +31,8 @@ import re
 from collections.abc import Mapping
 
 WHERE = ("constant", "env", "argparse", "dict")
-#: How a prompt says where a knob's value is (edit it there: the environment the launcher
-#: passes overrides none of the declared knobs).
+#: How a prompt says where a knob's value is (the adapters' launchers set no variable that
+#: is a declared knob, so the value in the file is the value the recipe runs with).
 PLACE = {"constant": "top-level constant", "env": "the default of os.environ.get",
          "argparse": "the argparse default", "dict": "an entry of the dict literal"}
 
@@ -240,16 +240,16 @@ def write(source: bytes, name: str, where: str, value: object) -> bytes:
 
 
 def settings(source: bytes) -> dict[str, str]:
-    return dict(_settings(source))
-
-
-@functools.lru_cache(maxsize=256)
-def _settings(source: bytes) -> tuple[tuple[str, str], ...]:
     """Every settable value of a file by the name a knob would give it (value as source text).
 
     Top-level constants, env and argparse defaults found once, and the leaf entries of
     top-level dict literals (``hyp.opt.lr``): what scope checks and lineage compare.
     """
+    return dict(_settings(source))
+
+
+@functools.lru_cache(maxsize=256)
+def _settings(source: bytes) -> tuple[tuple[str, str], ...]:
     out = constants(source)
     parsed = _parse(source)
     if parsed is None:

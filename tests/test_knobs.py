@@ -308,3 +308,16 @@ def test_the_tuner_moves_a_knob_where_it_lives_and_scope_sees_it(name, surface, 
     assert finding.passed, finding.detail
     foreign = legality.scope(task, other, base, proposal.program)
     assert foreign.label is Label.OUT_OF_SURFACE and f"(owned by surface {surface})" in foreign.detail
+
+
+def test_no_launcher_sets_a_declared_knob():
+    """A knob the launcher overrides (an env variable it sets, an option it passes) would never move."""
+    import re
+
+    for name, pattern in (("parameter-golf", r"\b([A-Z][A-Z0-9_]+)="), ("nanochat-d12", r"(--[a-z][a-z0-9-]*)=")):
+        task = resolve(name)
+        launcher = (task.folder / "recipe" / "arl_launch.py").read_text()
+        overridden = set(re.findall(pattern, launcher))
+        assert overridden, name  # the pattern finds what the launcher sets
+        declared = {k.name for s in task.surfaces for k in s.knobs}
+        assert not overridden & declared, (name, overridden & declared)
