@@ -63,6 +63,8 @@ class Summary(msgspec.Struct, kw_only=True):
     elapsed_s: float
     #: Why the search could not go on, with what to do (a failed baseline); None otherwise.
     problem: str | None = None
+    #: The trials in flight and the runner of each ("#7 on slurm-123_4@node07").
+    running_on: tuple[str, ...] = ()
 
     @property
     def gain(self) -> float | None:
@@ -86,6 +88,8 @@ def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary
         best_agent=best.agent if best else None, labels=dict(labels.most_common()),
         keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
         elapsed_s=last - started,
+        running_on=tuple(f"#{r.seq} on {r.runner}" for r in sorted(rows, key=lambda r: r.seq)
+                         if r.label is None and r.status in ("claimed", "finished", "evaluated") and r.runner),
     )
 
 
@@ -102,6 +106,7 @@ def render_summary(s: Summary, where: str) -> str:
         best,
         f"keeps by specialist: {keeps}",
         f"labels: {labels}",
+        *([f"running: {', '.join(s.running_on)}"] if s.running_on else []),
         f"ledger: {where}   (arl status {s.search_id[:8]} · arl show {s.search_id[:8]}#SEQ · "
         f"arl report --search {s.search_id[:8]} -o report.html)",
     ])
