@@ -553,7 +553,7 @@ function drawProgress(box, s) {
         class: "mark best", "data-trial": trial}); el(c, "title", {}, `new best ${fmt(score)}`); }
   }
   if (path) el(svg, "path", {d: path + `H${x(n)}`, fill: "none", stroke: colour("keep"), "stroke-width": 2,
-      class: "best-line"});
+      class: "best-line", "pointer-events": "none"});
   g.addEventListener("click", ev => { const t = ev.target.getAttribute("data-trial"); if (t) open(t); });
   svg.setAttribute("data-drawn", drawn);
 }
@@ -572,7 +572,7 @@ function drawTree(box, s) {
     const edges = el(svg, "g", {class: "edges"}), nodes = el(svg, "g", {class: "nodes"});
     for (const [i, p, d] of s.tree) {
       if (p !== null) el(edges, "path", {d: `M${x(p)},${y(d - 1)}V${y(d)}H${x(i)}`, fill: "none",
-          stroke: "#c0c4c8", class: "edge"});
+          stroke: "#c0c4c8", class: "edge", "pointer-events": "none"});
     }
     for (const [i, p, d] of s.tree) {
       const t = s.marks[i], label = t[5];
@@ -829,6 +829,7 @@ if (DATA.live && DATA.api) {
     if (c.head > drawnAt && (!DATA.watch || c.searches.includes(DATA.watch))) refetch();
   });
   es.addEventListener("open", () => { status.textContent = "live"; });
+  window.addEventListener("pagehide", () => es.close());  // leaving: end the stream, not cut it
   es.addEventListener("error", () => { status.textContent = "reconnecting…"; });
 }
 })();

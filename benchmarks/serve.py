@@ -1,0 +1,140 @@
+"""``arl serve`` at scale: how fast a 100,000-trial search page is interactive, and the server's memory.
+
+    python benchmarks/serve.py [--trials 100000] [--reference 100]
+
+Builds a synthetic ledger (tests.factories.synthetic_search, 6 events a trial)
+holding one search of ``--trials`` trials and a reference search of
+``--reference`` trials, starts ``arl serve`` on it, and opens both search pages
+in the system Chromium (DevTools protocol, tests.browser). Prints, for each:
+the server's time for the page's data (/api/search), the payload's size, and
+the time from navigation until the page's script has drawn every plot and
+bound its handlers (``body[data-ready=1]``) — target ≤ 2 s for the large one.
+Then a trial is labelled in the large search and the time until the open page
+redraws with it is printed (target ≤ 2 s). The server's resident memory
+(current and peak) is read from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from arl.ledger import Ledger  # noqa: E402
+from arl.ledger import events as ev  # noqa: E402
+from arl.ledger.events import Label  # noqa: E402
+from tests.browser import Browser  # noqa: E402
+from tests.factories import synthetic_search  # noqa: E402
+
+TARGET_S = 2.0
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """Resident and peak resident memory of a process, MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def _build(ledger: Ledger, trials: int, search: str, seed: int) -> None:
+    events = synthetic_search(trials, search=search, agents=8, seed=seed)
+    for i in range(0, len(events), 5_000):
+        ledger.append(*events[i: i + 5_000])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100_000)
+    parser.add_argument("--reference", type=int, default=100)
+    args = parser.parse_args()
+    large, small = "eeee0000-0000-4000-8000-000000000001", "eeee0000-0000-4000-8000-000000000002"
+    with tempfile.TemporaryDirectory(prefix="arl-bench-serve-") as d:
+        url = f"sqlite:///{Path(d) / 'ledger.db'}"
+        t0 = time.perf_counter()
+        with Ledger.open(url) as ledger:
+            _build(ledger, args.reference, small, seed=2)
+            _build(ledger, args.trials, large, seed=1)
+            head = ledger.head()
+        print(f"built a synthetic ledger: {args.trials:,} + {args.reference:,} trials, {head:,} events "
+              f"in {time.perf_counter() - t0:.1f} s")
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
+              "(other work on the machine slows every wall-clock figure)\n")
+        port = _port()
+        base = f"http://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "arl.runners.cli", "serve", "--store", url, "--port", str(port)],
+                                cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                try:
+                    if httpx.get(base + "/api/searches", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None:
+                    raise SystemExit("arl serve exited")
+                time.sleep(0.2)
+            print(f"{'server start (load into DuckDB)':<44}{time.perf_counter() - t0:8.2f} s")
+            rss, peak = _memory_mb(proc.pid)
+            print(f"{'server memory after start':<44}{rss:8.0f} MB resident, peak {peak:.0f} MB\n")
+            with Browser(Path(d) / "profile", width=1200, height=900) as b:
+                b.open(base + "/")  # a warm browser: the figures are the page's, not Chromium's start
+                rows = {}
+                for name, sid, n in (("reference", small, args.reference), ("large", large, args.trials)):
+                    api = []
+                    for _ in range(3):
+                        t1 = time.perf_counter()
+                        r = httpx.get(base + f"/api/search/{sid}", timeout=60)
+                        api.append(time.perf_counter() - t1)
+                    pages = [b.open(base + f"/search/{sid}") for _ in range(3)]
+                    drawn = b.eval("+document.getElementById('progress-0').dataset.drawn")
+                    assert drawn == n + 1, (drawn, n)
+                    rows[name] = (n, min(api), len(r.content), min(pages), max(pages))
+                    assert not b.errors, b.errors
+                for name, (n, api, size, best, worst) in rows.items():
+                    verdict = "" if name == "reference" else (
+                        f"   target ≤ {TARGET_S:.0f} s   {'ok' if worst <= TARGET_S else 'OVER TARGET'}")
+                    print(f"{'search page, ' + format(n + 1, ',') + ' trials':<44}{best:8.2f} s interactive "
+                          f"(worst of 3: {worst:.2f} s; data {api:.2f} s, {size / 1e6:.2f} MB){verdict}")
+                # live: label one more trial of the large search while its page is open
+                b.open(base + f"/search/{large}")
+                seq = args.trials + 1
+                tid = ev.trial_id(large, seq)
+                common = {"originator_id": tid, "search_id": large}
+                with Ledger.open(url) as ledger:
+                    t1 = time.perf_counter()
+                    ledger.append(
+                        ev.TrialProposed(originator_id=tid, originator_version=1, search_id=large, seq=seq,
+                                         agent="agent1", surface="agent1", hypothesis="one more"),
+                        ev.TrialEvaluated(**common, originator_version=2, evaluator="golf-mini", score=9.0),
+                        ev.TrialLabeled(**common, originator_version=3, label=Label.DISCARD, score=9.0))
+                    new_head = ledger.head()
+                b.wait_for(f"+document.body.dataset.head >= {new_head} && "
+                           f"+document.getElementById('progress-0').dataset.drawn === {args.trials + 2}", 60)
+                live = time.perf_counter() - t1
+                print(f"{'label → drawn on the open large page':<44}{live:8.2f} s   target ≤ {TARGET_S:.0f} s   "
+                      f"{'ok' if live <= TARGET_S else 'OVER TARGET'}")
+            rss, peak = _memory_mb(proc.pid)
+            print(f"{'server memory at the end':<44}{rss:8.0f} MB resident, peak {peak:.0f} MB")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
