@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also answer requests for this host name or address")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http)")
+    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http, arl serve)")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     q = token_sub.add_parser("add", help="make a token and print it once (the token file keeps its hash)")
     q.add_argument("name", help="the identity recorded with what the token does, e.g. alice or opt-agent")
