@@ -22,6 +22,7 @@ framing, sniffing and any script not served by this server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -54,6 +55,8 @@ from arl.runners.tokens import TokenGate, allowed_hosts, bearer_token, is_loopba
 
 #: The cookie a browser keeps the token in after ``?token=``.
 COOKIE = "arl_token"
+#: Seconds between comments on an idle event stream (keeps proxies and browsers from closing it).
+KEEP_ALIVE_S = 15.0
 #: The views the SQL console may read (copies, refreshed when the log moved).
 SQL_VIEWS = ("searches", "trials", "checks", "lineage", "agent_calls")
 _SEARCH_REF = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -130,14 +133,17 @@ class Dashboard:
         for loop, queue in list(self._listeners):
             loop.call_soon_threadsafe(_offer, queue, change)
 
-    async def changes(self) -> AsyncIterator[dict[str, Any]]:
-        """Each change from now on, for one event stream (a slow reader skips to the latest)."""
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of each change from now on, for one event stream (a slow reader skips to the latest).
+
+        A queue, not an async generator: waiting on it with a timeout (the keep-alive)
+        cancels only that wait, never the subscription."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=8)
         entry = (asyncio.get_running_loop(), queue)
         self._listeners.add(entry)
         try:
-            while True:
-                yield await queue.get()
+            yield queue
         finally:
             self._listeners.discard(entry)
 
@@ -290,15 +296,15 @@ def app(dashboard: Dashboard, access: ServeAccess, gate: TokenGate | None) -> An
 
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[bytes]:
-            yield f"event: hello\ndata: {json.dumps({'head': dashboard.head})}\n\n".encode()
-            changes = dashboard.changes()
-            while True:
-                try:
-                    change = await asyncio.wait_for(anext(changes), timeout=15.0)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                yield f"event: change\ndata: {json.dumps(change)}\n\n".encode()
+            async with dashboard.listening() as queue:
+                yield f"event: hello\ndata: {json.dumps({'head': dashboard.head})}\n\n".encode()
+                while True:
+                    try:
+                        change = await asyncio.wait_for(queue.get(), timeout=KEEP_ALIVE_S)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield f"event: change\ndata: {json.dumps(change)}\n\n".encode()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"x-accel-buffering": "no"})

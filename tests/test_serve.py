@@ -384,3 +384,26 @@ def test_serve_refuses_tokens_it_cannot_trust(tmp_path):
     tokens.chmod(0o666)
     with pytest.raises(TokenError, match="can be written by others"):
         serve_gate(ServeAccess(host="0.0.0.0", token_file=str(tokens)), announce=print)
+
+
+def test_the_event_stream_outlives_its_keep_alives_and_tells_each_change(live_ledger, monkeypatch):
+    import arl.runners.serve as serve_module
+
+    monkeypatch.setattr(serve_module, "KEEP_ALIVE_S", 0.1)
+    with served(live_ledger) as (base, dashboard):
+        with httpx.stream("GET", base + "/events", timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = r.iter_lines()
+            assert next(lines) == "event: hello"
+            keep_alives = 0
+            while keep_alives < 5:  # idle: comments, and the stream stays open
+                keep_alives += next(lines) == ": keep-alive"
+            with Ledger.open(live_ledger) as writer:
+                writer.append(ev.TrialEvaluated(originator_id=tid(6), originator_version=4, search_id=SEARCH,
+                                                evaluator="toy", score=7.0))
+                head = writer.head()
+            for line in lines:
+                if line.startswith("data: ") and '"searches"' in line:
+                    change = json.loads(line.removeprefix("data: "))
+                    break
+            assert change == {"head": head, "searches": [SEARCH]}
