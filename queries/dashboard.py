@@ -38,7 +38,7 @@ DEPTH_BINS = 80
 #: Time buckets of the throughput plot.
 TIME_BUCKETS = 48
 #: The newest keeps listed under the plots of a live page (the report lists every one).
-LIVE_KEEPS = 200
+LIVE_KEEPS = 50
 #: Longest log tail or transcript a trial page shows, characters.
 TEXT_CAP = 200_000
 
@@ -283,15 +283,17 @@ def trial_view(con: duckdb.DuckDBPyConnection, ledger: Ledger, trial: str) -> di
         SELECT t.trial_id, t.search, s.name, t.seq, coalesce(t.source_id, t.seq::VARCHAR), t.agent, t.surface,
                t.backend, t.parents, t.hypothesis, t.expected_delta, t.label, t.score, t.delta_vs_parent,
                t.delta_vs_best, t.reason, t.metrics, t.wall_s, t.exit_code, t.runner, t.state,
-               t.edit_digest, t.agent_call_digest, t.proposed_at, t.labeled_at, s.direction
-        FROM log.trials t JOIN searches s USING (search) WHERE t.trial_id = $t""", {"t": trial}).fetchall()
+               t.edit_digest, t.agent_call_digest, t.proposed_at, t.labeled_at, s.direction,
+               t.source->>'snapshot_path', t.source->>'status', pt.score
+        FROM log.trials t JOIN searches s USING (search) LEFT JOIN log.trials pt ON pt.trial_id = t.parents[1]
+        WHERE t.trial_id = $t""", {"t": trial}).fetchall()
     if not rows:
         raise QueryError(f"no trial {trial!r} in the ledger")
     r = rows[0]
     keys = ("trial", "search", "search_name", "seq", "id", "agent", "surface", "backend", "parents",
             "hypothesis", "expected_delta", "label", "score", "delta_vs_parent", "delta_vs_best", "reason",
             "metrics", "wall_s", "exit_code", "runner", "state", "edit_digest", "agent_call_digest",
-            "proposed_at", "labeled_at", "direction")
+            "proposed_at", "labeled_at", "direction", "snapshot", "source_status", "parent_score")
     t = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(keys, r)}
     t["metrics"] = json.loads(t["metrics"]) if isinstance(t["metrics"], str) else (t["metrics"] or {})
     t["parents"] = list(t["parents"] or [])
@@ -326,7 +328,10 @@ def trial_view(con: duckdb.DuckDBPyConnection, ledger: Ledger, trial: str) -> di
     ref = f"{t['search'][:8]}#{t['seq']}"
     t["commands"] = [f"arl show {ref}", f"arl fork {ref} --trials 30",
                      f"arl replay {t['search'][:8]} --rerun --trials {t['seq']}..{t['seq']}"]
-    t["expected_vs_observed"] = {"expected": t["expected_delta"], "observed": t["delta_vs_parent"]}
+    observed = t["delta_vs_parent"]
+    if observed is None and t["score"] is not None and t["parent_score"] is not None:
+        observed = t["score"] - t["parent_score"]  # an import records no delta: the scores give it
+    t["expected_vs_observed"] = {"expected": t["expected_delta"], "observed": observed}
     return t
 
 
@@ -463,7 +468,7 @@ function diffPre(parent, text) {
 }
 
 // --- plots -----------------------------------------------------------------------------
-function axes(svg, W, H, m, lo, hi, n, y, x, yname) {
+function axes(svg, W, H, m, lo, hi, n, y, x, yname, labelY) {
   el(svg, "line", {x1: m.l, y1: H - m.b, x2: W - m.r, y2: H - m.b, stroke: "#999"});
   el(svg, "line", {x1: m.l, y1: m.t, x2: m.l, y2: H - m.b, stroke: "#999"});
   for (let k = 0; k <= 4; k++) {
@@ -473,7 +478,7 @@ function axes(svg, W, H, m, lo, hi, n, y, x, yname) {
   const nt = Math.min(8, Math.max(1, n));
   for (let k = 0; k <= nt; k++) {
     const i = n * k / nt;
-    el(svg, "text", {x: x(i), y: H - m.b + 14, "text-anchor": "middle", "font-size": 11}, Math.round(i));
+    el(svg, "text", {x: x(i), y: labelY || H - m.b + 14, "text-anchor": "middle", "font-size": 11}, Math.round(i));
   }
   el(svg, "text", {x: 14, y: (m.t + H - m.b) / 2, "text-anchor": "middle", "font-size": 12,
       transform: `rotate(-90 14 ${(m.t + H - m.b) / 2})`}, yname);
@@ -502,7 +507,7 @@ function drawProgress(box, s) {
                                        : yBot - (yBot - m.t) * (v - lo) / (hi - lo);
   const clamp = v => y(Math.min(hi, Math.max(lo, v)));
   const svg = el(box, "svg", {class: "plot", id: "progress-0", width: W, height: H, "data-drawn": 0});
-  axes(svg, W, H, {l: m.l, r: m.r, t: m.t, b: m.b + strip + 6}, lo, hi, n, y, x, s.score_name);
+  axes(svg, W, H, {l: m.l, r: m.r, t: m.t, b: m.b + strip + 6}, lo, hi, n, y, x, s.score_name, H - m.b + 16);
   el(svg, "text", {x: (W + m.l) / 2, y: H - 6, "text-anchor": "middle", "font-size": 12},
      "trial index (unscored trials on the strip below the axis)");
   let drawn = 0;
@@ -709,7 +714,8 @@ function renderTrial(t) {
   h(main, "h3", {}, "Hypothesis");
   h(main, "p", {id: "hypothesis"}, t.hypothesis || "–");
   table(main, ["expected Δ", "observed Δ vs parent", "Δ vs best at label time"],
-        [[signed(t.expected_delta), signed(t.delta_vs_parent), signed(t.delta_vs_best)]], {id: "deltas"});
+        [[signed(t.expected_vs_observed.expected), signed(t.expected_vs_observed.observed), signed(t.delta_vs_best)]],
+        {id: "deltas"});
   h(main, "h3", {}, "Diff against each parent");
   if (!t.diffs.length) h(main, "p", {class: "muted"}, "no parent and no recorded edit (a baseline)");
   for (const d of t.diffs) {
@@ -718,7 +724,9 @@ function renderTrial(t) {
     if (d.parent) { sum.appendChild(document.createTextNode("against parent ")); link(sum, trialHref(d.parent), d.parent_id);
       sum.appendChild(document.createTextNode(" · ")); link(sum, `/compare?a=${encodeURIComponent(d.parent)}&b=${encodeURIComponent(t.trial)}`, "compare side by side"); }
     else sum.textContent = "the recorded edit";
-    if (d.diff) diffPre(det, d.diff); else h(det, "p", {class: "muted"}, "no programs kept for this pair");
+    if (d.diff) diffPre(det, d.diff);
+    else h(det, "p", {class: "muted"}, t.snapshot ? `imported: the source kept this program as ${t.snapshot}`
+                                                  : "no programs kept for this pair");
   }
   h(main, "h3", {}, "Checks");
   table(main, ["check", "value", "limit", "", "detail"], t.checks.map(c => [c.name, fmt(c.value), fmt(c.limit),

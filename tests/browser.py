@@ -132,9 +132,10 @@ class Browser:
             self.call("Input.dispatchMouseEvent", session=self.session, type=kind, x=box[0], y=box[1],
                       button="left" if kind != "mouseMoved" else "none", clickCount=1)
 
-    def screenshot(self, path: Path) -> None:
+    def screenshot(self, path: Path, *, whole: bool = True) -> None:
+        """A PNG of the whole page (or of the viewport only)."""
         data = self.call("Page.captureScreenshot", session=self.session, format="png",
-                         captureBeyondViewport=True)["data"]
+                         captureBeyondViewport=whole)["data"]
         Path(path).write_bytes(base64.b64decode(data))
 
     @property

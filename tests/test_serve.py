@@ -369,7 +369,10 @@ def test_arl_serve_shows_the_papers_two_runs(tmp_path):
                 b.screenshot(shots / "22-search-cifar.png")
             b.click("#progress-0 circle.mark.best, #progress-0 circle.mark[fill='#2ca02c']")
             b.wait_for("location.pathname.startsWith('/trial/') && document.body.dataset.ready === '1'")
-            assert b.eval("document.getElementById('hypothesis').textContent").strip()
+            assert b.eval("document.getElementById('hypothesis').textContent").startswith("train_epochs 45→46")
+            # an import records no delta: the page gives score − parent's score (26.1313 − 26.356)
+            assert b.eval("document.querySelector('#deltas tbody td:nth-child(2)').textContent") == "-0.2247"
+            assert "snapshots/007_aug" in b.eval("document.getElementById('main').textContent")
             if shots:
                 b.screenshot(shots / "22-trial-cifar.png")
             assert b.errors == []
