@@ -381,7 +381,7 @@ def page(kind: str, data: dict[str, Any], *, title: str, live: bool, script: str
                "img-src 'self' data:; form-action 'self'; base-uri 'none'")
         tag = "<script src=/static/dashboard.js></script>"
         nav = ("<nav><a href=/>searches</a> · <a href=/sql>SQL console</a>"
-               " <span id=live class=muted>connecting…</span></nav>")
+               " <span id=live class=muted></span></nav>")
     else:
         csp = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
         tag = f"<script>{script or DASHBOARD_JS}</script>"
@@ -818,6 +818,7 @@ if (DATA.kind === "report") {
 }
 if (DATA.live && DATA.api) {
   const status = document.getElementById("live");
+  status.textContent = "connecting…";
   let pending = false, again = false;
   async function refetch() {
     if (pending) { again = true; return; }

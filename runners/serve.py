@@ -235,39 +235,24 @@ def app(dashboard: Dashboard, access: ServeAccess, gate: TokenGate | None) -> An
     async def api_searches(request: Request) -> Response:
         return await answer(request, dashboard.searches, None)
 
-    def search_ref(request: Request) -> str | None:
-        ref = request.path_params["ref"]
-        return ref if _SEARCH_REF.fullmatch(ref) else None
+    def as_json(request: Request) -> bool:
+        return request.url.path.startswith("/api/")
 
     async def search(request: Request) -> Response:
-        ref = search_ref(request)
-        if ref is None:
+        """/search/<ref> and /api/search/<ref>: ref is an id, id prefix or name, looked up, never opened."""
+        ref = request.path_params["ref"]
+        if not _SEARCH_REF.fullmatch(ref):
             return refused(404, "no such search: give a search id from /", request)
-        return await answer(request, lambda: dashboard.search(ref), lambda d: live(
+        return await answer(request, lambda: dashboard.search(ref), None if as_json(request) else lambda d: live(
             "search", d, f"arl — {d['view']['name']}", f"/api/search/{d['view']['search']}", d["view"]["search"]))
 
-    async def api_search(request: Request) -> Response:
-        ref = search_ref(request)
-        if ref is None:
-            return refused(404, "no such search: give a search id from /api/searches", request)
-        return await answer(request, lambda: dashboard.search(ref), None)
-
-    def trial_id(request: Request) -> str | None:
-        ref = request.path_params["trial"]
-        return ref if UUID.fullmatch(ref) else None
-
     async def trial(request: Request) -> Response:
-        tid = trial_id(request)
-        if tid is None:
+        """/trial/<id> and /api/trial/<id>: id is a trial's UUID."""
+        tid = request.path_params["trial"]
+        if not UUID.fullmatch(tid):
             return refused(404, "no such trial: a trial id is a UUID (its search page links it)", request)
-        return await answer(request, lambda: dashboard.trial(tid), lambda d: live(
+        return await answer(request, lambda: dashboard.trial(tid), None if as_json(request) else lambda d: live(
             "trial", d, f"arl — trial #{d['view']['seq']}", f"/api/trial/{tid}", d["view"]["search"]))
-
-    async def api_trial(request: Request) -> Response:
-        tid = trial_id(request)
-        if tid is None:
-            return refused(404, "no such trial: a trial id is a UUID", request)
-        return await answer(request, lambda: dashboard.trial(tid), None)
 
     async def compare(request: Request) -> Response:
         a, b = request.query_params.get("a", "").strip(), request.query_params.get("b", "").strip()
@@ -317,7 +302,7 @@ def app(dashboard: Dashboard, access: ServeAccess, gate: TokenGate | None) -> An
         Route("/compare", compare), Route("/sql", sql_page), Route("/events", events),
         Route("/static/dashboard.js", script),
         Route("/api/searches", api_searches),
-        Route("/api/search/{ref}", api_search), Route("/api/trial/{trial}", api_trial),
+        Route("/api/search/{ref}", search), Route("/api/trial/{trial}", trial),
         Route("/api/sql", api_sql, methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), gate, allowed_hosts(access.host, access.allow_hosts))
