@@ -133,6 +133,12 @@ def search_view(con: duckdb.DuckDBPyConnection, search: str, *, keeps: int | Non
         view["labels"] = dict(con.execute(
             "SELECT label, count(*) FROM _view GROUP BY label ORDER BY count(*) DESC").fetchall())
         if view["binned"]:
+            # the best line at the bins' resolution: each bin's last new best (what a pixel can show)
+            width = max(1, -(-n // BINS))
+            last: dict[int, list[Any]] = {}
+            for step in view["best_line"]:
+                last[step[0] // width] = step
+            view["best_line"] = list(last.values())
             view["bins"] = _score_bins(con, n)
             view["tree_bins"] = _tree(con, binned=True, n=n)
         else:
@@ -169,9 +175,9 @@ def _score_bins(con: duckdb.DuckDBPyConnection, n: int) -> list[list[Any]]:
     """Per bin of trial index and label: count, lowest and highest score (None: unscored)."""
     width = max(1, -(-n // BINS))
     rows = con.execute("""
-        SELECT i // $w AS b, label, count(*), min(score), max(score), count(score), any_value(trial_id)
+        SELECT i // $w AS b, label, count(*), min(score), max(score), count(score)
         FROM _view GROUP BY ALL ORDER BY ALL""", {"w": width}).fetchall()
-    return [[r[0] * width, min(width, n - r[0] * width), r[1], r[2], r[3], r[4], r[5], r[6]] for r in rows]
+    return [[r[0] * width, min(width, n - r[0] * width), r[1], r[2], r[3], r[4], r[5]] for r in rows]
 
 
 def _tree(con: duckdb.DuckDBPyConnection, *, binned: bool, n: int) -> Any:
