@@ -410,3 +410,24 @@ def test_the_event_stream_outlives_its_keep_alives_and_tells_each_change(live_le
                     change = json.loads(line.removeprefix("data: "))
                     break
             assert change == {"head": head, "searches": [SEARCH]}
+
+
+def test_a_large_search_is_drawn_binned_and_still_opens_trials(live_ledger, tmp_path, monkeypatch):
+    import arl.queries.dashboard as dashboard_module
+
+    monkeypatch.setattr(dashboard_module, "MAX_MARKS", 3)  # the 7-trial search counts as large
+    with served(live_ledger) as (base, _), Browser(tmp_path / "profile") as b:
+        view = httpx.get(base + f"/api/search/{SEARCH}").json()["view"]
+        assert view["binned"] and "marks" not in view and "tree" not in view
+        # every trial is in a bin once; the best line holds the trials that set a new best
+        assert sum(row[3] for row in view["bins"]) == 7
+        assert [step[2] for step in view["best_line"]] == [tid(0), tid(1), tid(3), tid(5)]
+        b.open(base + f"/search/{SEARCH}")
+        assert b.eval("document.querySelector('#progress-0 canvas.bins') !== null")
+        assert b.eval("document.getElementById('tree-0').tagName") == "CANVAS"
+        assert b.eval("+document.getElementById('progress-0').dataset.drawn") == 7
+        assert b.eval("+document.getElementById('tree-0').dataset.drawn") == 7
+        assert b.eval("document.querySelectorAll('#progress-0 circle.mark.best').length") == 4
+        b.click(f"#progress-0 circle.mark.best[data-trial=\"{tid(5)}\"]")
+        b.wait_for(f"location.pathname === '/trial/{tid(5)}' && document.body.dataset.ready === '1'")
+        assert b.errors == []
