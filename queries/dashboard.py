@@ -802,7 +802,10 @@ function renderSql(d) {
 
 // --- live updates ------------------------------------------------------------------------
 let drawnAt = 0;
-function ready() { document.body.setAttribute("data-ready", "1"); }
+function ready() {  // when the plots are drawn and bound (ms since navigation began): benchmarks read it
+  document.body.setAttribute("data-ready-ms", Math.round(performance.now()));
+  document.body.setAttribute("data-ready", "1");
+}
 function redraw(d) {
   if (DATA.kind === "index") renderIndex(d);
   else if (DATA.kind === "search") renderSearch(d.view);
