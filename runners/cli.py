@@ -350,6 +350,16 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from arl.runners.serve import ServeAccess, serve
+
+    access = ServeAccess(host=args.host, port=args.port, token_file=args.token_file,
+                         require_token=args.require_token, allow_hosts=tuple(args.allow_host or ()))
+    with Ledger.open(args.store, create=False, read_only=True) as ledger:
+        serve(ledger, access)
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from arl.runners.tokens import TokenFile, default_token_file
 
@@ -565,7 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait calls pending at once in the whole server (default 64)")
     p.set_defaults(func=cmd_mcp)
 
-    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http)")
+    p = sub.add_parser("serve", help="a live dashboard of the ledger's searches in the browser (read-only)")
+    _store_arg(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other address requires a token)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _token_file_arg(p)
+    p.add_argument("--require-token", action="store_true", help="ask for a token on loopback too")
+    p.add_argument("--allow-host", metavar="NAME", action="append",
+                   help="also answer requests for this host name or address")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http, arl serve)")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     q = token_sub.add_parser("add", help="make a token and print it once (the token file keeps its hash)")
     q.add_argument("name", help="the identity recorded with what the token does, e.g. alice or opt-agent")
