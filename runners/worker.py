@@ -42,10 +42,17 @@ from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
+from arl.tasks.outputs import OutputError, read_bytes
+from arl.tasks.outputs import check as outputs_check
+from arl.tasks.outputs import files as output_files
 from arl.tasks.registry import task_of
 
 #: Artifacts kept in the blob store per trial (bigger outputs are named, not kept).
 ARTIFACT_BYTES = 64 * 1024 * 1024
+#: Processes one run may have at once (a fork bomb is killed above it: label oom).
+PIDS_MAX = 512
+#: Megabytes one run may write: workspace, ARL_OUT, stdout and stderr together (label size_violation).
+WRITE_MB = 8192
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Worker:
         devices: Sequence[str] | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
+        pids_max: int = PIDS_MAX,
+        write_mb: float = WRITE_MB,
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -84,6 +93,9 @@ class Worker:
         self.release = threading.Event()
         self.work_dir = work_dir
         self.poll_s = poll_s
+        #: Limits on each recipe process tree: processes at once, megabytes written.
+        self.pids_max = pids_max
+        self.write_mb = write_mb
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
         self._tasks: dict[str, _Loaded] = {}
         self._started: dict[str, ev.SearchStarted] = {}
@@ -209,6 +221,10 @@ class Worker:
                 record.released()
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
+            reached = self._reached_out(runs)
+            if reached is not None:
+                record.label(Label.ILLEGAL_EDIT, reached)
+                return
             if not _is_baseline(proposed):
                 # Nothing is labelled against a search whose baseline failed: not even a failed
                 # run, which a busy machine may have caused as it did the baseline's.
@@ -218,7 +234,8 @@ class Worker:
                                     f"{failed_base.label.value}; back in the queue until it is measured again")
                     return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
-                                wallclock_s=loaded.task.budgets.wallclock_s)
+                                wallclock_s=loaded.task.budgets.wallclock_s,
+                                pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 record.label(*failed)
                 return
@@ -277,6 +294,7 @@ class Worker:
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 writable=[out], readable=[data.train], hidden=self._hidden(data),
                 cancel=self.release, devices=bool(self.devices),
+                pids_max=self.pids_max, write_mb=self.write_mb,
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
@@ -297,12 +315,14 @@ class Worker:
 
         def run(argv: Sequence[str], *, cwd: Path, timeout_s: float, stdin: bytes | None = None,
                 env: dict[str, str] | None = None, readable: Sequence[Path] = (),
-                writable: Sequence[Path] = ()) -> Process:
+                writable: Sequence[Path] | None = None) -> Process:
             return run_process(
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
                 threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
-                writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
-                hidden=hidden, devices=bool(self.devices),
+                writable=[scratch] if writable is None else list(writable),
+                readable=[data.train, task.folder, *readable],
+                hidden=hidden, devices=bool(self.devices), pids_max=self.pids_max,
+                write_mb=self.write_mb, writable_cwd=False,
             )
 
         ctx = EvalContext(task=task, runs=runs, heldout=data.heldout, train_data=data.train,
@@ -322,7 +342,8 @@ class Worker:
 
         def confirm() -> tuple[Evaluation, list[int]] | str:
             extra = self._run_seeds(loaded, program, task.confirm_seeds, root / "confirm")
-            failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s)
+            failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s,
+                                pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 return failed[1]
             combined = self._evaluate(loaded, runs + extra, root / "confirm")
@@ -360,17 +381,32 @@ class Worker:
         )
 
     def _keep_artifacts(self, runs: list[SeedRun]) -> dict[str, str]:
+        """Regular files of each ARL_OUT, read without following links (the recipe's processes
+        are gone by now: nothing changes them under the reader)."""
         kept: dict[str, str] = {}
         budget = ARTIFACT_BYTES
         for run in runs:
             out = Path(run.out)
-            for path in sorted(p for p in out.rglob("*") if p.is_file()):
-                size = path.stat().st_size
+            for rel, size in output_files(out):
                 if size > budget:
                     continue
-                budget -= size
-                kept[f"seed{run.seed}/{path.relative_to(out).as_posix()}"] = self.ledger.put_blob(path.read_bytes())
+                try:
+                    data = read_bytes(out, rel)
+                except OutputError:
+                    continue  # not a regular file after all: never stored; _reached_out names it
+                budget -= len(data)
+                kept[f"seed{run.seed}/{rel}"] = self.ledger.put_blob(data)
         return kept
+
+    @staticmethod
+    def _reached_out(runs: list[SeedRun]) -> str | None:
+        """Why the trial fails if a run left a link, pipe, socket or device in its outputs or
+        workspace (the evaluator would read it from outside the sandbox), else None."""
+        for run in runs:
+            found = outputs_check({"ARL_OUT": Path(run.out), "workspace": Path(run.workspace)})
+            if not found.passed:
+                return f"seed {run.seed}: check outputs failed: {found.detail}"
+        return None
 
 
 def _is_baseline(proposed: ev.TrialProposed) -> bool:
