@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from arl.ledger.events import Check, Label
 
-__all__ = ["OutputError", "check", "copy_tree", "files", "read_bytes", "strange"]
+__all__ = ["OutputError", "check", "copy_tree", "files", "open_file", "read_bytes", "strange"]
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -107,9 +108,14 @@ def _open(root: Path, rel: str) -> int:
     return file_fd
 
 
+def open_file(root: Path, rel: str) -> BinaryIO:
+    """The regular file ``root/rel`` opened for reading; :class:`OutputError` for anything else."""
+    return os.fdopen(_open(Path(root), rel), "rb")
+
+
 def read_bytes(root: Path, rel: str) -> bytes:
     """The bytes of the regular file ``root/rel``; :class:`OutputError` for anything else."""
-    with os.fdopen(_open(Path(root), rel), "rb") as f:
+    with open_file(root, rel) as f:
         return f.read()
 
 

@@ -493,7 +493,8 @@ def test_golf_calls_cannot_compare_notes(tmp_path, text_cache):
         return torch.from_numpy(lp)
     """)
     evaluation = _evaluate("golf-mini", program, tmp_path, text_cache)
-    assert not _forged(evaluation), evaluation
+    # Each call saw only its own input: the cheat never fired, the honest uniform 8 bits stand.
+    assert not _forged(evaluation) or evaluation.score == pytest.approx(8.0), evaluation
 
 
 @pytest.fixture
@@ -546,7 +547,8 @@ def predict(model, images):
     return logits
 """
     evaluation = _evaluate("airbench-mini", program, tmp_path, image_cache)
-    assert evaluation.metrics.get("accuracy", 0.0) < 0.5 or not _forged(evaluation), evaluation
+    assert not _forged(evaluation) and "outputs" in {c.name for c in evaluation.failed}, evaluation
+    assert evaluation.failed[0].fails_as is Label.ILLEGAL_EDIT
 
 
 def test_airbench_training_inside_load_is_charged_to_the_score(tmp_path, image_cache):
