@@ -75,7 +75,7 @@ def _search_data(con: duckdb.DuckDBPyConnection, row: tuple, ledger: Ledger | No
     search, name, task, kind, direction, score_name, started = row
     rows = con.execute(
         "SELECT seq, trial_id, coalesce(source_id, seq::VARCHAR), agent, label, score, delta_vs_best, "
-        "hypothesis, parents, edit_digest, source->>'snapshot_path', reason "
+        "hypothesis, parents, edit_digest, source->>'snapshot_path', reason, verified "
         "FROM trials WHERE search = $s ORDER BY seq",
         {"s": search},
     ).fetchall()
@@ -109,6 +109,7 @@ def _search_data(con: duckdb.DuckDBPyConnection, row: tuple, ledger: Ledger | No
                 "hypothesis": r[7] or "",
                 "diff": _diff(ledger, r[9]),
                 "snapshot": r[10],
+                "verified": r[12],
             }
         )
     return {
@@ -143,6 +144,8 @@ def _keeps_table(section: dict[str, Any], n: int) -> str:
         else:
             diff = "<span class=muted>no diff recorded</span>"
         score = "" if k["score"] is None else f"{k['score']:.6g}"
+        if k.get("verified") is False and score:
+            score += " <span class=muted title='the score is what the program printed, not measured'>from the recipe's log</span>"
         delta = "" if k["delta"] is None else f"{k['delta']:+.6g}"
         rows.append(
             f"<tr><td>{k['seq']}</td><td>{html.escape(k['id'])}</td><td>{html.escape(k['agent'])}</td>"

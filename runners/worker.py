@@ -21,6 +21,7 @@ to the queue; after ``max_attempts`` they are labelled ``infra_error``.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import time
@@ -34,8 +35,9 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
+from arl.runners.config import SearchConfig, sandbox_problem
 from arl.runners.labels import decide, label_runs
-from arl.runners.sandbox import hiding_sqlite, run_process
+from arl.runners.sandbox import bwrap_path, hiding_sqlite, run_process
 from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
 from arl.tasks import legality
 from arl.tasks.adapters import gpu_env
@@ -79,6 +81,7 @@ class Worker:
         poll_s: float = 0.5,
         pids_max: int = PIDS_MAX,
         write_mb: float = WRITE_MB,
+        sandbox: str = "bwrap",
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -96,6 +99,9 @@ class Worker:
         #: Limits on each recipe process tree: processes at once, megabytes written.
         self.pids_max = pids_max
         self.write_mb = write_mb
+        #: "none": this worker may run model-written code without a sandbox (``arl worker --sandbox none``).
+        self.sandbox = sandbox
+        self._refused: set[str] = set()
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
         self._tasks: dict[str, _Loaded] = {}
         self._started: dict[str, ev.SearchStarted] = {}
@@ -156,7 +162,26 @@ class Worker:
 
     def _fits(self, trial: str) -> bool:
         task = self._task_of(trial)
-        return task is None or task.needs.gpus in (0, len(self.devices))
+        if task is not None and task.needs.gpus not in (0, len(self.devices)):
+            return False  # it needs another number of GPUs than this slot has
+        return not self._needs_sandbox(self.projector.state.trials[trial].search_id)
+
+    def _needs_sandbox(self, search_id: str) -> bool:
+        """True when the search runs model-written code and neither a sandbox nor the user's
+        ``--sandbox none`` (the search's or this worker's) allows it here: its trials stay queued
+        for a worker that has one, and this worker says so once."""
+        if self.sandbox == "none":
+            return False
+        try:
+            config = SearchConfig.of(self._search_started(search_id))
+        except (ArlError, StopIteration, IndexError):
+            return False
+        problem = sandbox_problem(config, bwrap_path() is not None)
+        if problem is not None and search_id not in self._refused:
+            self._refused.add(search_id)
+            print(f"arl worker {self.name}: not running trials of search {search_id[:8]}: {problem}",
+                  file=sys.stderr)
+        return problem is not None
 
     def _lease_for(self, trial: str) -> float:
         """Long enough for every run the trial may need, unless set explicitly."""

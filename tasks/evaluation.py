@@ -101,6 +101,9 @@ class Evaluation(msgspec.Struct, kw_only=True):
     checks: list[Check] = []
     #: Score per seed, where the task scores seeds separately.
     per_seed: dict[int, float] = {}
+    #: False when the score (or a gate) is read from what the recipe printed about itself
+    #: (the GPU adapters parse their logs): the program's claim, not a measurement.
+    verified: bool = True
 
     @property
     def failed(self) -> list[Check]:

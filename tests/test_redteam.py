@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
 BUILTIN = ROOT / "tasks" / "builtin"
 SECRET = "sk-redteam-7d1f0c"
+#: The data cache the session started with: the acceptance runs use the real task data.
+REAL_CACHE = os.environ.get("ARL_CACHE") or str(Path.home() / ".cache" / "arl")
 #: Every process an attack leaves behind carries this in its command line.
 MARK = "arl-redteam-leftover"
 
@@ -598,3 +600,126 @@ def predict(model, images):
 """
     _evaluate("airbench-mini", program, tmp_path, image_cache, seeds=(0, 1))
     assert list(VICTIM.iterdir()) == []
+
+
+# --- acceptance through the public CLI: `arl task check` on a task whose recipe an agent rewrote ---
+
+
+def _arl(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "arl.runners.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "ARL_CACHE": REAL_CACHE, **(env or {})}, timeout=timeout)
+
+
+def _rewritten(name: str, program: str, tmp_path: Path) -> Path:
+    import shutil
+
+    folder = tmp_path / f"{name}-rewritten"
+    shutil.copytree(BUILTIN / name, folder)
+    # The agent kept every knob line and redefined the functions the harness calls, below them.
+    recipe = folder / "recipe" / "train.py"
+    guard = 'if __name__ == "__main__":\n    main()\n'
+    base, hostile = recipe.read_text(), textwrap.dedent(program).replace(guard, "")
+    assert base.endswith(guard)
+    recipe.write_text(base[: -len(guard)] + hostile + "\n\n" + guard)
+    return folder
+
+
+def test_task_check_does_not_accept_a_golf_recipe_that_reads_its_scored_bytes(tmp_path):
+    folder = _rewritten("golf-mini", _golf("""
+    def log_probs(model, data):
+        data = np.asarray(data)
+        return torch.from_numpy(onehot(data) if len(data) > 1024 else uniform(len(data)))
+    """), tmp_path)
+    out = _arl("task", "check", str(folder))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "base program: gate_miss" in out.stdout and "FAIL  causal" in out.stdout, out.stdout
+    assert "the base program does not pass" in out.stderr
+
+
+def test_task_check_does_not_accept_an_airbench_recipe_that_links_the_labels(tmp_path):
+    program = AIRBENCH_HEAD.replace('    (Path(os.environ["ARL_OUT"]) / "model.bin").write_bytes(b"0")', """\
+    heldout = Path(os.environ["ARL_DATA"]).parent / "heldout" / "labels.npy"
+    os.symlink(heldout, Path(os.environ["ARL_OUT"]) / "labels.npy")""") + """
+def load(out):
+    return np.load(Path(out) / "labels.npy")
+
+def predict(model, images):
+    logits = np.zeros((len(images), 10), np.float32)
+    logits[np.arange(len(images)), model] = 1.0
+    return logits
+"""
+    out = _arl("task", "check", str(_rewritten("airbench-mini", program, tmp_path)))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "base program: illegal_edit" in out.stdout and "labels.npy" in out.stderr, out.stdout + out.stderr
+
+
+# --- model-written code needs a sandbox; unverified results say so -----------------------------
+
+
+def test_model_written_code_does_not_start_without_a_sandbox(tmp_path, sqlite_url):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    # ARL_SANDBOX=none makes bubblewrap unavailable, as on a machine without it.
+    refused = _arl("run", str(TINY), "--agents", "inbox", "--inbox", str(inbox), "--trials", "1",
+                   "--store", sqlite_url, env={"ARL_SANDBOX": "none"})
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "no working sandbox" in refused.stderr and "--sandbox none" in refused.stderr
+    assert "apt-get install bubblewrap" in refused.stderr
+    with Ledger.open(sqlite_url) as ledger:
+        assert not [e for _, e in ledger.iter_events() if isinstance(e, ev.SearchStarted)]
+    # The offline tuner's declared edits may run: with one line saying how to get the sandbox.
+    tuner = _arl("run", str(TINY), "--agents", "tuner", "--trials", "1", "--store", sqlite_url,
+                 env={"ARL_SANDBOX": "none"})
+    assert tuner.returncode == 0, tuner.stderr
+    warnings = [line for line in tuner.stderr.splitlines() if line.startswith("warning: no sandbox")]
+    assert len(warnings) == 1 and "apt-get install bubblewrap" in warnings[0]
+
+
+def test_sandbox_none_is_on_the_record_and_in_the_summary(tmp_path, sqlite_url):
+    from arl.runners.config import SearchConfig
+    from arl.runners.search import Search, render_summary, summarize
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with Ledger.open(sqlite_url) as ledger:
+        search = Search.start(ledger, load_task(TINY), SearchConfig(agents="inbox", inbox=str(inbox), sandbox="none"))
+        started = ledger.stream(search.search_id)[0]
+        summary = summarize(search.projector.catch_up(), search.search_id, "mse", 1, sandbox="none")
+    assert started.config["sandbox"] == "none"
+    assert "sandbox: none" in render_summary(summary, sqlite_url)
+
+
+def test_a_worker_without_a_sandbox_leaves_model_written_trials_queued(sqlite_url, monkeypatch, capsys):
+    task = load_task(TINY)
+    with Ledger.open(sqlite_url) as ledger:
+        search = start_search(ledger, task, name="llm", config={"agents": "llm"})
+        submit(ledger, task, search, 0, agent="baseline", surface="", program=read_folder(task.recipe_dir))
+        monkeypatch.setenv("ARL_SANDBOX", "none")
+        assert Worker(ledger, name="bare").run(exit_when_idle=True) == 0
+        assert "not running trials of search" in capsys.readouterr().err
+        assert Worker(ledger, name="allowed", sandbox="none").run(exit_when_idle=True) == 1
+
+
+def test_a_score_from_the_recipes_log_is_shown_as_unverified(tmp_path, sqlite_url):
+    """A task whose evaluator reads the score from the recipe's log (as the GPU adapters do)."""
+    import shutil
+
+    from arl.queries.load import connect
+
+    folder = tmp_path / "logged"
+    shutil.copytree(TINY, folder)
+    evaluator = folder / "evaluator.py"
+    text = evaluator.read_text()
+    assert text.count("    return Evaluation(\n") == 1
+    evaluator.write_text(text.replace("    return Evaluation(\n", "    return Evaluation(\n        verified=False,\n"))
+    task = load_task(folder)
+    with Ledger.open(sqlite_url) as ledger:
+        search = start_search(ledger, task, name="logged")
+        submit(ledger, task, search, 0, agent="baseline", surface="", program=read_folder(task.recipe_dir))
+        Worker(ledger).run(exit_when_idle=True)
+        evaluated = next(e for _, e in ledger.iter_events() if isinstance(e, ev.TrialEvaluated))
+        assert evaluated.verified is False
+        rows = connect(ledger).execute("SELECT verified, score FROM trials").fetchall()
+    assert rows[0][0] is False and rows[0][1] is not None
+    shown = _arl("show", f"{search[:8]}#0", "--store", sqlite_url)
+    assert shown.returncode == 0 and "from the recipe's log, not verified" in shown.stdout, shown.stdout
