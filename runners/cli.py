@@ -533,12 +533,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from arl.ledger.errors import LedgerWarning
     from arl.ledger.store import StoreURL, default_store_url, store_failure
 
+    from arl.runners.sandbox import keep_secrets_out_of_environ, take_back_secrets
+
+    restarted = argv is None and take_back_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    if argv is None and not restarted and func in (cmd_worker, cmd_run, cmd_task_check, cmd_replay):
+        keep_secrets_out_of_environ(sys.argv[1:])  # these commands run recipes
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202

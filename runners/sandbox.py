@@ -23,7 +23,9 @@ Peak memory and CPU time come from ``wait4`` on the child, not from the recipe.
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -361,3 +363,51 @@ def _python_paths() -> list[str]:
     under_tmp = [p for p in keep if p == "/tmp" or p.startswith("/tmp/")]
     # Outermost folders only: binding a parent already exposes its children.
     return [p for p in under_tmp if not any(p != q and p.startswith(q + "/") for q in under_tmp)]
+
+
+#: Environment variables that hold secrets (keys, tokens, passwords, store URLs).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|^ARL_STORE$|^DATABASE_URL$|^PG", re.I)
+_SECRETS_FD = "ARL_SECRETS_FD"
+
+
+def is_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def take_back_secrets() -> bool:
+    """In a process :func:`keep_secrets_out_of_environ` started again: its secrets back into
+    ``os.environ``; True if there were. Call before anything reads the environment."""
+    fd = os.environ.pop(_SECRETS_FD, None)
+    if fd is None:
+        return False
+    with os.fdopen(int(fd), "rb") as pipe:
+        os.environ.update(json.loads(pipe.read() or b"{}"))
+    return True
+
+
+def keep_secrets_out_of_environ(argv: Sequence[str]) -> None:
+    """Make this process's environment block (``/proc/PID/environ``) hold no secret.
+
+    A recipe that runs without the sandbox's PID namespace can read its parent's
+    ``/proc/PPID/environ``. That file is the block the process was started with, which
+    ``os.environ`` changes do not touch; so when secrets are in it, the process starts
+    itself again (``execve``, same PID) without them and takes them back, into
+    ``os.environ`` only, through a pipe. Call it first thing, from the command line only.
+    """
+    if take_back_secrets():
+        return
+    secrets = {k: v for k, v in os.environ.items() if is_secret(k)}
+    if not secrets:
+        return
+    payload = json.dumps(secrets).encode()
+    read, write = os.pipe()
+    if len(payload) >= 60_000:  # more than a pipe holds before exec: leave the block as it is
+        os.close(read)
+        os.close(write)
+        return
+    os.write(write, payload)
+    os.close(write)
+    os.set_inheritable(read, True)
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    env[_SECRETS_FD] = str(read)
+    os.execve(sys.executable, [sys.executable, "-m", "arl.runners.cli", *argv], env)

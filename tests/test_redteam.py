@@ -723,3 +723,29 @@ def test_a_score_from_the_recipes_log_is_shown_as_unverified(tmp_path, sqlite_ur
     assert rows[0][0] is False and rows[0][1] is not None
     shown = _arl("show", f"{search[:8]}#0", "--store", sqlite_url)
     assert shown.returncode == 0 and "from the recipe's log, not verified" in shown.stdout, shown.stdout
+
+
+def test_unsandboxed_no_secret_is_in_any_environment_a_recipe_can_read(sqlite_url):
+    """Attack 5 without the sandbox (the user said --sandbox none): `arl worker` started with a key
+    and a store password in its environment; the recipe reads every /proc/*/environ it can."""
+    attack = f"""
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                if {SECRET!r}.encode() in open(f'/proc/{{entry}}/environ', 'rb').read():
+                    found.append(entry)
+            except OSError:
+                pass
+    print('sandboxed' if os.getpid() < 10 else 'unsandboxed', 'found secret in', found)
+    """
+    task = load_task(TINY)
+    with Ledger.open(sqlite_url) as ledger:
+        search = start_search(ledger, task, name="bare")
+        trial = submit(ledger, task, search, 0, agent="baseline", surface="", program=hostile(attack))
+    out = _arl("worker", "--store", sqlite_url, "--exit-when-idle", "--sandbox", "none",
+               env={"ARL_SANDBOX": "none", "ARL_LLM_API_KEY": SECRET, "PGPASSWORD": SECRET})
+    assert out.returncode == 0, out.stderr
+    with Ledger.open(sqlite_url) as ledger:
+        run = next(e for e in ledger.stream(trial) if isinstance(e, ev.RunFinished))
+    assert run.sandbox == "none" and "unsandboxed found secret in []" in run.stdout_tail, run.stdout_tail
