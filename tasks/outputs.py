@@ -14,13 +14,14 @@ give it — charged to the budget, and not a crash, since the run itself finishe
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO
 
 from arl.ledger.events import Check, Label
 
-__all__ = ["OutputError", "check", "copy_tree", "files", "open_file", "read_bytes", "strange"]
+__all__ = ["OutputError", "call_folder", "check", "copy_tree", "files", "open_file", "read_bytes", "strange"]
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -137,3 +138,15 @@ def copy_tree(src: Path, dst: Path) -> None:
         with os.fdopen(fd, "rb") as f_in, open(target, "xb") as f_out:
             while chunk := f_in.read(_CHUNK):
                 f_out.write(chunk)
+
+
+def call_folder(scratch: Path, workspace: Path, out: Path) -> Path:
+    """A fresh folder under ``scratch`` for one evaluation call of a program: ``program/`` (a copy
+    of its workspace) and ``model/`` (a copy of its ARL_OUT), regular files only. Give the call
+    only this folder to write: no call then sees another's inputs or leaves anything for it.
+    Raises :class:`OutputError` when a copy meets anything but folders and regular files."""
+    call = Path(scratch) / f"call-{secrets.token_hex(8)}"
+    call.mkdir()
+    copy_tree(Path(workspace), call / "program")
+    copy_tree(Path(out), call / "model")
+    return call

@@ -18,7 +18,6 @@ module, which alone holds the labels, scores them. The threats each part closes:
 from __future__ import annotations
 
 import math
-import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from arl.tasks.evaluation import Check, EvalContext, Evaluation, Label
-from arl.tasks.outputs import OutputError, copy_tree, open_file
+from arl.tasks.outputs import OutputError, call_folder, open_file
 from arl.tasks.outputs import check as outputs_check
 
 VERSION = "2"
@@ -57,11 +56,8 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         if not found.passed:
             reached.append(f"seed {run.seed}: {found.detail}")
             continue
-        call = ctx.scratch / f"call-{secrets.token_hex(8)}"
-        call.mkdir()
         try:
-            copy_tree(Path(run.workspace), call / "program")
-            copy_tree(Path(run.out), call / "model")
+            call = call_folder(ctx.scratch, Path(run.workspace), Path(run.out))
         except OutputError as e:
             reached.append(f"seed {run.seed}: {e}")
             continue

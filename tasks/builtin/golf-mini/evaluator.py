@@ -16,7 +16,7 @@ row whose last ``CONTEXT_LIMIT`` bytes are the same in both inputs — each ``p`
 after it (directly, or by memorising its input in ``load()`` or in ``log_probs``), is
 caught on the very call that is scored whenever it does so at a position of ``P``:
 cheating on a fraction f of the bytes escapes with probability about (1 - f)^|P|
-(|P| is about 100 on the 206 KB held-out text). The threats each part closes:
+(|P| is about 130 on the 206 KB held-out text). The threats each part closes:
 
 * the scored byte or later bytes used by the scored call → ``causal`` at ``P``;
 * a probe told apart from the scored call (the 1 KiB probe of evaluator v1 was) →
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from arl.tasks.evaluation import Check, EvalContext, Evaluation, Label
-from arl.tasks.outputs import OutputError, copy_tree, files, open_file
+from arl.tasks.outputs import OutputError, call_folder, files, open_file
 from arl.tasks.outputs import check as outputs_check
 
 VERSION = "2"
@@ -157,11 +157,8 @@ def _compared(n: int, altered: np.ndarray) -> np.ndarray:
 
 def _call(ctx: EvalContext, run, data: np.ndarray) -> tuple[np.ndarray | None, str, float]:
     """One harness call in a folder of its own: (rows, problem or "", wall seconds)."""
-    call = ctx.scratch / f"call-{secrets.token_hex(8)}"
-    call.mkdir()
     try:
-        copy_tree(Path(run.workspace), call / "program")
-        copy_tree(Path(run.out), call / "model")
+        call = call_folder(ctx.scratch, Path(run.workspace), Path(run.out))
     except OutputError as e:
         return None, str(e), 0.0
     data.tofile(call / "input.bin")
