@@ -371,6 +371,9 @@ class Worker:
                                 pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 return failed[1]
+            reached = self._reached_out(extra)  # never evaluate through what a confirmation run made
+            if reached is not None:
+                return reached
             combined = self._evaluate(loaded, runs + extra, root / "confirm")
             return combined if isinstance(combined, str) else (combined, [r.seed for r in runs + extra])
 

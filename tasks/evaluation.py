@@ -65,10 +65,13 @@ class SeedRun(msgspec.Struct, kw_only=True):
     out: str
 
 
-#: ``run(argv, cwd=..., timeout_s=..., stdin=None, env=None, readable=(), writable=())``
+#: ``run(argv, cwd=..., timeout_s=..., stdin=None, env=None, readable=(), writable=None)``
 #: -> Process: runs in the same sandbox and limits as training; ``stdin`` bytes are
-#: fed to the process; ``cwd``, ``ctx.scratch`` and ``writable`` folders are writable,
-#: ``readable`` ones (and the training data) read-only; held-out data stays hidden.
+#: fed to the process; ``cwd`` is read-only; the ``writable`` folders (``ctx.scratch``
+#: when None) are writable — give each call a folder of its own so calls cannot pass
+#: notes (``arl.tasks.outputs.call_folder``); ``readable`` ones (and the training data)
+#: are read-only; held-out data stays hidden. Read what a call wrote with
+#: ``arl.tasks.outputs`` (never through a link).
 Runner = Callable[..., Process]
 
 
