@@ -100,6 +100,7 @@ def measure(url: str, task_dir: Path, trials: int) -> list[dict[str, float]]:
                     "latency_s": metrics["started"] - submitted,
                     "total_s": labeled - submitted,
                     "recipe_s": metrics["finished"] - metrics["started"],
+                    "sandbox": by_type["RunFinished"].sandbox,
                 })
     finally:
         worker.terminate()
@@ -132,6 +133,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="arl-bench-worker-") as d:
         d = Path(d)
         fast = measure(f"sqlite:///{d / 'fast.db'}", make_probe_task(d / "fast", 0.0), args.trials)
+        sandboxes = sorted({r["sandbox"] for r in fast})
+        print(f"sandbox: {', '.join(sandboxes)} (bubblewrap with its own PID namespace when 'bwrap'; "
+              f"limits on processes, bytes written and every descendant's memory)")
         spawn = sorted(r["spawn_s"] * 1000 for r in fast)
         lat = sorted(r["latency_s"] * 1000 for r in fast)
         print(f"submit → recipe process spawned, SQLite, {len(spawn)} trials: median "

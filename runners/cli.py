@@ -96,6 +96,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from arl.runners.config import INSTALL_SANDBOX
+    from arl.runners.sandbox import bwrap_path
     from arl.runners.worker import Worker
 
     from arl.tasks.adapters import device_sets, parse_devices
@@ -110,7 +112,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         stop = threading.Event()
         workers = [
             Worker(ledger, name=f"{args.name}/{i}" if args.slots > 1 else args.name,
-                   max_attempts=args.max_attempts, devices=sets[i] if sets else None)
+                   max_attempts=args.max_attempts, devices=sets[i] if sets else None,
+                   sandbox=args.sandbox or "bwrap")
             for i in range(args.slots)
         ]
 
@@ -124,6 +127,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, shut_down)
         signal.signal(signal.SIGUSR1, shut_down)
+        if bwrap_path() is None:
+            print(f"warning: no sandbox: recipes run without bubblewrap, with your permissions; {INSTALL_SANDBOX}"
+                  + ("" if args.sandbox == "none" else "; trials of searches with model-written code stay "
+                     "queued (arl worker --sandbox none runs them unsandboxed)"), file=sys.stderr)
         print(f"arl worker {args.name}: {args.slots} slot(s) on {ledger.url.display()}"
               + (f", devices {' '.join(','.join(d) for d in sets)}" if sets else "")
               + "; Ctrl-C, SIGTERM or SIGUSR1 stops", file=sys.stderr)
@@ -246,6 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lineage=None if args.lineage is None else args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
         llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
         recipe_from=args.recipe_from, data=args.data, llm_max_tokens=args.llm_max_tokens,
+        sandbox=args.sandbox,
     ).items() if v is not None}
     with Ledger.open(args.store) as ledger:
         summary = run_search(ledger, args.task, SearchConfig(**given), name=args.name, resume=args.resume,
@@ -270,7 +278,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         metric = started.config.get("metric") or _metric_of(started)
         if started.kind == "import":  # a record: its size is what it holds, its score what the source named
             trials, metric = len(state.trials_of(search_id)), str(started.config.get("score") or metric)
-        print(render_summary(summarize(state, search_id, metric, trials), ledger.url.display()))
+        print(render_summary(summarize(state, search_id, metric, trials,
+                                       sandbox=str(started.config.get("sandbox", "bwrap"))),
+                             ledger.url.display()))
     return 0
 
 
@@ -445,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "exposed to recipes as CUDA_VISIBLE_DEVICES; no GPU serves two trials")
     p.add_argument("--gpus-per-trial", type=int, default=1,
                    help="with --devices: GPUs per slot (a slot runs only tasks needing that many)")
+    p.add_argument("--sandbox", choices=["bwrap", "none"],
+                   help="none: run model-written code even without bubblewrap (default: such trials wait "
+                        "for a worker that has it)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("slurm", help="workers as Slurm jobs: submit a job array, list it, cancel it")
@@ -512,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-tokens", type=int, metavar="N",
                    help="stop cleanly once the search's recorded model usage reaches N tokens")
     p.add_argument("--turns", type=int, help="turn limit of one agentic session (default 8)")
+    p.add_argument("--sandbox", choices=["bwrap", "none"],
+                   help="bwrap (default): model-written code (llm, agentic, mcp, inbox) runs only under "
+                        "bubblewrap; none: allow it without one (recorded in the search, shown in summaries)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("replay", help="replay a search: verify projections, re-run trials, re-drive agents")
@@ -633,12 +649,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from arl.ledger.errors import LedgerWarning
     from arl.ledger.store import StoreURL, default_store_url, store_failure
 
+    from arl.runners.sandbox import keep_secrets_out_of_environ, take_back_secrets
+
+    restarted = argv is None and take_back_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    if argv is None and not restarted and func in (cmd_worker, cmd_run, cmd_task_check, cmd_replay):
+        keep_secrets_out_of_environ(sys.argv[1:])  # these commands run recipes
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202

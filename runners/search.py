@@ -29,7 +29,8 @@ from arl.ledger.projections import BASELINE_AGENT, Projector, SearchRow, State, 
 from arl.ledger import source_version
 from arl.ledger.searches import find_search, search_config
 from arl.ledger.store import Ledger, hostname
-from arl.runners.config import SearchConfig
+from arl.runners.config import INSTALL_SANDBOX, SearchConfig
+from arl.runners.sandbox import bwrap_path
 from arl.runners.team import build_team, check_config
 from arl.runners.trials import base_program, record_next, record_proposal, start_search, submit
 from arl.runners.worker import Worker
@@ -65,6 +66,8 @@ class Summary(msgspec.Struct, kw_only=True):
     problem: str | None = None
     #: The trials in flight and the runner of each ("#7 on slurm-123_4@node07").
     running_on: tuple[str, ...] = ()
+    #: The search's ``--sandbox``: "none" when the user let model-written code run without one.
+    sandbox: str = "bwrap"
 
     @property
     def gain(self) -> float | None:
@@ -72,7 +75,7 @@ class Summary(msgspec.Struct, kw_only=True):
         return relative_gain(self.direction, self.best, self.baseline)
 
 
-def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary:
+def summarize(state: State, search_id: str, metric: str, trials: int, *, sandbox: str = "bwrap") -> Summary:
     search: SearchRow = state.searches[search_id]
     rows = state.trials_of(search_id)
     labels = Counter(r.label.value for r in rows if r.label is not None)
@@ -87,7 +90,7 @@ def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary
         best=search.best_score, best_seq=best.seq if best else None,
         best_agent=best.agent if best else None, labels=dict(labels.most_common()),
         keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
-        elapsed_s=last - started,
+        elapsed_s=last - started, sandbox=sandbox,
         running_on=tuple(f"#{r.seq} on {r.runner}" for r in sorted(rows, key=lambda r: r.seq)
                          if r.label is None and r.status in ("claimed", "finished", "evaluated") and r.runner),
     )
@@ -107,6 +110,8 @@ def render_summary(s: Summary, where: str) -> str:
         f"keeps by specialist: {keeps}",
         f"labels: {labels}",
         *([f"running: {', '.join(s.running_on)}"] if s.running_on else []),
+        *([f"sandbox: none (--sandbox none: recipes ran without bubblewrap where it is missing; "
+           f"see each run's sandbox in arl show)"] if s.sandbox == "none" else []),
         f"ledger: {where}   (arl status {s.search_id[:8]} · arl show {s.search_id[:8]}#SEQ · "
         f"arl report --search {s.search_id[:8]} -o report.html)",
     ])
@@ -254,7 +259,8 @@ class Search:
             raise error
         state = self.projector.catch_up()
         self.projector.checkpoint()  # the live projection, kept for `arl replay --verify`
-        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials,
+                            sandbox=self.config.sandbox)
         summary.problem = self.problem
         return summary
 
@@ -359,14 +365,16 @@ class Search:
 
     def _record_stop(self, reason: str) -> None:
         state = self.projector.catch_up()
-        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials,
+                            sandbox=self.config.sandbox)
         summary.problem = self.problem
         version = self.ledger.version(self.search_id)
         self.ledger.append(ev.SearchStopped(originator_id=self.search_id, originator_version=version + 1,
                                             reason=reason, summary=msgspec.to_builtins(summary)))
 
     def _progress(self, state: State) -> None:
-        s = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        s = summarize(state, self.search_id, self.task.objective.metric, self.config.trials,
+                            sandbox=self.config.sandbox)
         elapsed = time.monotonic() - self._started
         done = max(s.charged, 0)
         eta = (elapsed / done * (self.config.trials - done)) if done else None
@@ -459,5 +467,9 @@ def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str
         search = Search.start(ledger, task, config, name=name, out=out)
     print(f"search {search.search_id[:8]} on {search.task.name}: {search.config.trials} trials, "
           f"{search.config.workers} worker(s), agents {search.config.agents}, "
-          f"lineage {'on' if search.config.lineage else 'off'}", file=out)
+          f"lineage {'on' if search.config.lineage else 'off'}"
+          + (", sandbox none (--sandbox none)" if search.config.sandbox == "none" else ""), file=out)
+    if bwrap_path() is None:
+        print(f"warning: no sandbox: recipes run without bubblewrap, with your permissions; {INSTALL_SANDBOX}",
+              file=out)
     return search.run()

@@ -22,6 +22,7 @@ to the queue; after ``max_attempts`` they are labelled ``infra_error``.
 from __future__ import annotations
 
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -35,8 +36,9 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
+from arl.runners.config import SearchConfig, sandbox_problem
 from arl.runners.labels import decide, label_runs
-from arl.runners.sandbox import hiding_sqlite, run_process
+from arl.runners.sandbox import bwrap_path, hiding_sqlite, run_process
 from arl.runners.trials import (
     CLAIM_HINT_S,
     StaleLease,
@@ -51,12 +53,19 @@ from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
+from arl.tasks.outputs import OutputError, read_bytes
+from arl.tasks.outputs import check as outputs_check
+from arl.tasks.outputs import files as output_files
 from arl.tasks.registry import task_of
 
 #: Seconds a recipe killed by SIGTERM from outside waits for this worker's own shutdown signal.
 SIGNAL_GRACE_S = 2.0
 #: Artifacts kept in the blob store per trial (bigger outputs are named, not kept).
 ARTIFACT_BYTES = 64 * 1024 * 1024
+#: Processes one run may have at once (a fork bomb is killed above it: label oom).
+PIDS_MAX = 512
+#: Megabytes one run may write: workspace, ARL_OUT, stdout and stderr together (label size_violation).
+WRITE_MB = 8192
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,9 @@ class Worker:
         devices: Sequence[str] | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
+        pids_max: int = PIDS_MAX,
+        write_mb: float = WRITE_MB,
+        sandbox: str = "bwrap",
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -95,6 +107,12 @@ class Worker:
         self.release = threading.Event()
         self.work_dir = work_dir
         self.poll_s = poll_s
+        #: Limits on each recipe process tree: processes at once, megabytes written.
+        self.pids_max = pids_max
+        self.write_mb = write_mb
+        #: "none": this worker may run model-written code without a sandbox (``arl worker --sandbox none``).
+        self.sandbox = sandbox
+        self._refused: set[str] = set()
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
         self._tasks: dict[str, _Loaded] = {}
         self._started: dict[str, ev.SearchStarted] = {}
@@ -167,7 +185,26 @@ class Worker:
 
     def _fits(self, trial: str) -> bool:
         task = self._task_of(trial)
-        return task is None or task.needs.gpus in (0, len(self.devices))
+        if task is not None and task.needs.gpus not in (0, len(self.devices)):
+            return False  # it needs another number of GPUs than this slot has
+        return not self._needs_sandbox(self.projector.state.trials[trial].search_id)
+
+    def _needs_sandbox(self, search_id: str) -> bool:
+        """True when the search runs model-written code and neither a sandbox nor the user's
+        ``--sandbox none`` (the search's or this worker's) allows it here: its trials stay queued
+        for a worker that has one, and this worker says so once."""
+        if self.sandbox == "none":
+            return False
+        try:
+            config = SearchConfig.of(self._search_started(search_id))
+        except (ArlError, StopIteration, IndexError):
+            return False
+        problem = sandbox_problem(config, bwrap_path() is not None)
+        if problem is not None and search_id not in self._refused:
+            self._refused.add(search_id)
+            print(f"arl worker {self.name}: not running trials of search {search_id[:8]}: {problem}",
+                  file=sys.stderr)
+        return problem is not None
 
     def _lease_for(self, trial: str) -> float:
         """Long enough for every run the trial may need, unless set explicitly."""
@@ -232,6 +269,10 @@ class Worker:
                 record.released()
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
+            reached = self._reached_out(runs)
+            if reached is not None:
+                record.label(Label.ILLEGAL_EDIT, reached)
+                return
             if not _is_baseline(proposed):
                 # Nothing is labelled against a search whose baseline failed: not even a failed
                 # run, which a busy machine may have caused as it did the baseline's.
@@ -244,7 +285,8 @@ class Worker:
                     record.released()  # stopped while the baseline was still being measured
                     return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
-                                wallclock_s=loaded.task.budgets.wallclock_s)
+                                wallclock_s=loaded.task.budgets.wallclock_s,
+                                pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 record.label(*failed)
                 return
@@ -321,6 +363,7 @@ class Worker:
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 writable=[out], readable=[data.train], hidden=self._hidden(data),
                 cancel=self.release, devices=bool(self.devices),
+                pids_max=self.pids_max, write_mb=self.write_mb,
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
@@ -341,12 +384,14 @@ class Worker:
 
         def run(argv: Sequence[str], *, cwd: Path, timeout_s: float, stdin: bytes | None = None,
                 env: dict[str, str] | None = None, readable: Sequence[Path] = (),
-                writable: Sequence[Path] = ()) -> Process:
+                writable: Sequence[Path] | None = None) -> Process:
             return run_process(
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
                 threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
-                writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
-                hidden=hidden, devices=bool(self.devices),
+                writable=[scratch] if writable is None else list(writable),
+                readable=[data.train, task.folder, *readable],
+                hidden=hidden, devices=bool(self.devices), pids_max=self.pids_max,
+                write_mb=self.write_mb, writable_cwd=False,
             )
 
         ctx = EvalContext(task=task, runs=runs, heldout=data.heldout, train_data=data.train,
@@ -370,9 +415,13 @@ class Worker:
             if self._shutting_down(extra):
                 self._interrupted = True
                 return "the worker shut down during confirmation"
-            failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s)
+            failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s,
+                                pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 return failed[1]
+            reached = self._reached_out(extra)  # never evaluate through what a confirmation run made
+            if reached is not None:
+                return reached
             combined = self._evaluate(loaded, runs + extra, root / "confirm")
             return combined if isinstance(combined, str) else (combined, [r.seed for r in runs + extra])
 
@@ -408,17 +457,32 @@ class Worker:
         )
 
     def _keep_artifacts(self, runs: list[SeedRun]) -> dict[str, str]:
+        """Regular files of each ARL_OUT, read without following links (the recipe's processes
+        are gone by now: nothing changes them under the reader)."""
         kept: dict[str, str] = {}
         budget = ARTIFACT_BYTES
         for run in runs:
             out = Path(run.out)
-            for path in sorted(p for p in out.rglob("*") if p.is_file()):
-                size = path.stat().st_size
+            for rel, size in output_files(out):
                 if size > budget:
                     continue
-                budget -= size
-                kept[f"seed{run.seed}/{path.relative_to(out).as_posix()}"] = self.ledger.put_blob(path.read_bytes())
+                try:
+                    data = read_bytes(out, rel)
+                except OutputError:
+                    continue  # not a regular file after all: never stored; _reached_out names it
+                budget -= len(data)
+                kept[f"seed{run.seed}/{rel}"] = self.ledger.put_blob(data)
         return kept
+
+    @staticmethod
+    def _reached_out(runs: list[SeedRun]) -> str | None:
+        """Why the trial fails if a run left a link, pipe, socket or device in its outputs or
+        workspace (the evaluator would read it from outside the sandbox), else None."""
+        for run in runs:
+            found = outputs_check({"ARL_OUT": Path(run.out), "workspace": Path(run.workspace)})
+            if not found.passed:
+                return f"seed {run.seed}: check outputs failed: {found.detail}"
+        return None
 
 
 def _is_baseline(proposed: ev.TrialProposed) -> bool:
