@@ -24,7 +24,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +34,11 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
+from arl.runners.devices import DevicePool, Devices, shortfall, trial_env
 from arl.runners.labels import decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
 from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
 from arl.tasks import legality
-from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
@@ -68,8 +68,10 @@ class Worker:
         lease_s: float | None = None,
         heartbeat_s: float | None = 5.0,
         devices: Sequence[str] | None = None,
+        pool: DevicePool | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -77,9 +79,17 @@ class Worker:
         self.lease_s = lease_s
         #: Seconds between lease renewals while a trial runs (None: no heartbeats).
         self.heartbeat_s = heartbeat_s
-        #: The accelerators of this slot; recipes see only these (CUDA_VISIBLE_DEVICES).
-        self.devices = list(devices or [])
-        self.env = gpu_env(self.devices) if self.devices else {}
+        #: The devices this slot's trials take from (shared with the worker's other slots): a
+        #: trial takes as many as its task needs while it runs; recipes see only those.
+        if pool is None and devices:
+            pool = DevicePool(Devices("cuda", tuple(devices), "given"))
+        self.pool = pool
+        #: The devices of the trial running now, and the environment that exposes them.
+        self.devices: list[str] = []
+        self.env: dict[str, str] = {}
+        #: Where a trial this worker can never run is reported (once per trial).
+        self.say = say
+        self._passed_over: set[str] = set()
         #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
         self.release = threading.Event()
         self.work_dir = work_dir
@@ -112,17 +122,50 @@ class Worker:
         if self._expire_leases():
             state = self.projector.catch_up()  # the expired trials are back in the queue
         for trial in sorted(state.queue, key=lambda t: not state.trials[t].is_baseline):
-            if not self._fits(trial):
-                continue  # it needs another number of GPUs than this slot has
             if self._waits_for_baseline(state, trial):
                 continue
+            placed = self._place(trial)
+            if placed is None:
+                continue  # too few devices here (said once), or they are busy with another trial
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
+                self._unplace(placed)
                 continue  # another worker took it; try the next one
-            self.execute(trial, claimed)
+            try:
+                self.execute(trial, claimed)
+            finally:
+                self._unplace(placed)
             return True
         return False
+
+    def _place(self, trial: str) -> list[str] | None:
+        """Take the devices the trial's task needs from the pool; None if it cannot run here now."""
+        task = self._task_of(trial)
+        needed = task.needs.gpus if task is not None else 0
+        if needed == 0:
+            self.devices, self.env = [], (trial_env("cuda", []) if self.pool is not None else {})
+            return []
+        have = self.pool.devices if self.pool is not None else Devices("cuda", (), "none given")
+        why = shortfall(needed, have)
+        if why is not None:
+            if trial not in self._passed_over:
+                self._passed_over.add(trial)
+                if self.say is not None:
+                    row = self.projector.state.trials[trial]
+                    self.say(f"worker {self.name}: cannot run trial #{row.seq} of search {row.search_id[:8]} "
+                             f"({task.name if task else '?'}): {why}")
+            return None
+        taken = self.pool.take(needed) if self.pool is not None else None
+        if taken is None:
+            return None
+        self.devices, self.env = taken, trial_env(self.pool.kind if self.pool else "cuda", taken)
+        return taken
+
+    def _unplace(self, placed: list[str]) -> None:
+        if placed and self.pool is not None:
+            self.pool.give(placed)
+        self.devices, self.env = [], {}
 
     @staticmethod
     def _waits_for_baseline(state: State, trial: str) -> bool:
@@ -141,10 +184,6 @@ class Worker:
             return self._load(self.projector.state.trials[trial].search_id).task
         except ArlError:
             return None
-
-    def _fits(self, trial: str) -> bool:
-        task = self._task_of(trial)
-        return task is None or task.needs.gpus in (0, len(self.devices))
 
     def _lease_for(self, trial: str) -> float:
         """Long enough for every run the trial may need, unless set explicitly."""
@@ -239,6 +278,12 @@ class Worker:
         key = search_id
         if key not in self._tasks:
             task = task_of(self._search_started(search_id), need_recipe=False)
+            if self.say is not None:
+                from_record = [f"{what} {path} (from {how})" for what, path, how in (
+                    ("checkout", task.checkout_root, task.checkout_from), ("data", task.data_root, task.data_from))
+                    if path and how.startswith("the search's recorded")]
+                if from_record:  # a remembered path is used, and said to be
+                    self.say(f"worker {self.name}: search {search_id[:8]} uses {'; '.join(from_record)}")
             data = prepare_data(task)
             self._tasks[key] = _Loaded(task, load_evaluator(task), data, data.digest())
         return self._tasks[key]
@@ -276,12 +321,16 @@ class Worker:
                 env={**self.env, "ARL_DATA": str(data.train), "ARL_OUT": str(out),
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 writable=[out], readable=[data.train], hidden=self._hidden(data),
-                cancel=self.release, devices=bool(self.devices),
+                cancel=self.release, devices=self._gpus(),
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
                 break  # one failed seed decides the label; the others would only cost time
         return runs
+
+    def _gpus(self) -> bool:
+        """Whether the running trial holds GPUs (the sandbox then binds the host's /dev)."""
+        return bool(self.devices) and (self.pool is None or self.pool.kind != "cpu")
 
     def _hidden(self, data: TaskData) -> list[Path]:
         hidden = [data.root]
@@ -302,7 +351,7 @@ class Worker:
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
                 threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
                 writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
-                hidden=hidden, devices=bool(self.devices),
+                hidden=hidden, devices=self._gpus(),
             )
 
         ctx = EvalContext(task=task, runs=runs, heldout=data.heldout, train_data=data.train,
