@@ -211,7 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from arl.ledger.projections import Projector
     from arl.ledger.searches import find_search, search_config
-    from arl.runners.search import render_summary, summarize
+    from arl.runners.search import render_summary, summarize, unclaimed
+    from arl.tasks.registry import resolve
 
     with Ledger.open(args.store, read_only=True) as ledger:
         search_id = find_search(ledger, args.search)
@@ -222,6 +223,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         if started.kind == "import":  # a record: its size is what it holds, its score what the source named
             trials, metric = len(state.trials_of(search_id)), str(started.config.get("score") or metric)
         print(render_summary(summarize(state, search_id, metric, trials), ledger.url.display()))
+        if started.kind != "import" and not state.searches[search_id].stop_reason:
+            try:
+                task = resolve(started.config.get("task_path") or started.task)
+            except ArlError:
+                task = None  # the task folder is elsewhere: the line says less, not nothing
+            waiting = unclaimed(ledger, state, search_id, task)
+            if waiting:
+                print(f"waiting: {waiting}")
     return 0
 
 

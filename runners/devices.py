@@ -2,7 +2,8 @@
 
 ``--devices 0-7`` (or ``0,1,2,3``) names CUDA devices of this machine; ids the
 machine does not have are refused. ``--devices cpu:N`` means N CPU ranks and no
-GPU, for dry runs and tests: a task that needs 8 GPUs gets 8 CPU ranks instead.
+GPU, for dry runs and tests: a task that needs 8 GPUs gets 8 CPU ranks instead
+(all N when N is fewer: a dry run at a smaller world size).
 Without ``--devices`` the visible GPUs are detected (``nvidia-smi``, else
 ``torch.cuda``).
 
@@ -154,9 +155,17 @@ class DevicePool:
             self._free = sorted({*self._free, *ids}, key=order.__getitem__)
 
 
+def per_trial(needed: int, devices: Devices) -> int:
+    """Devices one trial of a task needing ``needed`` GPUs takes: that many, except on CPU ranks
+    (a dry run), where a trial takes all the ranks given when they are fewer."""
+    if devices.kind == CPU and devices.ids:
+        return min(needed, len(devices.ids))
+    return needed
+
+
 def shortfall(needed: int, devices: Devices) -> str | None:
     """Why trials needing ``needed`` devices each can never run on ``devices`` (None: they can)."""
-    if needed <= len(devices.ids):
+    if per_trial(needed, devices) <= len(devices.ids):
         return None
     have = devices.describe()
     return (f"a trial needs {needed} GPU(s) and this worker has {have}; give --devices with at least "

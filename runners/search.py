@@ -30,7 +30,7 @@ from arl.ledger import source_version
 from arl.ledger.searches import find_search, search_config
 from arl.ledger.store import Ledger, hostname
 from arl.runners.config import SearchConfig
-from arl.runners.devices import DeviceError, DevicePool, Devices, parse, shortfall
+from arl.runners.devices import DeviceError, DevicePool, Devices, parse, per_trial, shortfall
 from arl.runners.team import build_team, check_config
 from arl.runners.trials import base_program, record_next, record_proposal, start_search, submit
 from arl.runners.worker import Worker
@@ -218,7 +218,7 @@ class Search:
         stop = threading.Event()
         pool = DevicePool(self.devices) if self.devices is not None and self.devices.ids else None
         workers = [Worker(self.ledger, name=f"{self.search_id[:8]}-w{i}", pool=pool,
-                          say=lambda line: print(line, file=self.out))
+                          say=lambda line: print(line, file=self.out), say_paths=False)
                    for i in range(self.config.workers)]
         threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
         for t in threads:
@@ -506,7 +506,7 @@ def placement(task: Task, devices: str | None, workers: int, *, workers_given: b
     if why is not None:
         raise DeviceError(f"task {task.name}: {why}; or run it with --workers 0 and `arl worker --devices …` "
                           "on the GPU machines")
-    sets = len(found.ids) // needed
+    sets = len(found.ids) // per_trial(needed, found)
     if workers_given and workers > sets:
         raise DeviceError(f"--workers {workers}: {found.describe()} hold {sets} set(s) of the {needed} device(s) "
                           f"a trial of {task.name} needs; give --workers {sets} or fewer, or more devices")
@@ -546,7 +546,9 @@ def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str
           f"{search.config.workers} worker(s), agents {search.config.agents}, "
           f"lineage {'on' if search.config.lineage else 'off'}", file=out)
     if found is not None and search.config.workers:
-        per = f", {task.needs.gpus} per trial" if task.needs.gpus else ""
+        per = f", {per_trial(task.needs.gpus, found)} per trial" if task.needs.gpus else ""
+        if task.needs.gpus and per_trial(task.needs.gpus, found) < task.needs.gpus:
+            per += f" (a dry run: the task needs {task.needs.gpus} GPUs)"
         print(f"  devices  {found.describe()}{per}", file=out)
     for line in path_lines(search.task):
         print(line, file=out)

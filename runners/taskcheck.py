@@ -14,7 +14,7 @@ from arl.runners.devices import DeviceError, DevicePool, parse, shortfall
 from arl.runners.search import path_lines
 from arl.runners.trials import start_search, submit
 from arl.runners.worker import Worker
-from arl.tasks.adapters import bind
+from arl.tasks.adapters import bind, recorded_paths
 from arl.tasks.code import load_evaluator, prepare_data
 from arl.tasks.manifest import Task
 from arl.tasks.registry import resolve
@@ -54,7 +54,8 @@ def check_task(name_or_path: str, *, run: bool = True, recipe_from: str | None =
         report.paths.append(f"  devices  {found.describe()}")
     with tempfile.TemporaryDirectory(prefix="arl-task-check-") as tmp:
         with Ledger.open(f"sqlite:///{Path(tmp) / 'check.db'}") as ledger:
-            search = start_search(ledger, task, name=f"task check {task.name}", kind="check")
+            search = start_search(ledger, task, name=f"task check {task.name}", kind="check",
+                                  config=recorded_paths(task))
             trial = submit(ledger, task, search, 0, agent="baseline", surface="",
                            program=read_folder(task.recipe_dir))
             pool = DevicePool(found) if found is not None and found.ids else None

@@ -34,7 +34,7 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
-from arl.runners.devices import DevicePool, Devices, shortfall, trial_env
+from arl.runners.devices import DevicePool, Devices, per_trial, shortfall, trial_env
 from arl.runners.labels import decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
 from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
@@ -72,6 +72,7 @@ class Worker:
         work_dir: Path | None = None,
         poll_s: float = 0.5,
         say: Callable[[str], None] | None = None,
+        say_paths: bool = True,
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -89,6 +90,8 @@ class Worker:
         self.env: dict[str, str] = {}
         #: Where a trial this worker can never run is reported (once per trial).
         self.say = say
+        #: Say which recorded paths a search's task is bound to (a driver in-process says it itself).
+        self.say_paths = say_paths
         self._passed_over: set[str] = set()
         #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
         self.release = threading.Event()
@@ -156,7 +159,7 @@ class Worker:
                     self.say(f"worker {self.name}: cannot run trial #{row.seq} of search {row.search_id[:8]} "
                              f"({task.name if task else '?'}): {why}")
             return None
-        taken = self.pool.take(needed) if self.pool is not None else None
+        taken = self.pool.take(per_trial(needed, have)) if self.pool is not None else None
         if taken is None:
             return None
         self.devices, self.env = taken, trial_env(self.pool.kind if self.pool else "cuda", taken)
@@ -278,7 +281,7 @@ class Worker:
         key = search_id
         if key not in self._tasks:
             task = task_of(self._search_started(search_id), need_recipe=False)
-            if self.say is not None:
+            if self.say is not None and self.say_paths:
                 from_record = [f"{what} {path} (from {how})" for what, path, how in (
                     ("checkout", task.checkout_root, task.checkout_from), ("data", task.data_root, task.data_from))
                     if path and how.startswith("the search's recorded")]
