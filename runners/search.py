@@ -10,6 +10,7 @@ spent, or on Ctrl-C, with ``SearchStopped``; ``--resume`` continues a search.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -395,7 +396,8 @@ class Search:
         tty = self.out.isatty()
         # A terminal is redrawn in place with the ticking ETA; a log file gets one line per
         # label (how many trials are running changes twice a trial, and would double the log).
-        key = line if tty else (done, best, labels, waiting)
+        # A log gets the waiting note when it starts or changes, not each second it ages.
+        key = line if tty else (done, best, labels, re.sub(r"\d+m?\d*s", "", waiting))
         if key != getattr(self, "_last_line", None):
             self._last_line = key
             end = "\r" if tty else "\n"

@@ -392,7 +392,7 @@ def main(run):
     epochs = hyp['opt']['train_epochs']
     # Wallclock grows with epochs and width; accuracy with epochs, a little.
     time.sleep(0.002 * epochs * hyp['net']['widths']['block2'] / 384)
-    acc = 0.9605 + 0.0004 * (epochs - 45) - 0.05 * (hyp['opt']['lr'] / 9.0 - 1) ** 2 + 0.0001 * torch.rand(1).item()
+    acc = 0.965 + 0.0004 * (epochs - 45) - 0.05 * (hyp['opt']['lr'] / 9.0 - 1) ** 2 + 0.0001 * torch.rand(1).item()
     print("| run | epoch | train_loss | train_acc | val_acc | tta_val_acc | total_time_seconds |")
     print(f"| {run:3d} | eval | 0.1000 | 0.9900 | {acc - 0.002:.4f} | {acc:.4f} | {time.perf_counter() - t0:.4f} |")
     return acc

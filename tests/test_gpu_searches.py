@@ -23,16 +23,15 @@ from arl.ledger.events import Label
 from arl.ledger.projections import Projector
 from tests import checkouts
 
-ROOT = Path(__file__).resolve().parents[1]
 #: A search that has not finished by then is hung (each trial takes seconds on an idle machine).
 SEARCH_TIMEOUT_S = 900
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch) -> dict[str, str]:
+def env(tmp_path) -> dict[str, str]:
     """A clean environment: own cache, no config file, no path variables of an earlier shell."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ARL_RECIPE_FROM_", "ARL_DATA_", "ARL_STORE"))}
-    clean.update(ARL_CACHE=str(tmp_path / "cache"), ARL_CONFIG="", PYTHONPATH=str(ROOT.parent))
+    clean.update(ARL_CACHE=str(tmp_path / "cache"), ARL_CONFIG="")
     return clean
 
 
@@ -59,35 +58,33 @@ def _assert_searched(url: str, out: subprocess.CompletedProcess, *, later: int =
     assert stopped, "the search did not record why it stopped"
 
 
-def test_parameter_golf_searches_on_8_cpu_ranks(tmp_path, env):
-    checkout, data = checkouts.parameter_golf(tmp_path)
+def _search(tmp_path: Path, env: dict[str, str], task: str, devices: str) -> tuple[str, subprocess.CompletedProcess]:
+    checkout, data = {"parameter-golf": checkouts.parameter_golf, "nanochat-d12": checkouts.nanochat,
+                      "airbench96": checkouts.airbench}[task](tmp_path)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    out = _arl("run", "parameter-golf", "--store", url, "--recipe-from", str(checkout), "--data", str(data),
-               "--devices", "cpu:8", "--trials", "2", env=env, cwd=tmp_path, timeout=SEARCH_TIMEOUT_S)
+    out = _arl("run", task, "--store", url, "--recipe-from", str(checkout), "--data", str(data),
+               "--devices", devices, "--trials", "2", env=env, cwd=tmp_path, timeout=SEARCH_TIMEOUT_S)
     _assert_searched(url, out)
-    assert "devices  8 CPU rank(s) (--devices cpu:8), 8 per trial" in out.stderr
     assert f"checkout {checkout} (from --recipe-from)" in out.stderr and f"data     {data} (from --data)" in out.stderr
+    return url, out
+
+
+def test_parameter_golf_searches_on_8_cpu_ranks(tmp_path, env):
+    url, out = _search(tmp_path, env, "parameter-golf", "cpu:8")
+    assert "devices  8 CPU rank(s) (--devices cpu:8), 8 per trial" in out.stderr
     rows, _ = _scored(url)
     with Ledger.open(url, read_only=True) as ledger:
         evaluated = [e for e in ledger.stream(rows[0].trial_id) if type(e).__name__ == "TrialEvaluated"][0]
     assert evaluated.metrics["world_size"] == 8.0  # the log's world_size: 8 gloo ranks ran
 
 
-def test_nanochat_searches_on_cpu_ranks(tmp_path, env):
-    checkout, data = checkouts.nanochat(tmp_path)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    out = _arl("run", "nanochat-d12", "--store", url, "--recipe-from", str(checkout), "--data", str(data),
-               "--devices", "cpu:2", "--trials", "2", env=env, cwd=tmp_path, timeout=SEARCH_TIMEOUT_S)
-    _assert_searched(url, out)
-    assert "2 per trial (a dry run: the task needs 8 GPUs)" in out.stderr
-
-
-def test_airbench_searches_on_one_cpu_rank(tmp_path, env):
-    checkout, data = checkouts.airbench(tmp_path)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    out = _arl("run", "airbench96", "--store", url, "--recipe-from", str(checkout), "--data", str(data),
-               "--devices", "cpu:1", "--trials", "2", env=env, cwd=tmp_path, timeout=SEARCH_TIMEOUT_S)
-    _assert_searched(url, out)
+@pytest.mark.parametrize("task, devices, header", [
+    ("nanochat-d12", "cpu:2", "2 per trial (a dry run: the task needs 8 GPUs)"),
+    ("airbench96", "cpu:1", "1 CPU rank(s) (--devices cpu:1), 1 per trial"),
+])
+def test_nanochat_and_airbench_search_on_cpu_ranks(task, devices, header, tmp_path, env):
+    _url, out = _search(tmp_path, env, task, devices)
+    assert header in out.stderr
 
 
 # -- devices that cannot be had, said in one line ------------------------------------------------
@@ -132,7 +129,8 @@ def test_a_gpu_task_with_no_gpu_visible_says_so_and_how_to_dry_run(tmp_path, env
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "needs 8 GPU(s)" in out.stderr and "no GPU visible" in out.stderr and "--devices cpu:8" in out.stderr
     assert "--workers 0" in out.stderr
-    out = _arl("run", "airbench96", "--store", url, "--recipe-from", str(checkout), "--data", str(data),
+    bench, images = checkouts.airbench(tmp_path)
+    out = _arl("run", "airbench96", "--store", url, "--recipe-from", str(bench), "--data", str(images),
                "--devices", "cpu:2", "--workers", "3", env=env, cwd=tmp_path)
     assert out.returncode == 2 and "--workers 3" in out.stderr and "give --workers 2 or fewer" in out.stderr
     assert _no_search(url)
