@@ -24,14 +24,15 @@ numbers (``80*524288``); anything else is refused when the task is bound.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import operator
 import re
 from collections.abc import Mapping
 
 WHERE = ("constant", "env", "argparse", "dict")
-#: How a prompt says where a knob's value is (edit it there: the environment the launcher
-#: passes overrides none of the declared knobs).
+#: How a prompt says where a knob's value is (the adapters' launchers set no variable that
+#: is a declared knob, so the value in the file is the value the recipe runs with).
 PLACE = {"constant": "top-level constant", "env": "the default of os.environ.get",
          "argparse": "the argparse default", "dict": "an entry of the dict literal"}
 
@@ -48,7 +49,9 @@ class _Site:
         self.end = starts[node.end_lineno - 1] + node.end_col_offset  # type: ignore[operator]
 
 
+@functools.lru_cache(maxsize=64)
 def _parse(source: bytes) -> tuple[ast.Module, list[int]] | None:
+    """The file's syntax tree and line offsets (cached: a tuner reads many knobs of one program)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
@@ -132,12 +135,13 @@ def _nodes(tree: ast.Module, name: str, where: str) -> list[ast.expr]:
     return out
 
 
-def _sites(source: bytes, name: str, where: str) -> list[_Site] | None:
+@functools.lru_cache(maxsize=512)
+def _sites(source: bytes, name: str, where: str) -> tuple[_Site, ...] | None:
     parsed = _parse(source)
     if parsed is None:
         return None
     tree, starts = parsed
-    return sorted((_Site(n, starts) for n in _nodes(tree, name, where)), key=lambda s: s.start)
+    return tuple(sorted((_Site(n, starts) for n in _nodes(tree, name, where)), key=lambda s: s.start))
 
 
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -241,10 +245,15 @@ def settings(source: bytes) -> dict[str, str]:
     Top-level constants, env and argparse defaults found once, and the leaf entries of
     top-level dict literals (``hyp.opt.lr``): what scope checks and lineage compare.
     """
+    return dict(_settings(source))
+
+
+@functools.lru_cache(maxsize=256)
+def _settings(source: bytes) -> tuple[tuple[str, str], ...]:
     out = constants(source)
     parsed = _parse(source)
     if parsed is None:
-        return out
+        return tuple(out.items())
     tree, starts = parsed
     seen: dict[str, int] = {}
     found: dict[str, str] = {}
@@ -266,7 +275,7 @@ def settings(source: bytes) -> dict[str, str]:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
                 and isinstance(stmt.value, ast.Dict):
             out.update(_leaves(stmt.value, stmt.targets[0].id, source, starts))
-    return out
+    return tuple(out.items())
 
 
 def _leaves(node: ast.Dict, prefix: str, source: bytes, starts: list[int]) -> dict[str, str]:

@@ -146,7 +146,7 @@ def test_a_log_without_the_final_metric_is_a_crash_that_says_so(tmp_path):
     (tmp_path / "train.log").write_text(cut)
     result = evaluate_folder("parameter-golf", tmp_path)
     final = next(c for c in result.checks if c.name == "final_metric")
-    assert not final.passed and "has no final val_bpb line" in final.detail
+    assert not final.passed and "no evaluation after training ended" in final.detail
     assert result.label == "crash" and result.score is None and "final_metric" in result.reason
 
 

@@ -20,9 +20,10 @@ from arl.ledger.projections import State
 from arl.tasks import knobs
 from arl.tasks.adapters import bind
 from arl.tasks.knobs import constant_changes, problem, read, settings, write
-from arl.tasks.manifest import TaskError, load_task
+from arl.tasks.manifest import TaskError
 from arl.tasks.registry import resolve
 from tests.standins import knob_source, knobs_of
+from tests.test_agents_tuner import make_task
 
 ENV = b'''import os
 
@@ -226,13 +227,7 @@ RECIPE = b'import os\nFAST = bool(int(os.environ.get("FAST", "0")))\nWIDTH = 8\n
 
 
 def _small(tmp_path, manifest: str = SMALL):
-    folder = tmp_path / "small"
-    (folder / "recipe").mkdir(parents=True)
-    (folder / "task.toml").write_text(manifest)
-    (folder / "recipe" / "train.py").write_bytes(RECIPE)
-    (folder / "evaluator.py").write_text("def evaluate(ctx): ...\n")
-    (folder / "data.py").write_text("def prepare(cache): ...\n")
-    return load_task(folder)
+    return make_task(tmp_path / "small", manifest, RECIPE)
 
 
 def _view(known: set[str], n: int) -> LineageView:
@@ -279,3 +274,50 @@ def test_the_knobs_of_a_stand_in_are_what_the_manifest_declares():
     ast.parse(source)
     for k in knobs_of(task, "train_gpt.py"):
         assert problem(source, k.name, k.where, "train_gpt.py") is None, k.name
+
+
+# -- the tuner moves env/argparse/dict knobs, scope and lineage see them -------------------------------
+
+@pytest.mark.parametrize("name, surface, other", [
+    ("parameter-golf", "opt", "arch"),
+    ("nanochat-d12", "sched", "opt"),
+    ("airbench96", "opt", "aug"),
+])
+def test_the_tuner_moves_a_knob_where_it_lives_and_scope_sees_it(name, surface, other, tmp_path, monkeypatch):
+    from arl.agents.tuner import Tuner
+    from arl.ledger.events import Label
+    from arl.tasks import legality
+
+    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
+    task = bind(resolve(name), recipe_from=_checkout(resolve(name), tmp_path / "co"))
+    base = {str(p.relative_to(task.recipe_dir)): p.read_bytes() for p in task.recipe_dir.rglob("*") if p.is_file()}
+    best = TrialLine(seq=0, trial_id="t0", agent="baseline", surface="", hypothesis="", label="baseline",
+                     score=1.0, delta_vs_best=None, reason="")
+    view = LineageView(search_id="s", task=name, metric=task.objective.metric, direction=task.objective.direction,
+                       noise_floor=task.objective.noise_floor, specialist=surface, surface=surface, lineage=True,
+                       baseline_score=1.0, best=best, best_program=base, chain=[best])
+    proposal = Tuner(task, task.surface(surface), seed=1).propose(view)
+    assert proposal is not None
+    changes = constant_changes(base, proposal.program)
+    own = {k.name for k in task.surface(surface).knobs}
+    assert changes and set(changes) <= own, changes  # one of its own knobs, read back changed
+    for file, data in proposal.program.items():
+        if file.endswith(".py"):
+            ast.parse(data)
+    finding = legality.scope(task, surface, base, proposal.program)
+    assert finding.passed, finding.detail
+    foreign = legality.scope(task, other, base, proposal.program)
+    assert foreign.label is Label.OUT_OF_SURFACE and f"(owned by surface {surface})" in foreign.detail
+
+
+def test_no_launcher_sets_a_declared_knob():
+    """A knob the launcher overrides (an env variable it sets, an option it passes) would never move."""
+    import re
+
+    for name, pattern in (("parameter-golf", r"\b([A-Z][A-Z0-9_]+)="), ("nanochat-d12", r"(--[a-z][a-z0-9-]*)=")):
+        task = resolve(name)
+        launcher = (task.folder / "recipe" / "arl_launch.py").read_text()
+        overridden = set(re.findall(pattern, launcher))
+        assert overridden, name  # the pattern finds what the launcher sets
+        declared = {k.name for s in task.surfaces for k in s.knobs}
+        assert not overridden & declared, (name, overridden & declared)
