@@ -15,7 +15,7 @@ Two steps, because the GPU machine has no network::
    airbench-mini's evaluator and data (the real CIFAR-10 test images of PyPI ``bigbench``,
    8,000 to train, 2,000 held out, decoded by ``prepare`` since the machine cannot
    download them) with a GPU recipe (a small conv net, ``hyp``-style constants at its top),
-   ``--devices 0``, the default tuner, 4 trials. Score: training wallclock timed from
+   ``--devices 0``, the default tuner, 3 trials. Score: training wallclock timed from
    outside; legal only at a mean held-out accuracy >= ``GATE``.
 2. **Parameter Golf through the launcher**: ``arl task check`` of the parameter-golf
    adapter with a training budget of ``GOLF_TRAIN_S`` s on one GPU (``--devices 0``), running
@@ -388,7 +388,7 @@ def main() -> None:
     p.add_argument("--golf-checkout", type=Path, help="your checkout of openai/parameter-golf (its train_gpt.py)")
     p = sub.add_parser("run", help="there: the search on the GPU and the Parameter Golf smoke run")
     p.add_argument("--cpu", action="store_true", help="a dry run on CPU ranks with the stand-in recipes")
-    p.add_argument("--trials", type=int, default=4, help="trials of the Airbench-style search (default 4)")
+    p.add_argument("--trials", type=int, default=3, help="trials of the Airbench-style search (default 3)")
     p.add_argument("--parts", default="12", help="which parts to run: 1, 2 or 12 (default)")
     args = parser.parse_args()
     if args.step == "prepare":

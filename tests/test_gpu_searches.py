@@ -9,6 +9,7 @@ run and paths not given are said in one line, never waited on or reused silently
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from arl.ledger import Ledger
 from arl.ledger.events import Label
 from arl.ledger.projections import Projector
 from tests import checkouts
+from tests.needs import require
 
 #: A search that has not finished by then is hung (each trial takes seconds on an idle machine).
 SEARCH_TIMEOUT_S = 900
@@ -58,7 +60,14 @@ def _assert_searched(url: str, out: subprocess.CompletedProcess, *, later: int =
     assert stopped, "the search did not record why it stopped"
 
 
+def _needs_torch() -> None:
+    """The stand-ins start their ranks with torch.distributed.run."""
+    require("torch", None if importlib.util.find_spec("torch") else
+            "torch is not installed (pip install torch==2.13.0, then the [tasks] extra)")
+
+
 def _search(tmp_path: Path, env: dict[str, str], task: str, devices: str) -> tuple[str, subprocess.CompletedProcess]:
+    _needs_torch()
     checkout, data = {"parameter-golf": checkouts.parameter_golf, "nanochat-d12": checkouts.nanochat,
                       "airbench96": checkouts.airbench}[task](tmp_path)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -183,8 +192,11 @@ def test_a_trial_no_worker_takes_is_said_in_the_progress_line_and_in_status(tmp_
 def test_a_worker_too_small_for_a_trial_says_so_and_a_search_runs_on_separate_workers(tmp_path, env, pg_url):
     """PostgreSQL, `arl run --workers 0` and two `arl worker` processes: one without devices (it says
     it cannot run the trials), one with CPU ranks (it runs them all)."""
+    _needs_torch()
     url = pg_url
     checkout, data = checkouts.parameter_golf(tmp_path)
+    with Ledger.open(url):
+        pass  # the store's tables exist before two workers open it at once
     workers = []
     try:
         for devices in ([], ["--devices", "cpu:2"]):
