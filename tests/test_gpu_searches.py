@@ -216,3 +216,20 @@ def test_a_worker_too_small_for_a_trial_says_so_and_a_search_runs_on_separate_wo
         errs = [w.communicate(timeout=60)[1] for w in workers]
     assert "cannot run trial #0" in errs[0] and "needs 8 GPU(s)" in errs[0], errs[0]
     assert "2 CPU rank(s) (--devices cpu:2)" in errs[1] and "uses checkout" in errs[1], errs[1]
+
+
+def test_a_pool_gives_each_trial_its_own_devices_and_cpu_ranks_stand_in_for_gpus():
+    from arl.runners.devices import CPU, DevicePool, Devices, parse, per_trial, shortfall, trial_env
+
+    pool = DevicePool(Devices("cuda", ("0", "1", "2", "3"), "given"))
+    a, b = pool.take(2), pool.take(2)
+    assert a == ["0", "1"] and b == ["2", "3"] and pool.take(1) is None  # no device serves two trials
+    pool.give(b)
+    assert pool.take(3) is None and pool.take(2) == ["2", "3"]
+    cpu = parse("cpu:2")
+    assert cpu.kind == CPU and cpu.ids == ("cpu0", "cpu1") and per_trial(8, cpu) == 2 and shortfall(8, cpu) is None
+    assert trial_env(CPU, ["cpu0", "cpu1"]) == {"CUDA_VISIBLE_DEVICES": "", "ARL_GPUS": "0", "ARL_RANKS": "2",
+                                                 "ARL_DEVICE": "cpu"}
+    assert trial_env("cuda", ["4", "5"])["CUDA_VISIBLE_DEVICES"] == "4,5"
+    four = Devices("cuda", ("0", "1", "2", "3"), "given")
+    assert per_trial(8, four) == 8 and "needs 8 GPU(s)" in shortfall(8, four)
