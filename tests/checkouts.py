@@ -186,6 +186,7 @@ def main():
     log0(f"final_int8_zlib_roundtrip val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:12ms")
     log0(f"final_int8_zlib_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}")
     if distributed:
+        dist.barrier()  # no rank leaves while another still talks to it
         dist.destroy_process_group()
 
 
@@ -277,6 +278,7 @@ if rank == 0:
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump({"model_config": model, "val_bpb": bpb}, f)
 if distributed:
+    dist.barrier()
     dist.destroy_process_group()
 '''
 
@@ -297,6 +299,7 @@ parser.add_argument("--model-tag", type=str, default=None)
 args = parser.parse_args()
 if "RANK" in os.environ:
     dist.init_process_group(backend="gloo")
+    dist.barrier()  # every rank is connected before any rank can finish
 folder = os.path.join(get_base_dir(), "base_checkpoints", args.model_tag)
 meta = json.load(open(os.path.join(folder, "meta.json")))
 core = 0.2 - (meta["val_bpb"] - 0.85)
@@ -310,6 +313,7 @@ if int(os.environ.get("RANK", "0")) == 0:
     os.makedirs(out, exist_ok=True)
     open(os.path.join(out, f"{args.model_tag}.csv"), "w").write(f"Task,Accuracy,Centered\\nCORE,,{core:.4f}\\n")
 if "RANK" in os.environ:
+    dist.barrier()
     dist.destroy_process_group()
 '''
 
