@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
 from arl.runners.config import SearchConfig, sandbox_problem
+from arl.runners.devices import DevicePool, Devices, per_trial, shortfall, trial_env
 from arl.runners.labels import decide, label_runs
 from arl.runners.sandbox import bwrap_path, hiding_sqlite, run_process
 from arl.runners.trials import (
@@ -49,7 +50,6 @@ from arl.runners.trials import (
     renew_lease,
 )
 from arl.tasks import legality
-from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
@@ -88,11 +88,14 @@ class Worker:
         lease_s: float | None = None,
         heartbeat_s: float | None = 5.0,
         devices: Sequence[str] | None = None,
+        pool: DevicePool | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
         pids_max: int = PIDS_MAX,
         write_mb: float = WRITE_MB,
         sandbox: str = "bwrap",
+        say: Callable[[str], None] | None = None,
+        say_paths: bool = True,
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -100,9 +103,19 @@ class Worker:
         self.lease_s = lease_s
         #: Seconds between lease renewals while a trial runs (None: no heartbeats).
         self.heartbeat_s = heartbeat_s
-        #: The accelerators of this slot; recipes see only these (CUDA_VISIBLE_DEVICES).
-        self.devices = list(devices or [])
-        self.env = gpu_env(self.devices) if self.devices else {}
+        #: The devices this slot's trials take from (shared with the worker's other slots): a
+        #: trial takes as many as its task needs while it runs; recipes see only those.
+        if pool is None and devices:
+            pool = DevicePool(Devices("cuda", tuple(devices), "given"))
+        self.pool = pool
+        #: The devices of the trial running now, and the environment that exposes them.
+        self.devices: list[str] = []
+        self.env: dict[str, str] = {}
+        #: Where a trial this worker can never run is reported (once per trial).
+        self.say = say
+        #: Say which recorded paths a search's task is bound to (a driver in-process says it itself).
+        self.say_paths = say_paths
+        self._passed_over: set[str] = set()
         #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
         self.release = threading.Event()
         self.work_dir = work_dir
@@ -145,25 +158,61 @@ class Worker:
         if self._expire_leases():
             state = self.projector.catch_up()  # the expired trials are back in the queue
         for trial in sorted(state.queue, key=lambda t: not state.trials[t].is_baseline):
-            if not self._fits(trial):
-                continue  # it needs another number of GPUs than this slot has
             if self._waits_for_baseline(state, trial):
                 continue
+            if self._needs_sandbox(state.trials[trial].search_id):
+                continue  # model-written code and no sandbox here: left to a worker that has one
             queued_at = (trial, state.trials[trial].version)
             if self._hints_lost.get(queued_at, 0.0) > time.monotonic():
                 continue  # lost its hint a moment ago: not asked again at every wake
+            placed = self._place(trial)
+            if placed is None:
+                continue  # too few devices here (said once), or they are busy with another trial
             if not claim_hint(self.ledger, trial, queued_at[1], self.name):
                 # Another idle worker is claiming it; no race for the same trial.
+                self._unplace(placed)
                 self._hints_lost = {k: t for k, t in self._hints_lost.items() if t > time.monotonic()}
                 self._hints_lost[queued_at] = time.monotonic() + CLAIM_HINT_S
                 continue
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
+                self._unplace(placed)
                 continue  # another worker took it; try the next one
-            self.execute(trial, claimed)
+            try:
+                self.execute(trial, claimed)
+            finally:
+                self._unplace(placed)
             return True
         return False
+
+    def _place(self, trial: str) -> list[str] | None:
+        """Take the devices the trial's task needs from the pool; None if it cannot run here now."""
+        task = self._task_of(trial)
+        needed = task.needs.gpus if task is not None else 0
+        if needed == 0:
+            self.devices, self.env = [], (trial_env("cuda", []) if self.pool is not None else {})
+            return []
+        have = self.pool.devices if self.pool is not None else Devices("cuda", (), "none given")
+        why = shortfall(needed, have)
+        if why is not None:
+            if trial not in self._passed_over:
+                self._passed_over.add(trial)
+                if self.say is not None:
+                    row = self.projector.state.trials[trial]
+                    self.say(f"worker {self.name}: cannot run trial #{row.seq} of search {row.search_id[:8]} "
+                             f"({task.name if task else '?'}): {why}")
+            return None
+        taken = self.pool.take(per_trial(needed, have)) if self.pool is not None else None
+        if taken is None:
+            return None
+        self.devices, self.env = taken, trial_env(self.pool.kind if self.pool else "cuda", taken)
+        return taken
+
+    def _unplace(self, placed: list[str]) -> None:
+        if placed and self.pool is not None:
+            self.pool.give(placed)
+        self.devices, self.env = [], {}
 
     @staticmethod
     def _waits_for_baseline(state: State, trial: str) -> bool:
@@ -182,12 +231,6 @@ class Worker:
             return self._load(self.projector.state.trials[trial].search_id).task
         except ArlError:
             return None
-
-    def _fits(self, trial: str) -> bool:
-        task = self._task_of(trial)
-        if task is not None and task.needs.gpus not in (0, len(self.devices)):
-            return False  # it needs another number of GPUs than this slot has
-        return not self._needs_sandbox(self.projector.state.trials[trial].search_id)
 
     def _needs_sandbox(self, search_id: str) -> bool:
         """True when the search runs model-written code and neither a sandbox nor the user's
@@ -325,6 +368,12 @@ class Worker:
         key = search_id
         if key not in self._tasks:
             task = task_of(self._search_started(search_id), need_recipe=False)
+            if self.say is not None and self.say_paths:
+                from_record = [f"{what} {path} (from {how})" for what, path, how in (
+                    ("checkout", task.checkout_root, task.checkout_from), ("data", task.data_root, task.data_from))
+                    if path and how.startswith("the search's recorded")]
+                if from_record:  # a remembered path is used, and said to be
+                    self.say(f"worker {self.name}: search {search_id[:8]} uses {'; '.join(from_record)}")
             data = prepare_data(task)
             self._tasks[key] = _Loaded(task, load_evaluator(task), data, data.digest())
         return self._tasks[key]
@@ -362,13 +411,17 @@ class Worker:
                 env={**self.env, "ARL_DATA": str(data.train), "ARL_OUT": str(out),
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 writable=[out], readable=[data.train], hidden=self._hidden(data),
-                cancel=self.release, devices=bool(self.devices),
+                cancel=self.release, devices=self._gpus(),
                 pids_max=self.pids_max, write_mb=self.write_mb,
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
                 break  # one failed seed decides the label; the others would only cost time
         return runs
+
+    def _gpus(self) -> bool:
+        """Whether the running trial holds GPUs (the sandbox then binds the host's /dev)."""
+        return bool(self.devices) and (self.pool is None or self.pool.kind != "cpu")
 
     def _hidden(self, data: TaskData) -> list[Path]:
         hidden = [data.root]
@@ -390,7 +443,7 @@ class Worker:
                 threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
                 writable=[scratch] if writable is None else list(writable),
                 readable=[data.train, task.folder, *readable],
-                hidden=hidden, devices=bool(self.devices), pids_max=self.pids_max,
+                hidden=hidden, devices=self._gpus(), pids_max=self.pids_max,
                 write_mb=self.write_mb, writable_cwd=False,
             )
 
