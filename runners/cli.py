@@ -102,7 +102,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from arl.runners.worker import Worker
 
     # One pool of devices for all slots: each trial takes as many as its task needs.
-    devices = parse(args.devices) if args.devices is not None else None
+    devices = (parse(args.devices, allocated_by=getattr(args, "allocated_by", None))
+               if args.devices is not None else None)
     if devices is not None and args.gpus_per_trial is not None and len(devices.ids) < args.gpus_per_trial:
         raise ArlError(f"--devices {args.devices} gives {len(devices.ids)} device(s), fewer than "
                        f"--gpus-per-trial {args.gpus_per_trial}; add devices")
@@ -196,6 +197,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
                 *extra]
         wargs = build_parser().parse_args(argv)
         wargs.stopped_by = None
+        wargs.allocated_by = "Slurm" if devices else None  # the job's own GPUs: never second-guessed
         code = wargs.func(wargs)
         if args.requeue and wargs.stopped_by == signal.SIGUSR1:
             slurm.requeue_self(os.environ)

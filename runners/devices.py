@@ -83,8 +83,10 @@ def visible_gpus() -> tuple[list[str], str]:
     return ids, how
 
 
-def parse(text: str | None, *, detect: bool = True) -> Devices:
-    """``--devices`` as given (None: detect the visible GPUs); refuses ids the machine lacks."""
+def parse(text: str | None, *, detect: bool = True, allocated_by: str | None = None) -> Devices:
+    """``--devices`` as given (None: detect the visible GPUs); refuses ids the machine lacks —
+    unless a scheduler allocated them (``allocated_by``, e.g. Slurm): its ids are what the
+    job's programs must be given, whatever this process can count of the node."""
     if text is None:
         if not detect:
             return Devices("cuda", (), "none given")
@@ -107,6 +109,8 @@ def parse(text: str | None, *, detect: bool = True) -> Devices:
         raise DeviceError(f"--devices {text}: {bad!r} is not a GPU index; give indices like 0-7, or cpu:N for CPU ranks")
     if len(set(ids)) != len(ids):
         raise DeviceError(f"--devices {text} lists a device twice; each GPU runs one trial at a time")
+    if allocated_by is not None:
+        return Devices("cuda", tuple(ids), f"allocated by {allocated_by}")
     have, how = visible_gpus()
     missing = [d for d in ids if d not in have]
     if missing:

@@ -325,7 +325,7 @@ class Worker:
                                     f"{failed_base.label.value}; back in the queue until it is measured again")
                     return
                 if self.release.is_set():
-                    record.released()  # stopped while the baseline was still being measured
+                    record.released("the worker stopped while the search's baseline was being measured")
                     return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
                                 wallclock_s=loaded.task.budgets.wallclock_s,

@@ -248,5 +248,5 @@ def test_a_worker_warned_of_its_time_limit_gives_back_requeues_and_rejoins(clust
     assert kinds.count("TrialLabeled") == 1
     first, again = [e for e in stream if isinstance(e, ev.TrialClaimed)]
     assert first.runner.startswith(f"slurm-{job}_0@") and again.runner.startswith(f"slurm-{job}_0.r1@")
-    assert "devices 0" in log  # the GPU Slurm allocated (a stand-in device on this machine)
+    assert "GPU 0 (allocated by Slurm)" in log  # the GPU Slurm allocated (a stand-in device on this machine)
     assert "job requeued" in log
