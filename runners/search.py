@@ -63,6 +63,10 @@ class Summary(msgspec.Struct, kw_only=True):
     elapsed_s: float
     #: Why the search could not go on, with what to do (a failed baseline); None otherwise.
     problem: str | None = None
+    #: The noise floor it judged by, where it came from, and a contradicted manifest floor.
+    noise_floor: float = 0.0
+    floor_source: str = "manifest"
+    floor_note: str = ""
 
     @property
     def gain(self) -> float | None:
@@ -85,7 +89,8 @@ def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary
         best=search.best_score, best_seq=best.seq if best else None,
         best_agent=best.agent if best else None, labels=dict(labels.most_common()),
         keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
-        elapsed_s=last - started,
+        elapsed_s=last - started, noise_floor=search.noise_floor, floor_source=search.floor_source,
+        floor_note=search.floor_note,
     )
 
 
@@ -102,6 +107,7 @@ def render_summary(s: Summary, where: str) -> str:
         best,
         f"keeps by specialist: {keeps}",
         f"labels: {labels}",
+        f"noise floor: {s.noise_floor:.4g} ({s.floor_source})" + (f" — {s.floor_note}" if s.floor_note else ""),
         f"ledger: {where}   (arl status {s.search_id[:8]} · arl show {s.search_id[:8]}#SEQ · "
         f"arl report --search {s.search_id[:8]} -o report.html)",
     ])
@@ -310,7 +316,8 @@ class Search:
         failed (a resumed search) — again at the next free number."""
         def measure(seq: int, hypothesis: str = "the starting program") -> str:
             return submit(self.ledger, self.task, self.search_id, seq, agent=BASELINE_AGENT, surface="",
-                          program=self.base_program, hypothesis=hypothesis)
+                          program=self.base_program, hypothesis=hypothesis,
+                          seeds=self.config.measured_seeds(self.task.seeds, self.task.confirm_seeds))
 
         failed = state.baseline_failed(self.search_id)
         if not state.trials_of(self.search_id):
@@ -370,6 +377,11 @@ class Search:
         labels = " ".join(f"{k} {n}" for k, n in s.labels.items())
         line = (f"[{done}/{self.config.trials}] running {s.running} | {best} | {labels}"
                 f" | ETA {_duration(eta) if eta is not None else '—'}")
+        search = state.searches[self.search_id]
+        if search.floor_source == "measured" and not getattr(self, "_floor_shown", False):
+            self._floor_shown = True
+            print(f"noise floor measured on the starting program: {search.noise_floor:.4g}"
+                  + (f"; {search.floor_note}" if search.floor_note else ""), file=self.out, flush=True)
         tty = self.out.isatty()
         # A terminal is redrawn in place with the ticking ETA; a log file gets one line per
         # label (how many trials are running changes twice a trial, and would double the log).
@@ -451,6 +463,7 @@ def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str
     else:
         task = bind(resolve(task_ref), recipe_from=config.recipe_from, data=config.data)
         config = msgspec.structs.replace(config, **recorded_paths(task))
+        config.measured_seeds(task.seeds, task.confirm_seeds)  # a bad --baseline-seeds fails before anything is recorded
         search = Search.start(ledger, task, config, name=name, out=out)
     print(f"search {search.search_id[:8]} on {search.task.name}: {search.config.trials} trials, "
           f"{search.config.workers} worker(s), agents {search.config.agents}, "

@@ -34,12 +34,12 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
-from arl.runners.labels import decide, label_runs
+from arl.runners.labels import Best, Decision, Floor, decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
 from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
 from arl.tasks import legality
 from arl.tasks.adapters import gpu_env
-from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
+from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data, training_feed
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
 from arl.tasks.registry import task_of
@@ -226,9 +226,10 @@ class Worker:
             if isinstance(evaluation, str):
                 record.label(Label.CRASH, evaluation)
                 return
-            label, reason, evaluation = self._judge(loaded, proposed, program, runs, evaluation, root)
+            label, reason, evaluation, evidence = self._judge(loaded, proposed, program, runs, evaluation, root)
         record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason,
-                                     self._deltas(proposed, evaluation.score), loaded.data_digest)
+                                     self._deltas(proposed, evaluation.score), loaded.data_digest,
+                                     evidence=evidence)
 
     def _search_started(self, search_id: str) -> ev.SearchStarted:
         if search_id not in self._started:
@@ -270,13 +271,16 @@ class Worker:
             workspace.mkdir(parents=True)
             out.mkdir()
             write_folder(program, workspace)
+            # A fixed training budget: the run gets its bytes on stdin and no training folder.
+            fed = training_feed(task, data, seed)
+            given = {"ARL_DATA": str(data.train)} if fed is None else {"ARL_TRAIN_TOKENS": str(len(fed))}
             process = run_process(
                 task.run.command, cwd=workspace, timeout_s=task.budgets.wallclock_s,
                 memory_mb=task.budgets.memory_mb, threads=task.budgets.threads,
-                env={**self.env, "ARL_DATA": str(data.train), "ARL_OUT": str(out),
+                env={**self.env, **given, "ARL_OUT": str(out),
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
-                writable=[out], readable=[data.train], hidden=self._hidden(data),
-                cancel=self.release, devices=bool(self.devices),
+                stdin=fed, writable=[out], readable=[data.train] if fed is None else [],
+                hidden=self._hidden(data), cancel=self.release, devices=bool(self.devices),
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
@@ -317,7 +321,7 @@ class Worker:
 
     def _judge(self, loaded: _Loaded, proposed: ev.TrialProposed, program: Program,
                runs: list[SeedRun], evaluation: Evaluation, root: Path
-               ) -> tuple[Label, str, Evaluation]:
+               ) -> Decision:
         task = loaded.task
 
         def confirm() -> tuple[Evaluation, list[int]] | str:
@@ -328,10 +332,20 @@ class Worker:
             combined = self._evaluate(loaded, runs + extra, root / "confirm")
             return combined if isinstance(combined, str) else (combined, [r.seed for r in runs + extra])
 
-        def best_now() -> float | None:
-            return self._after_baseline(proposed.search_id).searches[proposed.search_id].best_score
+        def best_now() -> Best | None:
+            state = self._after_baseline(proposed.search_id)
+            search = state.searches[proposed.search_id]
+            if search.best_score is None:
+                return None
+            row = state.trials.get(search.best_trial or "")
+            return Best(score=search.best_score, trial_id=search.best_trial,
+                        seeds=dict(row.seed_scores) if row is not None else {})
 
-        return decide(task, evaluation, baseline=_is_baseline(proposed), best_now=best_now, confirm=confirm)
+        search = self._after_baseline(proposed.search_id).searches[proposed.search_id] \
+            if not _is_baseline(proposed) else None
+        floor = Floor(value=search.noise_floor, source=search.floor_source) if search is not None else None
+        return decide(task, evaluation, baseline=_is_baseline(proposed), best_now=best_now, confirm=confirm,
+                      floor=floor)
 
     def _after_baseline(self, search_id: str, limit_s: float = 3600.0) -> State:
         """The state once the search's baseline is labelled: trials proposed while it ran
