@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from arl.ledger import ArlError, Ledger
+from arl.queries.decisions import evidence_lines, evidence_of
 from arl.queries.errors import QueryError
 from arl.queries.named import resolve_search
 
@@ -75,8 +76,8 @@ def _search_data(con: duckdb.DuckDBPyConnection, row: tuple, ledger: Ledger | No
     search, name, task, kind, direction, score_name, started = row
     rows = con.execute(
         "SELECT seq, trial_id, coalesce(source_id, seq::VARCHAR), agent, label, score, delta_vs_best, "
-        "hypothesis, parents, edit_digest, source->>'snapshot_path', reason "
-        "FROM trials WHERE search = $s ORDER BY seq",
+        "hypothesis, parents, edit_digest, source->>'snapshot_path', reason, evidence "
+        "FROM log.trials WHERE search = $s ORDER BY seq",
         {"s": search},
     ).fetchall()
     index = {r[1]: i for i, r in enumerate(rows)}
@@ -109,6 +110,7 @@ def _search_data(con: duckdb.DuckDBPyConnection, row: tuple, ledger: Ledger | No
                 "hypothesis": r[7] or "",
                 "diff": _diff(ledger, r[9]),
                 "snapshot": r[10],
+                "evidence": evidence_lines(e) if (e := evidence_of(r[12])) is not None else [],
             }
         )
     return {
@@ -144,15 +146,18 @@ def _keeps_table(section: dict[str, Any], n: int) -> str:
             diff = "<span class=muted>no diff recorded</span>"
         score = "" if k["score"] is None else f"{k['score']:.6g}"
         delta = "" if k["delta"] is None else f"{k['delta']:+.6g}"
+        evidence = (f"<details><summary>{html.escape(k['evidence'][0])}</summary><pre>"
+                    f"{html.escape(chr(10).join(k['evidence'][1:]))}</pre></details>"
+                    if k["evidence"] else "<span class=muted>not recorded</span>")
         rows.append(
             f"<tr><td>{k['seq']}</td><td>{html.escape(k['id'])}</td><td>{html.escape(k['agent'])}</td>"
             f"<td><span class=chip style='background:{LABEL_COLOURS.get(k['label'], '#999')}'></span>"
             f"{k['label']}</td><td class=num>{score}</td><td class=num>{delta}</td>"
-            f"<td class=hyp>{html.escape(k['hypothesis'])}</td><td>{diff}</td></tr>"
+            f"<td class=hyp>{html.escape(k['hypothesis'])}</td><td>{diff}</td><td>{evidence}</td></tr>"
         )
     return (
         f"<table id='keeps-{n}' class=keeps><thead><tr><th>seq</th><th>id</th><th>agent</th>"
-        "<th>label</th><th>score</th><th>Δ vs best</th><th>hypothesis</th><th>diff</th></tr>"
+        "<th>label</th><th>score</th><th>Δ vs best</th><th>hypothesis</th><th>diff</th><th>evidence</th></tr>"
         f"</thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
