@@ -119,7 +119,7 @@ Decision = tuple[Label, str, Evaluation, Evidence | None]
 
 
 def decide(task: Task, evaluation: Evaluation, *, baseline: bool, best_now: Callable[[], Best | None],
-           confirm: Confirm, floor: Floor | None = None) -> Decision:
+           confirm: Confirm, floor: Floor | None = None, measure_floor: bool = False) -> Decision:
     """The label of an evaluated trial, its reason, the evaluation it stands on, and its evidence.
 
     Illegal or broken results are labelled by their worst failure (no evidence). A
@@ -129,7 +129,8 @@ def decide(task: Task, evaluation: Evaluation, *, baseline: bool, best_now: Call
     ``confirm = "always"``) is re-run on the confirmation seeds first and kept only if
     the mean over all seeds still beats the best. The evidence records the per-seed
     scores on both sides, the rule that decided, and Welch's t or a bootstrap
-    interval of the gain (:mod:`arl.runners.evidence`).
+    interval of the gain (:mod:`arl.runners.evidence`). With ``measure_floor`` (a search
+    started with ``--baseline-seeds``) the baseline's seeds measure the search's floor.
     """
     floor = floor or Floor(value=task.objective.noise_floor)
     illegal = label_evaluation(evaluation)
@@ -137,7 +138,8 @@ def decide(task: Task, evaluation: Evaluation, *, baseline: bool, best_now: Call
         return illegal[0], illegal[1], evaluation, None
     direction = task.objective.direction
     if baseline:
-        return Label.BASELINE, "the search's starting program", evaluation, baseline_evidence(task, evaluation)
+        return Label.BASELINE, "the search's starting program", evaluation, baseline_evidence(
+            task, evaluation, measure=measure_floor)
     score = evaluation.score
     best = best_now()
 
@@ -200,15 +202,15 @@ def gain(direction: str, score: float, reference: float) -> float:
 FLOOR_FACTOR = 2.0
 
 
-def baseline_evidence(task: Task, evaluation: Evaluation) -> Evidence:
-    """The baseline's seeds, and — measured on two or more — the floor the search judges by.
+def baseline_evidence(task: Task, evaluation: Evaluation, *, measure: bool = True) -> Evidence:
+    """The baseline's seeds, and — when ``measure`` and on two or more — the floor the search judges by.
 
     The measured floor is the seeds' sample standard deviation; the manifest's floor is
     reported as contradicted when the two differ by more than :data:`FLOOR_FACTOR`.
     """
     seeds = dict(evaluation.per_seed) or {0: evaluation.score}
     declared = task.objective.noise_floor
-    if len(seeds) < 2:
+    if not measure or len(seeds) < 2:
         return Evidence(rule="the search's starting program", seeds=seeds, noise_floor=declared)
     measured = spread(list(seeds.values()))
     note = ""

@@ -178,7 +178,9 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
     ran = [r for r in rows if r.program_digest is not None]
     replay = start_search(ledger, task, name=f"rerun of {started.name}", kind="replay",
                           origin_search=original,
-                          config={"replay": "rerun", "trials": len(ran), "workers": workers})
+                          # a floor the original measured on its baseline is measured again the same way
+                          config={"replay": "rerun", "trials": len(ran), "workers": workers,
+                                  "baseline_seeds": SearchConfig.of(started).baseline_seeds})
     seeds = {e.originator_id: e.seeds for _, e in ledger.iter_events() if isinstance(e, ev.TrialSubmitted)}
     print(f"re-running {len(ran)} trials of {original[:8]} as search {replay[:8]} "
           f"with {workers} worker(s) …", file=out)

@@ -34,6 +34,7 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
+from arl.runners.config import SearchConfig
 from arl.runners.labels import Best, Decision, Floor, decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
 from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
@@ -344,8 +345,9 @@ class Worker:
         search = self._after_baseline(proposed.search_id).searches[proposed.search_id] \
             if not _is_baseline(proposed) else None
         floor = Floor(value=search.noise_floor, source=search.floor_source) if search is not None else None
+        measure = SearchConfig.of(self._search_started(proposed.search_id)).baseline_seeds is not None
         return decide(task, evaluation, baseline=_is_baseline(proposed), best_now=best_now, confirm=confirm,
-                      floor=floor)
+                      floor=floor, measure_floor=measure)
 
     def _after_baseline(self, search_id: str, limit_s: float = 3600.0) -> State:
         """The state once the search's baseline is labelled: trials proposed while it ran

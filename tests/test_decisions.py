@@ -96,11 +96,14 @@ def test_each_rule_records_its_evidence():
                             confirm=never, floor=Floor(value=0.005, source="measured"))
     assert label is ev.Label.KEEP and e.floor_source == "measured" and "0.005 (measured)" in e.rule
 
+    _, _, _, e = decide(task, _evaluation({0: 1.0, 1: 1.02}), baseline=True, best_now=never, confirm=never)
+    assert e.floor_source == "manifest" and e.measured_floor is None  # not asked to measure
     label, _, _, e = decide(task, _evaluation({0: 1.0, 1: 1.02, 2: 1.01}), baseline=True,
-                            best_now=never, confirm=never)
+                            best_now=never, confirm=never, measure_floor=True)
     assert label is ev.Label.BASELINE and e.measured_floor == pytest.approx(0.01)
     assert e.declared_floor == 0.02 and e.note == ""  # within a factor 2 of the manifest
-    _, _, _, e = decide(task, _evaluation({0: 1.0, 1: 1.3}), baseline=True, best_now=never, confirm=never)
+    _, _, _, e = decide(task, _evaluation({0: 1.0, 1: 1.3}), baseline=True, best_now=never, confirm=never,
+                        measure_floor=True)
     assert "noise floor 0.02 is contradicted" in e.note and e.noise_floor == pytest.approx(0.2121, abs=1e-4)
 
 
@@ -111,6 +114,7 @@ def test_a_search_with_a_measured_floor_records_every_decision(cache, sqlite_url
     with Ledger.open(sqlite_url) as ledger:
         out = io.StringIO()
         summary = run_search(ledger, str(TINY), SearchConfig(trials=5, workers=1, baseline_seeds=3), out=out)
+        report = replay.rerun(ledger, summary.search_id, workers=1, out=io.StringIO())
         state = rebuild(ledger)
         labeled = {e.originator_id: e for _, e in ledger.iter_events() if isinstance(e, ev.TrialLabeled)}
     search = state.searches[summary.search_id]
@@ -119,6 +123,10 @@ def test_a_search_with_a_measured_floor_records_every_decision(cache, sqlite_url
     assert sorted(evidence.seeds) == [0, 1, 100] and evidence.floor_source == "measured"
     assert search.floor_source == "measured" and search.noise_floor == evidence.measured_floor
     assert "noise floor measured on the starting program" in out.getvalue()
+    # The rerun measures its floor the same way, and so decides the same way.
+    assert state.searches[report.replay].floor_source == "measured"
+    assert state.searches[report.replay].noise_floor == search.noise_floor
+    assert report.same_label == report.same_score == report.trials, report.render()
     legal = [labeled[r.trial_id] for r in state.trials_of(summary.search_id)
              if r.label in (ev.Label.KEEP, ev.Label.DISCARD)]
     assert legal, "the search decided nothing"
