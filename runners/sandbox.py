@@ -6,9 +6,12 @@
   ``memory_mb`` (``killed_for="memory"``);
 * threads: OMP/MKL/OpenBLAS/torch thread counts set to ``threads``;
 * environment: only what a recipe needs — no store URL, no credentials, no keys;
-* bubblewrap when installed: no network, read-only system, writable only the
-  folders given, held-out data and the ledger hidden behind empty tmpfs
-  (or, for a file, an empty one bound over it).
+* bubblewrap when installed: no network; of the host only the system folders
+  (``/usr``, ``/etc``, ``/sys`` and the ``/bin``, ``/lib`` … links), the Python that
+  runs the recipe and the folders given — no home folder, no checkout, no cache of
+  any task, no ledger; ``/tmp`` empty; writable only the workspace and the folders
+  given; held-out data and the ledger also hidden behind empty tmpfs (or, for a
+  file, an empty one bound over it) where they lie inside a visible folder.
 
 Peak memory and CPU time come from ``wait4`` on the child, not from the recipe.
 """
@@ -214,11 +217,11 @@ def _bwrap_argv(
     # A minimal /dev hides GPUs; with devices the host's /dev is bound (CUDA_VISIBLE_DEVICES
     # still limits the recipe to its slot's GPUs).
     dev = ["--dev-bind", "/dev", "/dev"] if devices else ["--dev", "/dev"]
-    args = [bwrap, "--ro-bind", "/", "/", *dev, "--proc", "/proc",
+    args = [bwrap, *_system_binds(), *dev, "--proc", "/proc",
             "--tmpfs", "/tmp", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--die-with-parent"]
-    # The interpreter, its packages and an editable checkout may live under /tmp
-    # (a CI clone): keep them visible, read-only, under the fresh /tmp.
+    # The interpreter and its packages, wherever they live (a virtual environment in a
+    # checkout, a CI clone under /tmp): read-only, and nothing else of their folders.
     for path in _python_paths():
         args += ["--ro-bind", path, path]
     for path in hidden:
@@ -262,16 +265,44 @@ def hiding_sqlite(path: Path) -> list[Path]:
             if (p := path.with_name(path.name + suffix)).exists()]
 
 
+#: Host folders every sandboxed process sees, read-only: the system it runs on.
+SYSTEM_FOLDERS = ("/usr", "/etc", "/sys")
+#: Top-level folders that are links into /usr on a merged-/usr system (folders elsewhere).
+_SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for path in SYSTEM_FOLDERS:
+        if os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in _SYSTEM_LINKS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    return args
+
+
 def _interpreter_paths() -> list[str]:
-    """Folders the running Python needs (prefix, executable, sys.path), resolved."""
-    candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix,
-                  os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
-    return sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)})
+    """Folders the running Python needs (prefix, executable, sys.path), resolved.
+
+    Not a folder that holds arl's own checkout or the working directory (a sys.path entry
+    only because Python was started there, as ``python -m`` and pytest do): those are
+    checkouts, which a recipe must not see; their virtual environments stay."""
+    root = Path(__file__).resolve().parents[1]
+    checkout = root if (root / "pyproject.toml").is_file() else None
+    started_in = os.path.realpath(os.getcwd())
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    entries = {os.path.realpath(p) for p in sys.path if p}
+    entries = {p for p in entries
+               if p != started_in and not (checkout and checkout.is_relative_to(p))}
+    return sorted({os.path.realpath(p) for p in prefixes | entries if p and os.path.isdir(p)})
 
 
 def _python_paths() -> list[str]:
-    """Folders under /tmp that the running Python needs."""
-    keep = _interpreter_paths()
-    under_tmp = [p for p in keep if p == "/tmp" or p.startswith("/tmp/")]
+    """Folders the running Python needs that the system folders do not already show."""
+    keep = [p for p in _interpreter_paths()
+            if not any(p == s or p.startswith(s + "/") for s in SYSTEM_FOLDERS)]
     # Outermost folders only: binding a parent already exposes its children.
-    return [p for p in under_tmp if not any(p != q and p.startswith(q + "/") for q in under_tmp)]
+    return [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]

@@ -84,7 +84,7 @@ def _evaluate(task: Task, runs: list[SeedRun], scratch: Path, heldout: Path | No
     cache = _cache(task)
     scratch.mkdir()
     run = functools.partial(run_process, memory_mb=task.budgets.memory_mb, threads=1, hidden=[cache],
-                            readable=[cache / "train"], writable=[scratch])
+                            readable=[cache / "train", task.folder], writable=[scratch])
     ctx = EvalContext(task=task, runs=runs, heldout=heldout or cache / "heldout", train_data=cache / "train",
                       run=run, scratch=scratch)
     return _module(task.folder / "evaluator.py").evaluate(ctx)

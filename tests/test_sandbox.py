@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -16,10 +18,35 @@ from arl.runners.sandbox import bwrap_path, run_process
 from tests.needs import require
 
 
+def _no_bwrap() -> str | None:
+    return None if bwrap_path() else ("bubblewrap is missing or unusable here (apt-get install bubblewrap; "
+                                      "user namespaces must be allowed)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its reaper is dead)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):
-    slow = run_process(["{python}", "-c", "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"],
-                       cwd=tmp_path, timeout_s=1, memory_mb=500)
+    # The child writes its pid where the test can read it: killing the recipe must kill it too.
+    naptime = f"{30 + os.getpid() % 1000 / 1000:.3f}"  # tells this test's child from any other sleep
+    code = ("import subprocess, sys, time\n"
+            f"child = subprocess.Popen(['sleep', '{naptime}'])\n"
+            "open('child.pid', 'w').write(str(child.pid))\n"
+            "time.sleep(30)\n")
+    slow = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=3, memory_mb=500)
     assert slow.killed_for == "wallclock" and slow.signal == 9 and slow.wall_s < 10
+    child = (tmp_path / "child.pid").read_text()
+    if slow.sandbox == "bwrap":  # a pid of the sandbox's own namespace, or the host's
+        assert not any(_alive(int(p)) and Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep\x00" + naptime.encode())
+                       for p in os.listdir("/proc") if p.isdigit())
+    else:
+        assert not _alive(int(child))
     hog = run_process(["{python}", "-c", "b = bytearray(700 * 2**20); import time; time.sleep(10)"],
                       cwd=tmp_path, timeout_s=20, memory_mb=200)
     assert hog.killed_for == "memory" and hog.peak_rss_mb > 200
@@ -43,7 +70,7 @@ def test_environment_is_scrubbed_and_threads_are_set(tmp_path, monkeypatch):
 
 
 def test_bubblewrap_hides_folders_and_the_network(tmp_path):
-    require("sandbox", None if bwrap_path() else "bubblewrap is missing or unusable here (apt-get install bubblewrap; user namespaces must be allowed)")
+    require("sandbox", _no_bwrap())
     secret = tmp_path / "cache" / "heldout"
     secret.mkdir(parents=True)
     (secret / "answers.txt").write_text("42")
@@ -52,15 +79,30 @@ def test_bubblewrap_hides_folders_and_the_network(tmp_path):
     (train / "x.txt").write_text("train")
     work = tmp_path / "work"
     work.mkdir()
-    code = ("import os, socket\n"
+    # A port that certainly listens on the host, and a folder the recipe sees (its Python)
+    # that the user running the test may write: each check can fail.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    target = Path(sys.prefix) / f"arl-write-test-{os.getpid()}"
+    code = ("import os, socket, sys\n"
             "print(sorted(os.listdir(%r)))\n"
-            "try:\n    socket.create_connection(('127.0.0.1', 5432), timeout=1); print('net')\n"
+            "try:\n    socket.create_connection(('127.0.0.1', %d), timeout=2); print('net')\n"
             "except OSError: print('no net')\n"
-            "try:\n    open('/etc/arl-test', 'w')\nexcept OSError: print('read-only')\n") % str(tmp_path / "cache")
-    p = run_process(["{python}", "-c", code], cwd=work, timeout_s=20, memory_mb=300,
-                    hidden=[tmp_path / "cache"], readable=[train])
+            "try:\n    open(%r, 'w').write('x'); print('wrote')\nexcept OSError: print('read-only')\n"
+            ) % (str(tmp_path / "cache"), port, str(target))
+    try:
+        assert os.access(sys.prefix, os.W_OK), "the test needs a Python folder it may write (a venv)"
+        outside = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+        assert "net\n" in outside.stdout and "wrote" in outside.stdout  # unsandboxed, both succeed
+        target.unlink()
+        p = run_process(["{python}", "-c", code], cwd=work, timeout_s=20, memory_mb=300,
+                        hidden=[tmp_path / "cache"], readable=[train])
+    finally:
+        listener.close()
+        target.unlink(missing_ok=True)
     assert p.sandbox == "bwrap" and p.exit_code == 0, p.stderr_tail
     assert "['train']" in p.stdout_tail and "no net" in p.stdout_tail and "read-only" in p.stdout_tail
+    assert not target.exists()
 
 
 def test_python_under_tmp_stays_visible(monkeypatch, tmp_path):
@@ -71,8 +113,9 @@ def test_python_under_tmp_stays_visible(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "prefix", str(venv))
     monkeypatch.setattr(sys, "path", [str(checkout), str(checkout / "missing"), "/usr/lib/python3"])
     paths = sandbox._python_paths()
+    # The virtual environment, a package folder on sys.path: read-only. Not /usr: a system folder.
     assert os.path.realpath(venv) in paths and os.path.realpath(checkout) in paths
-    assert all(p.startswith("/tmp") for p in paths)
+    assert not any(p == "/usr" or p.startswith("/usr/") for p in paths)
 
 
 def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp_path, request):
@@ -94,12 +137,66 @@ def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp
     monkeypatch.setattr(sys, "path", [*sys.path, str(checkout / ".venv")])
     hidden = sandbox.hiding_sqlite(ledger)
     assert hidden == [ledger.resolve(), (checkout / "ledger.db-wal").resolve()]
-    if bwrap_path() is None:
-        return
+    require("sandbox", _no_bwrap())
     work = tmp_path / "work"
     work.mkdir()
-    code = "import sys\nfor f in sys.argv[1:]:\n    print(f.rsplit('/', 1)[1], repr(open(f).read()))\n"
+    code = ("import sys\nfor f in sys.argv[1:]:\n"
+            "    try:\n        print(f.rsplit('/', 1)[1], repr(open(f).read()))\n"
+            "    except FileNotFoundError:\n        print(f.rsplit('/', 1)[1], 'absent')\n")
     p = run_process(["{python}", "-c", code, str(ledger), str(checkout / "ledger.db-wal"),
                      str(checkout / "notes.txt")], cwd=work, timeout_s=20, memory_mb=300, hidden=hidden)
     assert p.exit_code == 0, p.stderr_tail
-    assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt 'visible'"]
+    assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt absent"]
+
+
+def test_a_recipe_sees_the_system_its_python_and_its_own_folders_only(tmp_path, request):
+    """What a sandboxed recipe can list and read: not the home folder, not arl's checkout,
+    not another task's cache, not its own held-out data, not the ledger — all of them
+    outside /tmp here (which the sandbox empties anyway), as on a user's machine."""
+    require("sandbox", _no_bwrap())
+    host = Path(tempfile.mkdtemp(prefix="arl-host-", dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(host))
+    own = host / "cache" / "tiny-0123"
+    (own / "train").mkdir(parents=True)
+    (own / "train" / "x.txt").write_text("train")
+    (own / "heldout").mkdir()
+    (own / "heldout" / "y.txt").write_text("own answers")
+    (host / "cache" / "golf-4567" / "heldout").mkdir(parents=True)
+    (host / "cache" / "golf-4567" / "heldout" / "val.bin").write_text("other answers")
+    (host / "store").mkdir()
+    (host / "store" / "ledger.db").write_text("scores")
+    work, out = host / "work", host / "out"
+    work.mkdir()
+    out.mkdir()
+    checkout = Path(sandbox.__file__).resolve().parents[1]
+    probes = {
+        "home": Path.home(), "checkout": checkout / "pyproject.toml",
+        "other task": host / "cache" / "golf-4567" / "heldout" / "val.bin",
+        "own heldout": own / "heldout" / "y.txt", "ledger": host / "store" / "ledger.db",
+        "train": own / "train" / "x.txt", "python": Path(sys.prefix) / "pyvenv.cfg",
+    }
+    code = ("import os, sys, json\n"
+            "probes = json.loads(sys.argv[1])\n"
+            "seen = {k: os.path.exists(p) and (os.listdir(p) if os.path.isdir(p) else open(p).read())"
+            " for k, p in probes.items()}\n"
+            "print(json.dumps({'/': sorted(os.listdir('/')), **seen}))\n")
+    import json
+    p = run_process(["{python}", "-c", code, json.dumps({k: str(v) for k, v in probes.items()})],
+                    cwd=work, timeout_s=20, memory_mb=300, writable=[out],
+                    readable=[own / "train"], hidden=[own, host / "store"])
+    assert p.sandbox == "bwrap" and p.exit_code == 0, p.stderr_tail
+    seen = json.loads(p.stdout_tail.strip().splitlines()[-1])
+    assert seen["train"] == "train"
+    assert seen["python"] is not False or not (Path(sys.prefix) / "pyvenv.cfg").exists()
+    for name in ("checkout", "other task", "own heldout", "ledger"):
+        assert seen[name] in (False, [], ""), (name, seen[name])
+    # Of the home folder, only the way to the interpreter when it lives there (pyenv).
+    home = Path.home().resolve()
+    to_python = {Path(p).relative_to(home).parts[0] for p in sandbox._python_paths()
+                 if Path(p).is_relative_to(home) and Path(p) != home}
+    assert seen["home"] is False or set(seen["home"]) <= to_python, seen["home"]
+    # The root holds the system, the sandbox's own /dev /proc /tmp, and the first folder of
+    # each path the recipe was given or runs from — nothing else of the host.
+    given = {Path(x).resolve().parts[1] for x in (work, out, own / "train", *sandbox._python_paths())}
+    allowed = {"usr", "etc", "sys", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "dev", "proc", "tmp"}
+    assert set(seen["/"]) <= allowed | given, set(seen["/"]) - allowed - given
