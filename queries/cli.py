@@ -1,4 +1,4 @@
-"""The forensics commands of ``arl``: sql, query, export, import, report.
+"""The forensics commands of ``arl``: sql, query, export, lineage, import, report.
 
 Each is a thin shell over one library function. :func:`register` adds them to
 the main ``arl`` parser (``runners.cli``).
@@ -76,12 +76,18 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from arl.queries.export import export
 
-    if args.format in ("prov", "ro-crate"):
+    if args.what in ("prov", "ro-crate"):
         return _export_provenance(args)
+    if args.what == "openlineage":
+        return _export_openlineage(args)
+    if args.what == "mlflow":
+        return _export_mlflow(args)
+    if args.format is not None:
+        raise _UsageError(f"--format is for prov (json, provn, ttl, jsonld), not {args.what}")
     with Ledger.open(args.store, read_only=True) as ledger:
         con = _connect(args, ledger)
     try:
-        written = export(con, args.format, args.dir)
+        written = export(con, args.what, _folder(args))
     finally:
         con.close()
     for path, rows in written:
@@ -89,24 +95,85 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder(args: argparse.Namespace) -> Path:
+    if args.target is None:
+        raise _UsageError(f"give a folder to export {args.what} into, e.g. `arl export {args.what} out/`")
+    return Path(args.target)
+
+
 def _export_provenance(args: argparse.Namespace) -> int:
     from arl.queries.export import export
-    from arl.queries.provenance import export_prov, export_ro_crate
+    from arl.queries.provenance import PROV_FORMATS, export_prov, export_ro_crate
     from arl.ledger.searches import find_search
 
+    folder = _folder(args)
     with Ledger.open(args.store, read_only=True) as ledger:
         search = find_search(ledger, args.search) if args.search else None
-        if args.format == "prov":
-            for path in export_prov(ledger, args.dir, search):
+        if args.what == "prov":
+            formats = (args.format,) if args.format else PROV_FORMATS[:2]
+            for path in export_prov(ledger, folder, search, formats=formats):
                 print(path)
             return 0
+        if args.format is not None:
+            raise _UsageError("--format is for prov; an RO-Crate holds PROV-JSON and PROV-N")
         con = _connect(args, ledger)
         with tempfile.TemporaryDirectory(prefix="arl-crate-") as staging:
             try:
                 tables = [p for p, _ in export(con, "parquet", Path(staging))]
             finally:
                 con.close()
-            print(export_ro_crate(ledger, args.dir, search, tables=tables))
+            print(export_ro_crate(ledger, folder, search, tables=tables))
+    return 0
+
+
+def _export_openlineage(args: argparse.Namespace) -> int:
+    from arl.queries.openlineage_export import export_openlineage
+    from arl.ledger.searches import find_search
+
+    if args.target is None:
+        raise _UsageError("give a file (NDJSON) or a receiver's URL, e.g. "
+                          "`arl export openlineage lineage.ndjson` or `arl export openlineage http://127.0.0.1:5000`")
+    with Ledger.open(args.store, read_only=True) as ledger:
+        search = find_search(ledger, args.search) if args.search else None
+        counts = export_openlineage(ledger, args.target, search)
+    states = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "events")
+    print(f"{counts['events']:,} OpenLineage events to {args.target} ({states or 'none'})")
+    return 0
+
+
+def _export_mlflow(args: argparse.Namespace) -> int:
+    from arl.queries.mlflow_export import export_mlflow
+    from arl.ledger.searches import find_search
+
+    if args.tracking_uri is None:
+        raise _UsageError("give the MLflow tracking store, e.g. --tracking-uri sqlite:///mlflow.db "
+                          "or --tracking-uri http://127.0.0.1:5000")
+    if args.target is not None:
+        raise _UsageError(f"mlflow writes to --tracking-uri, not to {args.target!r}; drop it")
+    with Ledger.open(args.store, read_only=True) as ledger:
+        search = find_search(ledger, args.search) if args.search else None
+        result = export_mlflow(ledger, args.tracking_uri, search, experiment=args.experiment)
+    print(result.summary())
+    return 0
+
+
+def cmd_lineage_follow(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from arl.queries.openlineage_export import follow
+    from arl.ledger.searches import find_search
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    with Ledger.open(args.store, read_only=True) as ledger:
+        search = find_search(ledger, args.search) if args.search else None
+        try:
+            sent = follow(ledger, args.url, state=args.state, search=search, stop=stop)
+        except KeyboardInterrupt:
+            stop.set()
+            sent = None
+    print("stopped" + ("" if sent is None else f" after {sent:,} events"), file=sys.stderr)
     return 0
 
 
@@ -141,7 +208,7 @@ class _UsageError(ArlError):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``sql``, ``query``, ``export``, ``import`` and ``report`` to ``arl``'s subcommands."""
+    """Add ``sql``, ``query``, ``export``, ``lineage``, ``import`` and ``report`` to ``arl``'s subcommands."""
     from arl.queries.named import NAMED
 
     p = sub.add_parser("sql", help="run SQL over the ledger's views; no query: an interactive prompt")
@@ -162,13 +229,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     _cache_arg(p)
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("export", help="every view as Parquet or CSV, every event as NDJSON, W3C PROV, or an RO-Crate")
-    p.add_argument("format", choices=("parquet", "csv", "ndjson", "prov", "ro-crate"))
-    p.add_argument("--search", metavar="S", help="prov / ro-crate: one search (default: every search)")
-    p.add_argument("dir", metavar="DIR", type=Path, help="folder to write into (created if missing)")
+    p = sub.add_parser(
+        "export", help="views as Parquet or CSV, events as NDJSON, W3C PROV, an RO-Crate, OpenLineage or MLflow")
+    p.add_argument("what", metavar="FORMAT",
+                   choices=("parquet", "csv", "ndjson", "prov", "ro-crate", "openlineage", "mlflow"),
+                   help="parquet, csv, ndjson, prov, ro-crate (into DIR); openlineage (into FILE or to URL); "
+                   "mlflow (into --tracking-uri)")
+    p.add_argument("target", nargs="?", metavar="DIR|FILE|URL",
+                   help="folder to write into (created if missing); openlineage: an NDJSON file or a receiver's URL")
+    p.add_argument("--search", metavar="S",
+                   help="prov, ro-crate, openlineage, mlflow: one search (default: every search)")
+    p.add_argument("--format", choices=("json", "provn", "ttl", "jsonld"),
+                   help="prov: one serialization (default: PROV-JSON and PROV-N; ttl and jsonld are PROV-O)")
+    p.add_argument("--tracking-uri", metavar="URI", help="mlflow: the tracking store (sqlite:///FILE, http://HOST:PORT)")
+    p.add_argument("--experiment", metavar="NAME", default="arl",
+                   help="mlflow: the experiment the searches go into (default: arl)")
     _store_arg(p)
     _cache_arg(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("lineage", help="stream OpenLineage run events as the ledger grows")
+    lineage = p.add_subparsers(dest="lineage_command", metavar="COMMAND", required=True)
+    p = lineage.add_parser(
+        "follow", help="send each trial's run events to an OpenLineage receiver as they happen",
+        description="Send OpenLineage run events to URL as the ledger grows; resumes after a restart from the "
+        "position it stored (--state), resending at most one ledger event's runs under the same run ids.")
+    p.add_argument("--url", required=True, metavar="URL",
+                   help="the receiver (e.g. http://127.0.0.1:5000, posted to /api/v1/lineage), or an NDJSON file")
+    p.add_argument("--state", type=Path, metavar="FILE",
+                   help="where the follower keeps its position (default: .arl/lineage/<ledger and URL>.json)")
+    p.add_argument("--search", metavar="S", help="one search (default: every search)")
+    _store_arg(p)
+    p.set_defaults(func=cmd_lineage_follow)
 
     from arl.queries.importers import FORMATS
 

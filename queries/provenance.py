@@ -1,4 +1,4 @@
-"""W3C PROV (PROV-JSON and PROV-N) and an RO-Crate of a search, from the ledger.
+"""W3C PROV (PROV-JSON, PROV-N, PROV-O) and a Provenance Run Crate of a search, from the ledger.
 
 The graph, per trial:
 
@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from prov.model import ProvDocument
+from prov.constants import PROV
+from prov.model import Namespace, ProvDocument
 
+from arl.ledger import __version__
 from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.store import Ledger
+from arl.queries.openlineage_export import state_of
 
 NS = "https://arl.dev/ns/prov#"
+#: arl's PROV types (``prov:type`` values are qualified names, so PROV-O gets them as IRIs).
+ARL = Namespace("arl", NS)
 #: How many earlier labelled trials a proposal is recorded as informed by.
 INFORMED_BY = 8
 
@@ -64,9 +70,9 @@ def build_document(ledger: Ledger, search: str | None = None) -> ProvDocument:
 
     for s in searches:
         doc.activity(f"arl:search/{s.originator_id}", s.at, None, {
-            "prov:type": "arl:Search", "prov:label": s.name, "arl:task": s.task,
+            "prov:type": ARL["Search"], "prov:label": s.name, "arl:task": s.task,
             "arl:taskDigest": s.task_digest, "arl:kind": s.kind})
-        doc.entity(f"arl:task/{s.task_digest}", {"prov:type": "arl:Task", "prov:label": s.task})
+        doc.entity(f"arl:task/{s.task_digest}", {"prov:type": ARL["Task"], "prov:label": s.task})
 
     for tid, events in trials.items():
         proposed = next((e for e in events if isinstance(e, ev.TrialProposed)), None)
@@ -80,15 +86,15 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
            program_of: dict[str, str], labelled: list[tuple[int, str]]) -> None:
     tid, search = proposed.originator_id, proposed.search_id
     specialist = doc.agent(f"arl:specialist/{search}/{proposed.agent}", {
-        "prov:type": "prov:SoftwareAgent", "prov:label": proposed.agent,
+        "prov:type": PROV["SoftwareAgent"], "prov:label": proposed.agent,
         "arl:backend": proposed.backend or "manual", "arl:surface": proposed.surface})
     proposal = doc.activity(f"arl:proposal/{tid}", proposed.at, proposed.at, {
-        "prov:type": "arl:Proposal", "arl:seq": proposed.seq, "arl:hypothesis": proposed.hypothesis,
+        "prov:type": ARL["Proposal"], "arl:seq": proposed.seq, "arl:hypothesis": proposed.hypothesis,
         "arl:trial": tid})
     doc.wasAssociatedWith(proposal, specialist)
     doc.wasInformedBy(proposal, f"arl:search/{search}")
     if proposed.agent_call_digest:
-        doc.entity(f"arl:blob/{proposed.agent_call_digest}", {"prov:type": "arl:AgentCall"})
+        doc.entity(f"arl:blob/{proposed.agent_call_digest}", {"prov:type": ARL["AgentCall"]})
         doc.used(proposal, f"arl:blob/{proposed.agent_call_digest}")
     for parent in proposed.parents:
         if parent in program_of:
@@ -98,11 +104,11 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
         for other in seen:
             doc.wasInformedBy(proposal, f"arl:labelling/{other}")
     if proposed.edit_digest:
-        diff = doc.entity(f"arl:blob/{proposed.edit_digest}", {"prov:type": "arl:Diff"})
+        diff = doc.entity(f"arl:blob/{proposed.edit_digest}", {"prov:type": ARL["Diff"]})
         doc.wasGeneratedBy(diff, proposal)
     program = program_of.get(tid)
     if program:
-        child = doc.entity(f"arl:program/{program}", {"prov:type": "arl:Program"})
+        child = doc.entity(f"arl:program/{program}", {"prov:type": ARL["Program"]})
         doc.wasGeneratedBy(child, proposal, proposed.at)
         for parent in proposed.parents:
             if parent in program_of and program_of[parent] != program:
@@ -111,88 +117,133 @@ def _trial(doc: ProvDocument, proposed: ev.TrialProposed, events: list[ev.Event]
     evaluation = None
     for e in events:
         if isinstance(e, ev.EditRejected):
-            pre = doc.activity(f"arl:preflight/{tid}", e.at, e.at, {"prov:type": "arl:Preflight",
+            pre = doc.activity(f"arl:preflight/{tid}", e.at, e.at, {"prov:type": ARL["Preflight"],
                                                                     "arl:check": e.check, "arl:reason": e.reason})
             doc.wasInformedBy(pre, proposal)
             last_activity = pre
         elif isinstance(e, ev.TrialClaimed):
-            worker = doc.agent(f"arl:runner/{e.runner}", {"prov:type": "prov:SoftwareAgent", "arl:host": e.host})
-            pre = doc.activity(f"arl:preflight/{tid}/{e.attempt}", e.at, e.at, {"prov:type": "arl:Preflight"})
+            worker = doc.agent(f"arl:runner/{e.runner}", {"prov:type": PROV["SoftwareAgent"], "arl:host": e.host})
+            pre = doc.activity(f"arl:preflight/{tid}/{e.attempt}", e.at, e.at, {"prov:type": ARL["Preflight"]})
             doc.wasAssociatedWith(pre, worker)
             if program:
                 doc.used(pre, f"arl:program/{program}")
             last_activity = pre
         elif isinstance(e, ev.RunFinished) and e.refused is None:
             run = doc.activity(f"arl:run/{tid}", _start(e), e.at, {
-                "prov:type": "arl:Run", "arl:wallSeconds": e.wall_s, "arl:sandbox": e.sandbox,
+                "prov:type": ARL["Run"], "arl:wallSeconds": e.wall_s, "arl:sandbox": e.sandbox,
                 "arl:exitCode": -1 if e.exit_code is None else e.exit_code})
             doc.wasAssociatedWith(run, f"arl:runner/{e.runner}")
             doc.wasInformedBy(run, last_activity)
             if program:
                 doc.used(run, f"arl:program/{program}")
             for name, digest in e.artifacts.items():
-                art = doc.entity(f"arl:blob/{digest}", {"prov:type": "arl:Artifact", "prov:label": name})
+                art = doc.entity(f"arl:blob/{digest}", {"prov:type": ARL["Artifact"], "prov:label": name})
                 doc.wasGeneratedBy(art, run)
             if e.log_digest:
-                log = doc.entity(f"arl:blob/{e.log_digest}", {"prov:type": "arl:Log"})
+                log = doc.entity(f"arl:blob/{e.log_digest}", {"prov:type": ARL["Log"]})
                 doc.wasGeneratedBy(log, run)
             last_activity = run
         elif isinstance(e, ev.TrialEvaluated):
             version = doc.entity(f"arl:evaluator/{e.evaluator}/{e.evaluator_version}",
-                                 {"prov:type": "arl:EvaluatorVersion"})
-            judge = doc.agent(f"arl:evaluator/{e.evaluator}", {"prov:type": "prov:SoftwareAgent"})
+                                 {"prov:type": ARL["EvaluatorVersion"]})
+            judge = doc.agent(f"arl:evaluator/{e.evaluator}", {"prov:type": PROV["SoftwareAgent"]})
             evaluation = doc.activity(f"arl:evaluation/{tid}", e.at, e.at, {
-                "prov:type": "arl:Evaluation", "arl:score": "none" if e.score is None else e.score})
+                "prov:type": ARL["Evaluation"], "arl:score": "none" if e.score is None else e.score})
             doc.wasAssociatedWith(evaluation, judge)
             doc.used(evaluation, version)
             if e.data_digest:
-                doc.entity(f"arl:data/{e.data_digest}", {"prov:type": "arl:Data"})
+                doc.entity(f"arl:data/{e.data_digest}", {"prov:type": ARL["Data"]})
                 doc.used(evaluation, f"arl:data/{e.data_digest}")
             doc.wasInformedBy(evaluation, last_activity)
             last_activity = evaluation
         elif isinstance(e, ev.TrialLabeled):
             labelling = doc.activity(f"arl:labelling/{tid}", e.at, e.at, {
-                "prov:type": "arl:Labelling", "arl:label": e.label.value, "arl:reason": e.reason})
+                "prov:type": ARL["Labelling"], "arl:label": e.label.value, "arl:reason": e.reason})
             doc.wasInformedBy(labelling, last_activity)
 
 
 def _start(e: ev.RunFinished):
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(e.started_at, UTC) if e.started_at else None
 
 
-def export_prov(ledger: Ledger, folder: Path, search: str | None = None) -> list[Path]:
-    """Write ``prov.json`` (PROV-JSON) and ``prov.provn`` (PROV-N) into ``folder``."""
+#: The serializations of ``arl export prov``: PROV-JSON, PROV-N, and PROV-O as Turtle or JSON-LD.
+PROV_FORMATS = ("json", "provn", "ttl", "jsonld")
+_PROV_FILES = {"json": "prov.json", "provn": "prov.provn", "ttl": "prov.ttl", "jsonld": "prov.jsonld"}
+
+
+def export_prov(ledger: Ledger, folder: Path, search: str | None = None,
+                formats: Iterable[str] = ("json", "provn")) -> list[Path]:
+    """Write the PROV document into ``folder``: ``prov.json`` (PROV-JSON), ``prov.provn`` (PROV-N),
+    ``prov.ttl`` / ``prov.jsonld`` (PROV-O as RDF, by rdflib), as ``formats`` ask."""
+    formats = list(formats)
+    unknown = [f for f in formats if f not in _PROV_FILES]
+    if unknown:
+        raise ArlError(f"unknown PROV format {unknown[0]!r}; use one of {', '.join(PROV_FORMATS)}")
     doc = build_document(ledger, search)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "prov.json", folder / "prov.provn"]
-    paths[0].write_text(doc.serialize(format="json", indent=1))
-    paths[1].write_text(doc.get_provn())
+    paths = []
+    for fmt in formats:
+        path = folder / _PROV_FILES[fmt]
+        if fmt == "json":
+            path.write_text(doc.serialize(format="json", indent=1))
+        elif fmt == "provn":
+            path.write_text(doc.get_provn())
+        else:
+            path.write_text(prov_o(doc, "turtle" if fmt == "ttl" else "json-ld"))
+        paths.append(path)
     return paths
+
+
+def prov_o(doc: ProvDocument, rdf_format: str) -> str:
+    """The document as PROV-O: prov's RDF mapping, serialized by rdflib (``turtle`` or ``json-ld``)."""
+    try:
+        import rdflib  # noqa: F401  (prov's RDF serializer needs it)
+    except ImportError as e:
+        raise ArlError("PROV-O needs rdflib; install it with `pip install rdflib`") from e
+    return doc.serialize(format="rdf", rdf_format=rdf_format)
+
+
+#: The profiles an arl crate conforms to: the Provenance Run Crate and those it builds on.
+CRATE_PROFILES = {
+    "https://w3id.org/ro/wfrun/process/0.5": ("Process Run Crate", "0.5"),
+    "https://w3id.org/ro/wfrun/workflow/0.5": ("Workflow Run Crate", "0.5"),
+    "https://w3id.org/ro/wfrun/provenance/0.5": ("Provenance Run Crate", "0.5"),
+    "https://w3id.org/workflowhub/workflow-ro-crate/1.0": ("Workflow RO-Crate", "1.0"),
+}
+#: The action status of a trial, by the OpenLineage state of its label.
+_STATUS = {"COMPLETE": "http://schema.org/CompletedActionStatus", "FAIL": "http://schema.org/FailedActionStatus",
+           "ABORT": "http://schema.org/FailedActionStatus"}
+_ACTIVE = "http://schema.org/ActiveActionStatus"
 
 
 def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
                     tables: Iterable[Path] = ()) -> Path:
-    """An RO-Crate (Process/Workflow Run Crate profiles): PROV, Parquet tables, kept programs."""
+    """A Provenance Run Crate: the search loop as the workflow, each search its run and organising
+    action, each trial one action (instrument: its specialist; object: the parent programs and
+    the data; result: its program and artifacts; start and end times) with the control action
+    that ties it to the specialist's step. PROV files, Parquet tables and kept programs inside."""
     from rocrate.rocrate import ROCrate
 
     from arl.ledger.programs import get_program, write_folder
 
     folder.mkdir(parents=True, exist_ok=True)
     prov_files = export_prov(ledger, folder / "provenance", search)
-    crate = ROCrate()
+    searches, trials = _search_events(ledger, search)
+    if not searches:
+        raise ArlError(f"no search to export in {ledger.url.display()}")
+    crate = ROCrate(version="1.1")  # the version the Workflow Run Crate profiles 0.5 are written for
     crate.name = "arl search record"
     crate.description = "Trials, programs and provenance of an arl search, exported from its ledger."
-    crate.root_dataset["conformsTo"] = [
-        {"@id": "https://w3id.org/ro/wfrun/process/0.5"},
-        {"@id": "https://w3id.org/ro/wfrun/workflow/0.5"},
-    ]
-    for profile in ("https://w3id.org/ro/wfrun/process/0.5", "https://w3id.org/ro/wfrun/workflow/0.5"):
-        crate.add_jsonld({"@id": profile, "@type": "CreativeWork", "name": profile.rsplit("/", 2)[-2],
-                          "version": "0.5"})
-    tool = crate.add_jsonld({"@id": "#arl", "@type": "SoftwareApplication", "name": "arl",
-                             "url": "https://pypi.org/project/arl/"})
+    # The record is its owner's: arl cannot know under what terms they share it.
+    crate.root_dataset["license"] = {"@id": crate.add_jsonld({
+        "@id": "#license-not-stated", "@type": "CreativeWork", "name": "no license stated",
+        "description": "arl exported this record without a license; ask the ledger's owner before reuse"}).id}
+    crate.root_dataset["conformsTo"] = [{"@id": profile} for profile in CRATE_PROFILES]
+    for profile, (name, version) in CRATE_PROFILES.items():
+        crate.add_jsonld({"@id": profile, "@type": "CreativeWork", "name": name, "version": version})
+    engine = crate.add_jsonld({"@id": "#arl", "@type": "SoftwareApplication", "name": "arl",
+                               "description": "the auto-research ledger (this crate's exporter and the "
+                               "engine that ran the searches)", "softwareVersion": __version__})
     for path in prov_files:
         crate.add_file(path, dest_path=f"provenance/{path.name}",
                        properties={"encodingFormat": "application/json" if path.suffix == ".json"
@@ -200,26 +251,122 @@ def export_ro_crate(ledger: Ledger, folder: Path, search: str | None = None,
     for path in tables:
         crate.add_file(path, dest_path=f"tables/{path.name}",
                        properties={"encodingFormat": "application/vnd.apache.parquet", "name": path.stem})
-    searches, trials = _search_events(ledger, search)
-    kept = []
-    for tid, events in trials.items():
-        label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
-        submitted = next((e for e in events if isinstance(e, ev.TrialSubmitted)), None)
-        if label is None or submitted is None or label.label.value not in ("keep", "baseline"):
-            continue
-        dest = folder / "programs" / tid
-        write_folder(get_program(ledger, submitted.program_digest), dest)
-        kept.append((tid, dest, label, submitted))
-    results = []
-    for tid, dest, label, submitted in kept:
-        ds = crate.add_dataset(dest, dest_path=f"programs/{tid}/", properties={
-            "name": f"program of trial {tid[:8]} ({label.label.value})",
-            "identifier": f"sha256:{submitted.program_digest}"})
-        results.append({"@id": ds.id})
+
+    by_search: dict[str, list[list[ev.Event]]] = {s.originator_id: [] for s in searches}
+    for events in trials.values():
+        if isinstance(events[0], ev.TrialProposed) and events[0].search_id in by_search:
+            by_search[events[0].search_id].append(events)
+    for group in by_search.values():
+        group.sort(key=lambda events: events[0].seq)
+    program_of = {events[0].originator_id: e.program_digest for group in by_search.values() for events in group
+                  for e in events if isinstance(e, ev.TrialSubmitted)}
+
+    # The workflow: arl's loop as each search was configured, with one step (and tool) per specialist.
+    loop = folder / "workflow" / "searches.json"
+    loop.parent.mkdir(parents=True, exist_ok=True)
+    loop.write_text(json.dumps([{"search": s.originator_id, "name": s.name, "task": s.task,
+                                 "task_digest": s.task_digest, "direction": s.direction, "config": s.config}
+                                for s in searches], indent=1, default=str))
+    language = crate.add_jsonld({"@id": "#arl-search-configuration", "@type": "ComputerLanguage",
+                                 "name": "arl search configuration", "version": __version__})
+    tools, steps = [], []
     for s in searches:
-        crate.add_jsonld({"@id": f"#search-{s.originator_id}", "@type": "CreateAction",
-                          "name": s.name, "startTime": s.at.isoformat(),
-                          "instrument": {"@id": tool.id}, "result": results,
-                          "description": json.dumps({"task": s.task, "config": s.config})})
+        agents = list(dict.fromkeys(events[0].agent for events in by_search[s.originator_id]))
+        for position, agent in enumerate(agents):
+            key = f"{s.originator_id}/{agent}"
+            tool = crate.add_jsonld({"@id": f"#specialist/{key}", "@type": "SoftwareApplication",
+                                     "name": f"specialist {agent} ({s.name})", "softwareVersion": __version__})
+            steps.append(crate.add_jsonld({"@id": f"#step/{key}", "@type": "HowToStep", "position": str(position),
+                                           "name": f"trials of {agent}", "workExample": {"@id": tool.id}}))
+            tools.append(tool)
+    workflow = crate.add_file(loop, dest_path="workflow/searches.json", properties={
+        "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+        "name": "arl search loop", "encodingFormat": "application/json", "version": __version__,
+        "programmingLanguage": {"@id": language.id},
+        "hasPart": [{"@id": t.id} for t in tools], "step": [{"@id": st.id} for st in steps]})
+    crate.root_dataset["mainEntity"] = {"@id": workflow.id}
+
+    kept_dataset: dict[str, str] = {}
+    for group in by_search.values():
+        for events in group:
+            label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
+            tid = events[0].originator_id
+            if label is None or tid not in program_of or label.label.value not in ("keep", "baseline"):
+                continue
+            dest = folder / "programs" / tid
+            write_folder(get_program(ledger, program_of[tid]), dest)
+            ds = crate.add_dataset(dest, dest_path=f"programs/{tid}/", properties={
+                "name": f"program of trial {events[0].seq} ({label.label.value})",
+                "identifier": f"sha256:{program_of[tid]}"})
+            kept_dataset[program_of[tid]] = ds.id
+
+    def entity(kind: str, digest: str, name: str) -> dict:
+        if kind == "program" and digest in kept_dataset:
+            return {"@id": kept_dataset[digest]}
+        ident = f"#{kind}/{digest}"
+        if crate.get(ident) is None:
+            crate.add_jsonld({"@id": ident, "@type": "CreativeWork", "name": name, "identifier": f"sha256:{digest}"})
+        return {"@id": ident}
+
+    ids = {s.originator_id for s in searches}
+    stops = {e.originator_id: e for _, e in ledger.iter_events()
+             if isinstance(e, ev.SearchStopped) and e.originator_id in ids}
+    for s in searches:
+        sid = s.originator_id
+        stopped = stops.get(sid)
+        controls = []
+        for events in by_search[sid]:
+            controls.append(_trial_action(crate, s, events, program_of, entity))
+        run = {"@id": f"#search/{sid}", "@type": "CreateAction", "name": f"search {s.name}",
+               "instrument": {"@id": workflow.id}, "startTime": s.at.isoformat(),
+               "description": json.dumps({"task": s.task, "config": s.config}, default=str),
+               "result": [{"@id": i} for i in kept_dataset.values()] or None,
+               "actionStatus": {"@id": _STATUS["COMPLETE"] if stopped else _ACTIVE}}
+        organize = {"@id": f"#organize/{sid}", "@type": "OrganizeAction", "name": f"arl ran search {s.name}",
+                    "instrument": {"@id": engine.id}, "result": {"@id": run["@id"]},
+                    "object": [{"@id": c} for c in controls], "startTime": s.at.isoformat()}
+        if stopped is not None:
+            run["endTime"] = organize["endTime"] = stopped.at.isoformat()
+        crate.add_jsonld({k: v for k, v in run.items() if v is not None})
+        crate.add_jsonld(organize)
     crate.write(folder)
     return folder / "ro-crate-metadata.json"
+
+
+def _trial_action(crate, s: ev.SearchStarted, events: list[ev.Event], program_of: dict[str, str],
+                  entity) -> str:
+    """One trial's CreateAction and the ControlAction that ties it to its specialist's step; returns
+    the control action's id."""
+    proposed = events[0]
+    assert isinstance(proposed, ev.TrialProposed)
+    tid, key = proposed.originator_id, f"{s.originator_id}/{proposed.agent}"
+    claimed = next((e for e in events if isinstance(e, ev.TrialClaimed)), None)
+    run = next((e for e in events if isinstance(e, ev.RunFinished) and e.refused is None), None)
+    evaluated = next((e for e in events if isinstance(e, ev.TrialEvaluated)), None)
+    label = next((e for e in events if isinstance(e, ev.TrialLabeled)), None)
+    objects = [entity("program", program_of[p], "parent program") for p in proposed.parents if p in program_of]
+    if evaluated is not None and evaluated.data_digest:
+        objects.append(entity("data", evaluated.data_digest, f"data of task {s.task}"))
+    results = []
+    if tid in program_of:
+        results.append(entity("program", program_of[tid], f"program of trial {proposed.seq}"))
+    if proposed.edit_digest:
+        results.append(entity("diff", proposed.edit_digest, f"diff of trial {proposed.seq}"))
+    if run is not None:
+        results += [entity("artifact", d, name) for name, d in sorted(run.artifacts.items())]
+        if run.log_digest:
+            results.append(entity("log", run.log_digest, f"log of trial {proposed.seq}"))
+    action = {"@id": f"#trial/{tid}", "@type": "CreateAction",
+              "name": f"trial {proposed.seq}" + (f" ({label.label.value})" if label else ""),
+              "description": proposed.hypothesis, "instrument": {"@id": f"#specialist/{key}"},
+              "startTime": (claimed or proposed).at.isoformat(),
+              "object": objects or None, "result": results or None,
+              "actionStatus": {"@id": _STATUS[state_of(label.label).value] if label else _ACTIVE}}
+    if label is not None:
+        action["endTime"] = label.at.isoformat()
+        if label.reason and state_of(label.label).value != "COMPLETE":
+            action["error"] = f"{label.label.value}: {label.reason}"
+    crate.add_jsonld({k: v for k, v in action.items() if v is not None})
+    crate.add_jsonld({"@id": f"#control/{tid}", "@type": "ControlAction", "name": f"run trial {proposed.seq}",
+                      "instrument": {"@id": f"#step/{key}"}, "object": {"@id": action["@id"]}})
+    return f"#control/{tid}"
