@@ -44,6 +44,7 @@ from arl.ledger.errors import ArlError
 from arl.ledger.events import Label
 from arl.ledger.projections import Projector
 from arl.ledger.store import Ledger
+from arl.tasks.knobs import PLACE
 from arl.tasks.manifest import Surface, Task
 
 #: Tools a session may call: all but ``wait`` (the session's own trial is only
@@ -242,7 +243,7 @@ class AgenticSpecialist:
         b = t.budgets
         knobs = "".join(f"\n- {k.name} in {k.file} ({k.type}"
                         + (f", {k.min:g}..{k.max:g}" if k.min is not None and k.max is not None else "")
-                        + (f", one of {k.choices}" if k.choices else "") + ")" for k in s.knobs)
+                        + (f", one of {k.choices}" if k.choices else "") + (f"; {PLACE[k.where]}" if k.where != "constant" else "") + ")" for k in s.knobs)
         lines = [
             f"You are the {s.name} specialist of an automated research loop improving the training "
             f"recipe of task {t.name!r}: {t.description}",

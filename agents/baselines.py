@@ -3,7 +3,10 @@
 Both see the task's knobs and techniques of every surface as one search space
 (techniques as on/off switches), propose complete configurations applied to the
 base program, and learn only from the scores of their own trials (a failure
-is a failed trial to TPE). They run through the same driver, worker and ledger
+is a failed trial to TPE). Neither ever proposes the unchanged program or one
+the search already ran: a draw that lands on one is drawn again (TPE is told
+the score that program already has), and a space with nothing to move
+proposes nothing. They run through the same driver, worker and ledger
 as the specialists, so their trials are recorded and labelled alike.
 """
 
@@ -18,7 +21,7 @@ from arl.agents.lineage import LineageView
 from arl.ledger.events import trial_id
 from arl.ledger.programs import program_digest
 from arl.ledger.projections import State
-from arl.tasks.knobs import constants, format_value, parse_value, set_constant
+from arl.tasks.knobs import constants, format_value, parse_value, read, set_constant, write
 from arl.tasks.manifest import Knob, Task, Technique
 
 
@@ -42,17 +45,21 @@ class _SearchSpace:
                         program[edit.file] = text.replace(edit.search, edit.replace).encode()
         for knob in self.knobs:
             if knob.name in config:
-                program[knob.file] = set_constant(program[knob.file], knob.name, config[knob.name])
+                program[knob.file] = write(program[knob.file], knob.name, knob.where, config[knob.name])
         return program
 
     def _set(self, program: dict[str, bytes], name: str, value: object) -> dict[str, bytes]:
+        knob = next((k for k in self.knobs if k.name == name), None)
+        if knob is not None:
+            program[knob.file] = write(program[knob.file], knob.name, knob.where, value)
+            return program
         for path, data in program.items():
             if path.endswith(".py") and name in constants(data):
                 program[path] = set_constant(data, name, value)
         return program
 
     def describe(self, config: dict[str, object], base: dict[str, bytes]) -> str:
-        current = {k.name: parse_value(constants(base.get(k.file, b"")).get(k.name, "")) for k in self.knobs}
+        current = {k.name: parse_value(read(base.get(k.file, b""), k.name, k.where)) for k in self.knobs}
         changes = [f"{k} {format_value(current.get(k))} → {format_value(v)}" for k, v in config.items()
                    if not k.startswith("technique:") and current.get(k) != v]
         changes += [k.split(":", 1)[1] for k, v in config.items() if k.startswith("technique:") and v]
@@ -73,6 +80,14 @@ class _Baseline:
         self.state = state
         self.seed = seed
         self.rng = random.Random(f"{seed}/{self.backend}")
+
+    #: Draws tried before a proposer concludes every configuration it can reach has run.
+    DRAWS = 64
+
+    def _fresh(self, view: LineageView, program: dict[str, bytes]) -> bool:
+        """Not the base program and not one the search already ran."""
+        digest = program_digest(program)
+        return digest != program_digest(self.base) and digest not in view.known_programs
 
     def _proposal(self, view: LineageView, config: dict[str, object]) -> tuple[Proposal, str]:
         program = self.space.apply(self.base, config)
@@ -96,14 +111,17 @@ class RandomSearch(_Baseline):
     backend = "random"
 
     def propose(self, view: LineageView) -> Proposal | None:
-        if view.best is None:
+        if view.best is None or not (self.space.knobs or self.space.techniques):
             return None
         # A function of seed and view position, so a replay draws the same samples.
         self.rng = random.Random(f"{self.seed}/random/{view.position}/{view.trials_so_far}")
-        config: dict[str, object] = {k.name: _sample(k, self.rng) for k in self.space.knobs}
-        for t in self.space.techniques:
-            config[f"technique:{t.name}"] = self.rng.random() < 0.5
-        return self._proposal(view, config)[0]
+        for _ in range(self.DRAWS):
+            config: dict[str, object] = {k.name: _sample(k, self.rng) for k in self.space.knobs}
+            for t in self.space.techniques:
+                config[f"technique:{t.name}"] = self.rng.random() < 0.5
+            if self._fresh(view, self.space.apply(self.base, config)):
+                return self._proposal(view, config)[0]
+        return None
 
 
 class TPESearch(_Baseline):
@@ -121,14 +139,24 @@ class TPESearch(_Baseline):
         self.pending: dict[str, object] = {}  # program digest → optuna trial
 
     def propose(self, view: LineageView) -> Proposal | None:
-        if view.best is None:
+        if view.best is None or not (self.space.knobs or self.space.techniques):
             return None
         self._tell(view.search_id)
-        trial = self.study.ask(self._distributions())
-        config = dict(trial.params)
-        proposal, digest = self._proposal(view, config)
-        self.pending[digest] = trial
-        return proposal
+        for _ in range(self.DRAWS):
+            trial = self.study.ask(self._distributions())
+            config = dict(trial.params)
+            program = self.space.apply(self.base, config)
+            if self._fresh(view, program):
+                proposal, digest = self._proposal(view, config)
+                self.pending[digest] = trial
+                return proposal
+            # A program already run (or the base itself): TPE learns its known score, and draws again.
+            outcome = self._outcome(program_digest(program), view.search_id)
+            if outcome is not None and outcome[0] and outcome[1] is not None and math.isfinite(outcome[1]):
+                self.study.tell(trial, outcome[1])
+            else:
+                self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+        return None
 
     def _tell(self, search_id: str) -> None:
         for digest, trial in list(self.pending.items()):

@@ -30,6 +30,7 @@ from arl.agents.lineage import LineageView
 from arl.ledger.errors import ArlError
 from arl.ledger.events import Label
 from arl.ledger.programs import read_folder
+from arl.tasks.knobs import PLACE
 from arl.tasks.manifest import Surface, Task
 
 #: Environment variable holding the API key (sent as a Bearer token only when set).
@@ -579,7 +580,7 @@ class LLMSpecialist:
         knobs = "".join(
             f"\n- {k.name} in {k.file} ({k.type}"
             + (f", {k.min:g}..{k.max:g}" if k.min is not None and k.max is not None else "")
-            + (f", one of {k.choices}" if k.choices else "") + ")"
+            + (f", one of {k.choices}" if k.choices else "") + (f"; {PLACE[k.where]}" if k.where != "constant" else "") + ")"
             for k in s.knobs
         )
         techniques = "".join(f"\n- {x.name}: {x.description}" for x in s.techniques if x.description)

@@ -30,7 +30,7 @@ from arl.agents.merge import MergeConflict, merge_programs
 from arl.ledger.events import Label
 from arl.ledger.programs import program_digest
 from arl.ledger.projections import better
-from arl.tasks.knobs import constants, format_value, parse_value, set_constant
+from arl.tasks.knobs import constants, format_value, parse_value, read, set_constant, write
 from arl.tasks.manifest import Knob, Surface, Task, Technique
 
 _REACTIONS: dict[str, str] = {
@@ -108,7 +108,7 @@ class Tuner:
     def _values(self, program: dict[str, bytes]) -> dict[str, str]:
         values: dict[str, str] = {}
         for knob in self.surface.knobs:
-            values[knob.name] = constants(program.get(knob.file, b"")).get(knob.name, "")
+            values[knob.name] = read(program.get(knob.file, b""), knob.name, knob.where)
         return values
 
     def _candidates(self, current: dict[str, str], view: LineageView,
@@ -304,14 +304,17 @@ class Tuner:
         values = {}
         for knob in self.surface.knobs:
             values.update({k: v for k, v in constants(program.get(knob.file, b"")).items()})
+        values.update(self._values(program))
         return all(k in values and parse_value(values[k]) == v for k, v in technique.set.items())
 
     def _apply(self, program: dict[str, bytes], move: Move) -> dict[str, bytes]:
         child = dict(program)
         for name, value in move.values.items():
             knob = self._knob(name)
-            file = knob.file if knob else self.surface.files[0]
-            child[file] = set_constant(child[file], name, value)
+            if knob is not None:
+                child[knob.file] = write(child[knob.file], knob.name, knob.where, value)
+            else:
+                child[self.surface.files[0]] = set_constant(child[self.surface.files[0]], name, value)
         if move.technique is not None:
             for edit in move.technique.edits:
                 text = child[edit.file].decode()

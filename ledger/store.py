@@ -9,7 +9,7 @@ are added, both inside the same transactions the library already uses:
 
 Events, blobs, chain and meta rows are append-only: triggers refuse UPDATE,
 DELETE (and TRUNCATE on PostgreSQL). Projection checkpoints and lease
-heartbeats are the only mutable rows; they are derived or operational state.
+heartbeats and claim hints are the only mutable rows; they are derived or operational state.
 
 On PostgreSQL the store can be split between two roles: the owner of the
 tables, who creates and migrates them (:func:`migrate`), and a writer for
@@ -60,7 +60,7 @@ GENESIS = b"\x00" * 32
 _SCHEMA_LOCK_KEY = 0x61726C  # "arl"
 #: Bump when the DDL below changes. The owner records ``ddl/<N>`` in arl_meta when it
 #: applies it, so a writer role (which may not run DDL) knows the tables are current.
-DDL_VERSION = 2  # 2: append locks through owner-defined functions (two-role PostgreSQL)
+DDL_VERSION = 3  # 2: append locks through owner-defined functions (two-role PostgreSQL); 3: claim hints
 #: How long a command waits for another process's write lock on an SQLite ledger.
 SQLITE_LOCK_WAIT_S = 30
 #: How long opening waits for it: a command that cannot start says so within seconds.
@@ -223,6 +223,8 @@ _SQLITE_SCHEMA = [
     "position INTEGER NOT NULL, digest TEXT NOT NULL, state BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS arl_leases (trial TEXT PRIMARY KEY, runner TEXT NOT NULL, "
     "expires_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_claim_hints (trial TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+    "runner TEXT NOT NULL, expires_at REAL NOT NULL)",
 ]
 
 _PG_SCHEMA = [
@@ -236,15 +238,17 @@ _PG_SCHEMA = [
     "position bigint NOT NULL, digest text NOT NULL, state bytea NOT NULL)",
     "CREATE TABLE IF NOT EXISTS arl_leases (trial text PRIMARY KEY, runner text NOT NULL, "
     "expires_at double precision NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS arl_claim_hints (trial text PRIMARY KEY, version bigint NOT NULL, "
+    "runner text NOT NULL, expires_at double precision NOT NULL)",
     "CREATE OR REPLACE FUNCTION arl_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$ "
     "BEGIN RAISE EXCEPTION 'arl: % on % refused: the ledger is append-only', "
     "TG_OP, TG_TABLE_NAME; END $$",
 ]
 
 #: Tables a writer role may read and insert into, and those it may also update
-#: (derived checkpoints and lease heartbeats), on PostgreSQL.
+#: (derived checkpoints, lease heartbeats and claim hints), on PostgreSQL.
 _WRITER_INSERTS = ("arl_events", "arl_chain", "arl_blobs")
-_WRITER_UPDATES = ("arl_projections", "arl_leases")
+_WRITER_UPDATES = ("arl_projections", "arl_leases", "arl_claim_hints")
 _WRITER_READS = ("arl_meta",)
 _LOCK_FUNCTIONS = {"arl_lock_events": "arl_events", "arl_lock_blobs": "arl_blobs"}
 
@@ -876,15 +880,44 @@ class Ledger:
                 (trial, runner, expires_at),
             )
 
-    def lease_expiry(self, trial: str, runner: str) -> float | None:
-        """When ``runner``'s last heartbeat on a trial runs out, if it sent any."""
-        with self._backend.read() as c:
+    def lease_expiries(self, trials: Sequence[str]) -> dict[str, tuple[str, float]]:
+        """The last heartbeat of each of ``trials`` that has one: ``{trial: (runner, expires_at)}``, in one query."""
+        out: dict[str, tuple[str, float]] = {}
+        trials = list(trials)
+        for i in range(0, len(trials), 500):
+            chunk = trials[i:i + 500]
+            with self._backend.read() as c:
+                c.execute(self._backend.sql(
+                    f"SELECT trial, runner, expires_at FROM arl_leases WHERE trial IN ({', '.join('?' * len(chunk))})"),
+                    tuple(chunk))
+                for row in c.fetchall():
+                    out[_col(row, "trial")] = (_col(row, "runner"), float(_col(row, "expires_at")))
+        return out
+
+    # -- claim hints (operational, mutable: not part of the record) -----------------------
+
+    def hint_claim(self, trial: str, version: int, runner: str, hold_s: float) -> bool:
+        """Take the hint to claim ``trial`` at stream ``version`` for ``hold_s`` seconds; False if
+        another runner holds it for that version (or a later one) and its hold has not run out.
+
+        One atomic upsert: of the idle workers woken by one submission, one gets the hint and
+        the others move on without reading the trial's stream or trying an append. A hint is
+        only advice: the claim itself is still decided by the stream version.
+        """
+        self._writable()
+        now = time.time()
+        with self._backend.write() as c:
             c.execute(
-                self._backend.sql("SELECT expires_at FROM arl_leases WHERE trial = ? AND runner = ?"),
-                (trial, runner),
+                self._backend.sql(
+                    "INSERT INTO arl_claim_hints (trial, version, runner, expires_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (trial) DO UPDATE SET version = excluded.version, runner = excluded.runner, "
+                    "expires_at = excluded.expires_at "
+                    "WHERE arl_claim_hints.version < excluded.version OR arl_claim_hints.expires_at < ? "
+                    "RETURNING runner"
+                ),
+                (trial, version, runner, now + hold_s, now),
             )
-            row = c.fetchone()
-        return float(_col(row, "expires_at")) if row else None
+            return c.fetchone() is not None
 
     # -- following the log ----------------------------------------------------------------
 

@@ -115,15 +115,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ]
 
         def shut_down(signum: int, _frame: object) -> None:
-            # SIGTERM: give running trials back at once so another worker re-runs them.
+            # SIGTERM (scancel, preemption) or SIGUSR1 (Slurm's warning before the time limit):
+            # give running trials back at once so another worker re-runs them.
+            args.stopped_by = signum
             stop.set()
             for w in workers:
                 w.release.set()
 
         signal.signal(signal.SIGTERM, shut_down)
+        signal.signal(signal.SIGUSR1, shut_down)
         print(f"arl worker {args.name}: {args.slots} slot(s) on {ledger.url.display()}"
               + (f", devices {' '.join(','.join(d) for d in sets)}" if sets else "")
-              + "; Ctrl-C or SIGTERM stops", file=sys.stderr)
+              + "; Ctrl-C, SIGTERM or SIGUSR1 stops", file=sys.stderr)
         threads = [
             threading.Thread(
                 target=w.run, args=(stop,),
@@ -141,6 +144,60 @@ def cmd_worker(args: argparse.Namespace) -> int:
             shut_down(signal.SIGINT, None)
             for t in threads:
                 t.join()
+    return 0
+
+
+def cmd_slurm(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    from pathlib import Path
+
+    from arl.ledger.projections import Projector
+    from arl.runners import slurm
+
+    if args.slurm_command == "submit":
+        sub = slurm.Submission(
+            store=args.store or os.environ.get("ARL_STORE", ""), workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+            partition=args.partition, account=args.account, time=args.time, qos=args.qos,
+            constraint=args.constraint, warn_s=args.warn, requeue=args.requeue,
+            log_dir=Path(args.log_dir), sbatch_args=tuple(args.sbatch_arg or ()),
+            worker_args=tuple(["--max-attempts", str(args.max_attempts)]
+                              + (["--exit-when-idle"] if args.exit_when_idle else [])),
+        )
+        if not sub.store:
+            raise ArlError("arl slurm submit needs --store postgresql://… (or ARL_STORE): the ledger the workers share")
+        note = slurm.loopback_note(sub.store)
+        if note:
+            print(f"arl: note: {note}", file=sys.stderr)
+        job = slurm.submit(sub)
+        gpus = f"{args.gpus_per_worker} GPU(s)" if args.gpus_per_worker else "no GPU"
+        print(f"submitted job array {job}: {args.workers} worker(s), {gpus} and {args.cpus_per_worker} CPU(s) each, "
+              f"logs in {Path(args.log_dir).resolve()}/arl-worker-{job}_N.out\n"
+              f"(arl slurm status --store … · arl slurm cancel --store … {job})")
+        return 0
+    if args.slurm_command == "worker":
+        name = slurm.runner_name(os.environ)
+        devices = slurm.allocated_devices(os.environ, args.gpus_per_worker)
+        extra = args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args
+        argv = ["worker", "--name", name, *(["--store", args.store] if args.store else []),
+                *(["--devices", ",".join(devices), "--gpus-per-trial", str(len(devices))] if devices else []),
+                *extra]
+        wargs = build_parser().parse_args(argv)
+        wargs.stopped_by = None
+        code = wargs.func(wargs)
+        if args.requeue and wargs.stopped_by == signal.SIGUSR1:
+            slurm.requeue_self(os.environ)
+            print(f"arl slurm worker {name}: trial given back before the time limit; job requeued", file=sys.stderr)
+        return code
+    with Ledger.open(args.store, read_only=args.slurm_command == "status") as ledger:
+        if args.slurm_command == "status":
+            state = Projector(ledger, name="cli").catch_up()
+            print(slurm.render_status(slurm.status(ledger, state), ledger.url.display()))
+            return 0
+        cancelled = slurm.cancel(ledger, args.jobs)
+        print(f"cancelled {' '.join(cancelled)}: each worker gives its trial back and exits"
+              if cancelled else f"no arl worker jobs of {ledger.url.display()} in Slurm's queue; nothing cancelled")
     return 0
 
 
@@ -294,6 +351,16 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from arl.runners.serve import ServeAccess, serve
+
+    access = ServeAccess(host=args.host, port=args.port, token_file=args.token_file,
+                         require_token=args.require_token, allow_hosts=tuple(args.allow_host or ()))
+    with Ledger.open(args.store, create=False, read_only=True) as ledger:
+        serve(ledger, access)
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from arl.runners.tokens import TokenFile, default_token_file
 
@@ -380,6 +447,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=int, default=1,
                    help="with --devices: GPUs per slot (a slot runs only tasks needing that many)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("slurm", help="workers as Slurm jobs: submit a job array, list it, cancel it")
+    slurm_sub = p.add_subparsers(dest="slurm_command", metavar="ACTION", required=True)
+    q = slurm_sub.add_parser("submit", help="submit N workers as one job array, each on the GPUs Slurm allocates it")
+    _store_arg(q)
+    q.add_argument("--workers", type=int, required=True, metavar="N", help="array tasks: one worker each")
+    q.add_argument("--gpus-per-worker", type=int, default=0, metavar="G",
+                   help="GPUs each worker's job asks for (--gres=gpu:G; 0: CPU workers, the default)")
+    q.add_argument("--cpus-per-worker", type=int, default=1, metavar="C", help="CPUs per worker job (default 1)")
+    q.add_argument("--partition", metavar="P")
+    q.add_argument("--account", metavar="A")
+    q.add_argument("--time", metavar="T", help="time limit per job, as sbatch takes it (e.g. 4:00:00)")
+    q.add_argument("--qos", metavar="Q")
+    q.add_argument("--constraint", metavar="C", help="node features (sbatch --constraint)")
+    q.add_argument("--warn", type=int, default=120, metavar="S",
+                   help="seconds before the time limit at which Slurm warns the worker (SIGUSR1; default 120)")
+    q.add_argument("--requeue", action="store_true",
+                   help="a worker warned of its time limit gives its trial back and requeues its job")
+    q.add_argument("--log-dir", default=".", metavar="DIR", help="where job logs go (default: here)")
+    q.add_argument("--max-attempts", type=int, default=3,
+                   help="claims of a trial before a lost runner counts as infra_error")
+    q.add_argument("--exit-when-idle", action="store_true", help="workers stop when the queue is empty")
+    q.add_argument("--sbatch-arg", action="append", metavar="ARG",
+                   help="another sbatch option, passed as is (repeat; write --sbatch-arg=--mem=32G)")
+    q.set_defaults(func=cmd_slurm)
+    q = slurm_sub.add_parser("status", help="this ledger's worker jobs: Slurm state, node and the trial each runs")
+    _store_arg(q)
+    q.set_defaults(func=cmd_slurm)
+    q = slurm_sub.add_parser("cancel", help="scancel this ledger's worker jobs (each gives its trial back)")
+    _store_arg(q)
+    q.add_argument("jobs", nargs="*", metavar="JOB", help="only these jobs (default: all of this ledger's)")
+    q.set_defaults(func=cmd_slurm)
+    q = slurm_sub.add_parser("worker", help="(inside a job arl slurm submit made) one worker on the job's allocation")
+    _store_arg(q)
+    q.add_argument("--gpus-per-worker", type=int, default=0, metavar="G")
+    q.add_argument("--requeue", action="store_true")
+    q.add_argument("worker_args", nargs=argparse.REMAINDER, help="passed on to arl worker")
+    q.set_defaults(func=cmd_slurm)
 
     p = sub.add_parser("run", help="run a search: specialists propose, workers run, the ledger records")
     _store_arg(p)
@@ -474,7 +579,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait calls pending at once in the whole server (default 64)")
     p.set_defaults(func=cmd_mcp)
 
-    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http)")
+    p = sub.add_parser("serve", help="a live dashboard of the ledger's searches in the browser (read-only)")
+    _store_arg(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other address requires a token)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    _token_file_arg(p)
+    p.add_argument("--require-token", action="store_true", help="ask for a token on loopback too")
+    p.add_argument("--allow-host", metavar="NAME", action="append",
+                   help="also answer requests for this host name or address")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("token", help="bearer tokens for arl's HTTP interfaces (arl mcp --transport http, arl serve)")
     token_sub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     q = token_sub.add_parser("add", help="make a token and print it once (the token file keeps its hash)")
     q.add_argument("name", help="the identity recorded with what the token does, e.g. alice or opt-agent")

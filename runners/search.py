@@ -67,6 +67,8 @@ class Summary(msgspec.Struct, kw_only=True):
     noise_floor: float = 0.0
     floor_source: str = "manifest"
     floor_note: str = ""
+    #: The trials in flight and the runner of each ("#7 on slurm-123_4@node07").
+    running_on: tuple[str, ...] = ()
 
     @property
     def gain(self) -> float | None:
@@ -91,6 +93,8 @@ def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary
         keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
         elapsed_s=last - started, noise_floor=search.noise_floor, floor_source=search.floor_source,
         floor_note=search.floor_note,
+        running_on=tuple(f"#{r.seq} on {r.runner}" for r in sorted(rows, key=lambda r: r.seq)
+                         if r.label is None and r.status in ("claimed", "finished", "evaluated") and r.runner),
     )
 
 
@@ -108,6 +112,7 @@ def render_summary(s: Summary, where: str) -> str:
         f"keeps by specialist: {keeps}",
         f"labels: {labels}",
         f"noise floor: {s.noise_floor:.4g} ({s.floor_source})" + (f" — {s.floor_note}" if s.floor_note else ""),
+        *([f"running: {', '.join(s.running_on)}"] if s.running_on else []),
         f"ledger: {where}   (arl status {s.search_id[:8]} · arl show {s.search_id[:8]}#SEQ · "
         f"arl report --search {s.search_id[:8]} -o report.html)",
     ])

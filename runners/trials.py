@@ -233,6 +233,18 @@ def record_proposal(
 _CLAIMABLE = (ev.TrialSubmitted, ev.LeaseExpired)
 
 
+#: Seconds a claim hint holds a trial for the worker that took it (one that dies meanwhile
+#: delays the trial this long; the claim itself needs well under a second).
+CLAIM_HINT_S = 10.0
+
+
+def claim_hint(ledger: Ledger, trial: str, version: int, runner: str, *, hold_s: float = CLAIM_HINT_S) -> bool:
+    """Whether ``runner`` may try to claim ``trial``, queued at stream ``version``: of many idle
+    workers woken by one submission, one gets True and the rest skip the trial without a
+    conflict (no stream read, no append). Only advice: :func:`claim` still decides."""
+    return ledger.hint_claim(trial, version, runner, hold_s)
+
+
 def claim(ledger: Ledger, trial: str, runner: str, *, lease_s: float = 60.0) -> ev.TrialClaimed:
     """Take a submitted trial for ``runner``; raises ConflictError if it is not free."""
     events = ledger.stream(trial)
@@ -261,12 +273,14 @@ def expire_leases(ledger: Ledger, state: State, *, max_attempts: int) -> int:
     """
     expired_count = 0
     now = datetime.now(UTC).timestamp()
-    for row in list(state.trials.values()):
-        if row.status not in ("claimed", "finished") or row.claimed_at is None:
-            continue
-        deadline = row.claimed_at.timestamp() + row.lease_s
-        beat = ledger.lease_expiry(row.trial_id, row.runner or "")
-        if max(deadline, beat or 0.0) >= now:
+    # Only trials past their claim's own lease can have expired; their heartbeats in one query.
+    overdue = [row for row in list(state.trials.values())
+               if row.status in ("claimed", "finished") and row.claimed_at is not None
+               and row.claimed_at.timestamp() + row.lease_s < now]
+    beats = ledger.lease_expiries([row.trial_id for row in overdue]) if overdue else {}
+    for row in overdue:
+        runner, beat = beats.get(row.trial_id, ("", 0.0))
+        if runner == (row.runner or "") and beat >= now:
             continue
         events: list[ev.Event] = [ev.LeaseExpired(
             originator_id=row.trial_id, originator_version=row.version + 1,

@@ -21,6 +21,7 @@ to the queue; after ``max_attempts`` they are labelled ``infra_error``.
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import threading
 import time
@@ -37,7 +38,15 @@ from arl.ledger.store import Ledger, hostname
 from arl.runners.config import SearchConfig
 from arl.runners.labels import Best, Decision, Floor, decide, label_runs
 from arl.runners.sandbox import hiding_sqlite, run_process
-from arl.runners.trials import StaleLease, TrialRecorder, claim, expire_leases, renew_lease
+from arl.runners.trials import (
+    CLAIM_HINT_S,
+    StaleLease,
+    TrialRecorder,
+    claim,
+    claim_hint,
+    expire_leases,
+    renew_lease,
+)
 from arl.tasks import legality
 from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data, training_feed
@@ -45,6 +54,8 @@ from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
 from arl.tasks.registry import task_of
 
+#: Seconds a recipe killed by SIGTERM from outside waits for this worker's own shutdown signal.
+SIGNAL_GRACE_S = 2.0
 #: Artifacts kept in the blob store per trial (bigger outputs are named, not kept).
 ARTIFACT_BYTES = 64 * 1024 * 1024
 
@@ -90,6 +101,10 @@ class Worker:
         self._started: dict[str, ev.SearchStarted] = {}
         self.programs = ProgramCache(ledger)
         self._stop = threading.Event()
+        #: Set when a trial's confirmation runs were stopped by the worker's shutdown.
+        self._interrupted = False
+        #: (trial, queued version) → until when another worker holds its claim hint.
+        self._hints_lost: dict[tuple[str, int], float] = {}
 
     # -- the loop --------------------------------------------------------------------
 
@@ -116,6 +131,14 @@ class Worker:
             if not self._fits(trial):
                 continue  # it needs another number of GPUs than this slot has
             if self._waits_for_baseline(state, trial):
+                continue
+            queued_at = (trial, state.trials[trial].version)
+            if self._hints_lost.get(queued_at, 0.0) > time.monotonic():
+                continue  # lost its hint a moment ago: not asked again at every wake
+            if not claim_hint(self.ledger, trial, queued_at[1], self.name):
+                # Another idle worker is claiming it; no race for the same trial.
+                self._hints_lost = {k: t for k, t in self._hints_lost.items() if t > time.monotonic()}
+                self._hints_lost[queued_at] = time.monotonic() + CLAIM_HINT_S
                 continue
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
@@ -206,7 +229,7 @@ class Worker:
         with tempfile.TemporaryDirectory(prefix="arl-trial-", dir=self.work_dir) as tmp:
             root = Path(tmp)
             runs = self._run_seeds(loaded, program, submitted.seeds, root)
-            if any(r.process.killed_for == "cancelled" for r in runs):
+            if self._shutting_down(runs):
                 record.released()
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
@@ -218,19 +241,40 @@ class Worker:
                     record.released(f"the search's baseline (trial #{failed_base.seq}) failed: "
                                     f"{failed_base.label.value}; back in the queue until it is measured again")
                     return
+                if self.release.is_set():
+                    record.released()  # stopped while the baseline was still being measured
+                    return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
                                 wallclock_s=loaded.task.budgets.wallclock_s)
             if failed is not None:
                 record.label(*failed)
                 return
             evaluation = self._evaluate(loaded, runs, root)
+            if isinstance(evaluation, str) and self._shutting_down([]):
+                record.released()  # the evaluator's processes died with the job
+                return
             if isinstance(evaluation, str):
                 record.label(Label.CRASH, evaluation)
                 return
             label, reason, evaluation, evidence = self._judge(loaded, proposed, program, runs, evaluation, root)
+            if self._interrupted:
+                record.released()  # the confirmation runs were stopped with the worker
+                return
         record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason,
                                      self._deltas(proposed, evaluation.score), loaded.data_digest,
                                      evidence=evidence)
+
+    def _shutting_down(self, runs: list[SeedRun]) -> bool:
+        """Whether this worker is giving its trial back rather than judging it.
+
+        Slurm's scancel or preemption signals every process of the job at once: a recipe may
+        die of that SIGTERM a moment before this worker's own handler sets ``release``, and
+        must not be labelled a crash for it."""
+        if any(r.process.killed_for == "cancelled" for r in runs):
+            return True
+        if any(r.process.signal == signal.SIGTERM and r.process.killed_for is None for r in runs):
+            return self.release.wait(SIGNAL_GRACE_S)
+        return self.release.is_set()
 
     def _search_started(self, search_id: str) -> ev.SearchStarted:
         if search_id not in self._started:
@@ -324,9 +368,13 @@ class Worker:
                runs: list[SeedRun], evaluation: Evaluation, root: Path
                ) -> Decision:
         task = loaded.task
+        self._interrupted = False
 
         def confirm() -> tuple[Evaluation, list[int]] | str:
             extra = self._run_seeds(loaded, program, task.confirm_seeds, root / "confirm")
+            if self._shutting_down(extra):
+                self._interrupted = True
+                return "the worker shut down during confirmation"
             failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s)
             if failed is not None:
                 return failed[1]
@@ -358,7 +406,7 @@ class Worker:
         state = self.projector.catch_up()
         base = state.baseline_of(search_id)
         while (base is not None and base.label is None and base.status in ("claimed", "finished", "evaluated")
-               and time.monotonic() < deadline):
+               and time.monotonic() < deadline and not self.release.is_set()):
             self.ledger.wait(state.position, 1.0)
             state = self.projector.catch_up()
             base = state.baseline_of(search_id)

@@ -24,6 +24,7 @@ import msgspec
 
 from arl.ledger.errors import ArlError
 from arl.ledger.events import Budget
+from arl.tasks import knobs as knob_sites
 
 
 class TaskError(ArlError):
@@ -31,10 +32,18 @@ class TaskError(ArlError):
 
 
 class Knob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A constant at the top of a recipe file (``NAME = value``) the tuner may set."""
+    """A value in a recipe file the tuner may set; ``where`` says where it lives (``tasks.knobs``).
+
+    "constant": a top-level ``NAME = value``; "env": the default of
+    ``os.environ.get("NAME", value)``; "argparse": the ``default=`` of
+    ``add_argument("--name", …)`` (``name`` is the option, dashes and all); "dict":
+    an entry of a top-level dict literal, ``name`` dotted from the dict's variable
+    (``hyp.opt.lr``).
+    """
 
     name: str
     file: str
+    where: Literal["constant", "env", "argparse", "dict"] = "constant"
     type: Literal["int", "float", "bool", "choice"]
     min: float | None = None
     max: float | None = None
@@ -364,9 +373,9 @@ def check_recipe(task: Task, fail: typing.Callable[[str, str], None]) -> None:
         for k in s.knobs:
             if k.file not in s.files:
                 fail(f"surfaces.{s.name}.knobs.{k.name}", f"file {k.file} is not in the surface's files")
-            text = (task.recipe_dir / k.file).read_text()
-            if not re.search(rf"^{re.escape(k.name)}\s*=", text, re.M):
-                fail(f"surfaces.{s.name}.knobs.{k.name}", f"no line `{k.name} = …` in {k.file}")
+            found = knob_sites.problem((task.recipe_dir / k.file).read_bytes(), k.name, k.where, k.file)
+            if found is not None:
+                fail(f"surfaces.{s.name}.knobs.{k.name}", found)
             if k.type in ("int", "float") and (k.min is None or k.max is None or k.min > k.max):
                 fail(f"surfaces.{s.name}.knobs.{k.name}", "numeric knobs need min <= max")
             if k.type == "choice" and not k.choices:

@@ -145,7 +145,10 @@ def test_import_then_report_from_the_command_line(tmp_path, sqlite_url):
     report = arl("report", "--search", "ar", "-o", str(tmp_path / "r.html"), "--store", sqlite_url)
     assert report.returncode == 0, report.stderr
     assert "1 search(es), 9 trials" in report.stdout
-    assert (tmp_path / "r.html").read_text().count('data-kind=progress') == 1
+    html = (tmp_path / "r.html").read_text()
+    data = json.loads(html.split("id=arl-data>", 1)[1].split("</script>", 1)[0])
+    assert data["kind"] == "report" and [s["name"] for s in data["sections"]] == ["ar"]
+    assert len(data["sections"][0]["marks"]) == 9
 
 
 def test_every_command_that_opens_a_ledger_takes_store():

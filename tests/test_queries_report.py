@@ -36,6 +36,16 @@ def _browser_dom(page: Path, profile: Path) -> str:
     return out.stdout
 
 
+def _quartiles(rows: list) -> list:
+    """(quartile, row) as DuckDB's ntile(4) splits rows in order: the first quartiles take the remainder."""
+    n, out, start = len(rows), [], 0
+    for q in range(4):
+        size = n // 4 + (1 if q < n % 4 else 0)
+        out += [(q + 1, r) for r in rows[start:start + size]]
+        start += size
+    return out
+
+
 def _drawn(dom: str) -> dict[str, int]:
     return {
         m.group(1): int(m.group(2))
@@ -70,15 +80,20 @@ def test_report_is_self_contained_and_drawn_in_a_browser(ledger_with_search, tmp
     # nothing is fetched: no external scripts, styles, images or fonts
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', text)
     assert "@import" not in text and "url(" not in text
-    # user text is escaped, never executed
-    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)" in text
+    # user text reaches the page as JSON that cannot close its element, and is drawn as text
+    assert "<script>alert(1)</script>" not in text and "\\u003cscript\\u003ealert(1)" in text
 
     dom = _browser_dom(page, tmp_path / "profile")
     assert 'data-ready="1"' in dom, "the page's script did not finish"
+    assert "<script>alert(1)" not in dom and "&lt;script&gt;alert(1)" in dom
     drawn = _drawn(dom)
     keeps = sum(1 for p in PLAN if p[3].value in ("keep", "baseline"))
     labels = {(p[1], p[3]) for p in PLAN if p[3].value != "baseline"}
-    assert drawn == {"progress-0": len(PLAN), "tree-0": keeps, "mix-0": len(labels)}
+    # the lineage tree holds every trial, failures too
+    assert {k: drawn[k] for k in ("progress-0", "tree-0", "mix-0")} == {
+        "progress-0": len(PLAN), "tree-0": len(PLAN), "mix-0": len(labels)}
+    quartile_labels = {(q, p[3]) for q, p in _quartiles([p for p in PLAN if p[3].value != "baseline"])}
+    assert drawn["quartiles-0"] == len(quartile_labels)
     # every trial is a mark: a circle if it has a score, a tick on the strip if not
     scored = sum(1 for p in PLAN if p[4] is not None)
     progress = dom[dom.index('id="progress-0"'): dom.index('id="tree-0"')]
@@ -105,7 +120,8 @@ def test_report_of_every_search_and_bad_requests(sqlite_url, tmp_path):
             write_report(con, tmp_path / "x.html", search="three")
     dom = _browser_dom(tmp_path / "all.html", tmp_path / "profile")
     drawn = _drawn(dom)
-    assert set(drawn) == {f"{k}-{n}" for k in ("progress", "tree", "mix") for n in (0, 1)}
+    assert set(drawn) == {f"{k}-{n}" for k in ("progress", "tree", "mix", "quartiles", "throughput")
+                          for n in (0, 1)}
     assert all(v > 0 for v in drawn.values())
 
 
@@ -120,9 +136,9 @@ def test_report_of_the_papers_run_draws_every_trial(tmp_path, sqlite_url):
         con = connect(ledger)
         write_report(con, tmp_path / "pg.html")
     dom = _browser_dom(tmp_path / "pg.html", tmp_path / "profile")
-    # 201 rows: 190 with a score as circles, the 11 crashes as ticks; baseline + 16 keeps
+    # 201 rows: 190 with a score as circles, the 11 crashes as ticks; every one in the tree
     drawn = _drawn(dom)
-    assert drawn["progress-0"] == 201 and drawn["tree-0"] == 17
+    assert drawn["progress-0"] == 201 and drawn["tree-0"] == 201
     progress = dom[dom.index('id="progress-0"'): dom.index('id="tree-0"')]
     assert progress.count('class="mark"') == 190
     assert progress.count('class="mark unscored"') == 11
