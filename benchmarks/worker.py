@@ -100,6 +100,7 @@ def measure(url: str, task_dir: Path, trials: int) -> list[dict[str, float]]:
                     "latency_s": metrics["started"] - submitted,
                     "total_s": labeled - submitted,
                     "recipe_s": metrics["finished"] - metrics["started"],
+                    "sandbox": by_type["RunFinished"].sandbox,
                 })
     finally:
         worker.terminate()
@@ -107,17 +108,33 @@ def measure(url: str, task_dir: Path, trials: int) -> list[dict[str, float]]:
     return rows
 
 
-def builtin_report() -> None:
+def builtin_report(devices: str | None = None) -> None:
+    """Each built-in task's base program through a worker; adapter tasks (the paper's GPU recipes)
+    only where their checkout and data are found (option-less: ARL_RECIPE_FROM_<TASK> /
+    ARL_DATA_<TASK> or arl.toml), on ``devices`` (default: the visible GPUs)."""
+    from arl.ledger.errors import ArlError
     from arl.runners.taskcheck import check_task
+    from arl.tasks.adapters import locate
     from arl.tasks.registry import BUILTIN
 
     for folder in sorted(BUILTIN.glob("*/task.toml")):
         t0 = time.perf_counter()
-        task, report = check_task(str(folder.parent))
+        name = folder.parent.name
+        task = load_task(folder.parent)
+        if task.source is not None and (locate(name, "recipe_from") is None or locate(name, "data") is None):
+            print(f"\n{name}: adapter task, skipped: set ARL_RECIPE_FROM_{name.upper().replace('-', '_')} and "
+                  f"ARL_DATA_{name.upper().replace('-', '_')} (or arl.toml) to your checkout and data to include it")
+            continue
+        try:
+            task, report = check_task(str(folder.parent), devices=devices if task.needs.gpus else None)
+        except ArlError as e:
+            print(f"\n{name}: not run: {e}")
+            continue
         print(f"\n{task.name}: base program → {report.label}, {task.objective.metric} = "
               f"{report.score:.4f}" if report.score is not None else f"\n{task.name}: {report.label}")
         print(f"  run wallclock {report.wall_s:.1f} s over seeds {task.seeds}; "
-              f"check took {time.perf_counter() - t0:.0f} s in all")
+              f"check took {time.perf_counter() - t0:.0f} s in all" if report.wall_s is not None else
+              f"  no run: {report.reason}")
         for c in report.checks:
             limit = f"limit {c.limit:g}" if c.limit is not None else ""
             value = f"{c.value:.6g}" if c.value is not None else "-"
@@ -128,10 +145,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--skip-builtin", action="store_true")
+    parser.add_argument("--devices", help="devices for the adapter tasks' base programs (e.g. 0-7, cpu:8)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="arl-bench-worker-") as d:
         d = Path(d)
         fast = measure(f"sqlite:///{d / 'fast.db'}", make_probe_task(d / "fast", 0.0), args.trials)
+        sandboxes = sorted({r["sandbox"] for r in fast})
+        print(f"sandbox: {', '.join(sandboxes)} (bubblewrap with its own PID namespace when 'bwrap'; "
+              f"limits on processes, bytes written and every descendant's memory)")
         spawn = sorted(r["spawn_s"] * 1000 for r in fast)
         lat = sorted(r["latency_s"] * 1000 for r in fast)
         print(f"submit → recipe process spawned, SQLite, {len(spawn)} trials: median "
@@ -145,7 +166,7 @@ def main() -> None:
               f"(submit → labelled {statistics.median(r['total_s'] for r in slow):.2f} s; "
               f"recipe {statistics.median(r['recipe_s'] for r in slow):.2f} s; target <= 3 %)")
     if not args.skip_builtin:
-        builtin_report()
+        builtin_report(args.devices)
 
 
 if __name__ == "__main__":

@@ -205,6 +205,9 @@ class TrialEvaluated(Event, frozen=True, kw_only=True):
     seeds: tuple[int, ...] = ()
     #: sha256 of the task's data (training and held-out files) the evaluation used.
     data_digest: str | None = None
+    #: False: the score was read from the recipe's own log (its claim, not measured by the
+    #: evaluator); True: computed by the evaluator; None: recorded before arl told them apart.
+    verified: bool | None = None
 
 
 class Evidence(msgspec.Struct, frozen=True, kw_only=True, gc=False):

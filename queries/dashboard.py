@@ -250,7 +250,7 @@ def _throughput(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 def _keeps(con: duckdb.DuckDBPyConnection, limit: int | None, ledger: Ledger | None) -> list[dict[str, Any]]:
     rows = con.execute("""
         SELECT v.i, v.seq, v.trial_id, v.id, v.agent, v.label, v.score, v.delta_vs_best, t.hypothesis,
-               t.edit_digest, t.source->>'snapshot_path', t.evidence
+               t.edit_digest, t.source->>'snapshot_path', t.evidence, t.verified
         FROM _view v JOIN log.trials t USING (trial_id)
         WHERE v.label IN ('keep', 'baseline') ORDER BY v.i DESC LIMIT $n""",
                        {"n": limit if limit is not None else 2**62}).fetchall()
@@ -259,7 +259,8 @@ def _keeps(con: duckdb.DuckDBPyConnection, limit: int | None, ledger: Ledger | N
         out.append({"i": r[0], "seq": r[1], "trial": r[2], "id": r[3], "agent": r[4], "label": r[5],
                     "score": r[6], "delta": r[7], "hypothesis": r[8] or "",
                     "diff": _blob_text(ledger, r[9]) if ledger is not None else None, "snapshot": r[10],
-                    "evidence": evidence_lines(e) if (e := evidence_of(r[11])) is not None else []})
+                    "evidence": evidence_lines(e) if (e := evidence_of(r[11])) is not None else [],
+                    "verified": r[12]})
     return out
 
 
@@ -292,7 +293,7 @@ def trial_view(con: duckdb.DuckDBPyConnection, ledger: Ledger, trial: str) -> di
                t.backend, t.parents, t.hypothesis, t.expected_delta, t.label, t.score, t.delta_vs_parent,
                t.delta_vs_best, t.reason, t.metrics, t.wall_s, t.exit_code, t.runner, t.state,
                t.edit_digest, t.agent_call_digest, t.proposed_at, t.labeled_at, s.direction,
-               t.source->>'snapshot_path', t.source->>'status', pt.score
+               t.source->>'snapshot_path', t.source->>'status', pt.score, t.verified
         FROM log.trials t JOIN searches s USING (search) LEFT JOIN log.trials pt ON pt.trial_id = t.parents[1]
         WHERE t.trial_id = $t""", {"t": trial}).fetchall()
     if not rows:
@@ -301,7 +302,7 @@ def trial_view(con: duckdb.DuckDBPyConnection, ledger: Ledger, trial: str) -> di
     keys = ("trial", "search", "search_name", "seq", "id", "agent", "surface", "backend", "parents",
             "hypothesis", "expected_delta", "label", "score", "delta_vs_parent", "delta_vs_best", "reason",
             "metrics", "wall_s", "exit_code", "runner", "state", "edit_digest", "agent_call_digest",
-            "proposed_at", "labeled_at", "direction", "snapshot", "source_status", "parent_score")
+            "proposed_at", "labeled_at", "direction", "snapshot", "source_status", "parent_score", "verified")
     t = {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in zip(keys, r)}
     t["metrics"] = json.loads(t["metrics"]) if isinstance(t["metrics"], str) else (t["metrics"] or {})
     t["parents"] = list(t["parents"] or [])
@@ -703,7 +704,7 @@ function renderSearch(s, box) {
   else h(box, "p", {class: "muted"}, "no model calls recorded");
   h(box, "h3", {}, "Keeps");
   table(box, ["seq", "id", "agent", "label", "score", "Δ vs best", "hypothesis", "diff", "evidence"], s.keeps.map(k => [
-    k.seq, td => link(td, trialHref(k.trial), k.id), k.agent, td => chip(td, k.label), fmt(k.score), signed(k.delta),
+    k.seq, td => link(td, trialHref(k.trial), k.id), k.agent, td => chip(td, k.label), fmt(k.score) + (k.verified === false ? " (from the recipe's log)" : ""), signed(k.delta),
     k.hypothesis, td => {
       if (k.diff) { const det = h(td, "details"); h(det, "summary", {}, "diff"); diffPre(det, k.diff); }
       else if (k.snapshot) h(td, "span", {class: "muted"}, "snapshot " + k.snapshot);
@@ -720,7 +721,7 @@ function renderTrial(t) {
   h(h1, "small", {}, `${t.id} · ${t.trial} · search `);
   link(h1.lastChild, "/search/" + encodeURIComponent(t.search), t.search_name);
   const p = h(main, "p", {id: "verdict"}); chip(p, t.label || t.state);
-  p.appendChild(document.createTextNode(` score ${fmt(t.score)} · by ${t.agent} (${t.backend || "manual"}) on ${t.surface || "–"}` +
+  p.appendChild(document.createTextNode(` score ${fmt(t.score)}${t.verified === false ? " (from the recipe's log: the program's own claim, not measured by the evaluator)" : ""} · by ${t.agent} (${t.backend || "manual"}) on ${t.surface || "–"}` +
     ` · ${t.wall_s === null ? "" : t.wall_s.toFixed(1) + " s"} ${t.reason ? "· " + t.reason : ""}`));
   h(main, "h3", {}, "Hypothesis");
   h(main, "p", {id: "hypothesis"}, t.hypothesis || "–");

@@ -48,7 +48,7 @@ SELECT p.search_id AS search, p.seq, p.stream AS trial_id, p.agent, p.surface, p
        p.parents, p.hypothesis, p.expected_delta,
        lab.label, coalesce(lab.score, evl.score) AS score, lab.improvement,
        lab.delta_vs_parent, lab.delta_vs_best, coalesce(lab.reason, rej.reason) AS reason,
-       evl.metrics, run.wall_s, run.exit_code, run.runner,
+       evl.metrics, evl.verified, run.wall_s, run.exit_code, run.runner,
        p.at AS proposed_at, cl.at AS claimed_at, run.at AS finished_at, lab.at AS labeled_at,
        {_STATE} AS state,
        p.edit_digest, p.agent_call_digest,

@@ -96,22 +96,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from arl.runners.config import INSTALL_SANDBOX
+    from arl.runners.sandbox import bwrap_path
+    from arl.runners.devices import DevicePool, parse
     from arl.runners.worker import Worker
 
-    from arl.tasks.adapters import device_sets, parse_devices
-
-    devices = parse_devices(args.devices) if args.devices else []
-    # Each slot gets a disjoint set of devices; --gpus-per-trial sets its size.
-    sets = device_sets(devices, args.gpus_per_trial)[: args.slots] if devices else []
-    if devices and len(sets) < args.slots:
-        raise ArlError(f"--devices {args.devices} gives {len(sets)} set(s) of {args.gpus_per_trial} "
-                       f"for {args.slots} slots; add devices or lower --slots")
+    # One pool of devices for all slots: each trial takes as many as its task needs.
+    devices = parse(args.devices) if args.devices is not None else None
+    if devices is not None and args.gpus_per_trial is not None and len(devices.ids) < args.gpus_per_trial:
+        raise ArlError(f"--devices {args.devices} gives {len(devices.ids)} device(s), fewer than "
+                       f"--gpus-per-trial {args.gpus_per_trial}; add devices")
+    slots = args.slots
+    if slots is None:  # with devices: room for as many one-device trials as there are devices
+        per = args.gpus_per_trial or 1
+        slots = max(1, len(devices.ids) // per) if devices is not None and devices.ids else 1
+    pool = DevicePool(devices) if devices is not None and devices.ids else None
     with Ledger.open(args.store) as ledger:
         stop = threading.Event()
         workers = [
-            Worker(ledger, name=f"{args.name}/{i}" if args.slots > 1 else args.name,
-                   max_attempts=args.max_attempts, devices=sets[i] if sets else None)
-            for i in range(args.slots)
+            Worker(ledger, name=f"{args.name}/{i}" if slots > 1 else args.name,
+                   max_attempts=args.max_attempts, pool=pool, sandbox=args.sandbox or "bwrap",
+                   say=lambda line: print(line, file=sys.stderr, flush=True))
+            for i in range(slots)
         ]
 
         def shut_down(signum: int, _frame: object) -> None:
@@ -124,9 +130,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, shut_down)
         signal.signal(signal.SIGUSR1, shut_down)
-        print(f"arl worker {args.name}: {args.slots} slot(s) on {ledger.url.display()}"
-              + (f", devices {' '.join(','.join(d) for d in sets)}" if sets else "")
-              + "; Ctrl-C, SIGTERM or SIGUSR1 stops", file=sys.stderr)
+        if bwrap_path() is None:
+            print(f"warning: no sandbox: recipes run without bubblewrap, with your permissions; {INSTALL_SANDBOX}"
+                  + ("" if args.sandbox == "none" else "; trials of searches with model-written code stay "
+                     "queued (arl worker --sandbox none runs them unsandboxed)"), file=sys.stderr)
+        print(f"arl worker {args.name}: {slots} slot(s) on {ledger.url.display()}"
+              + (f", {devices.describe()}, each trial takes what its task needs" if devices is not None else
+                 ", no devices (trials that need GPUs are left to other workers, and said so)")
+              + "; Ctrl-C, SIGTERM or SIGUSR1 stops", file=sys.stderr, flush=True)
         threads = [
             threading.Thread(
                 target=w.run, args=(stop,),
@@ -216,8 +227,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_task_check(args: argparse.Namespace) -> int:
     from arl.runners.taskcheck import check_task
 
-    task, report = check_task(args.path, run=not args.no_run, recipe_from=args.recipe_from, data=args.data)
+    task, report = check_task(args.path, run=not args.no_run, recipe_from=args.recipe_from, data=args.data,
+                              devices=args.devices)
     print(f"{task.name}: manifest, evaluator and data ok ({task.folder})")
+    for line in report.paths:
+        print(line)
     if args.no_run:
         return 0
     print(f"base program: {report.label}, {task.objective.metric} = {report.score}, "
@@ -247,10 +261,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
         recipe_from=args.recipe_from, data=args.data, llm_max_tokens=args.llm_max_tokens,
         baseline_seeds=args.baseline_seeds,
+        sandbox=args.sandbox,
     ).items() if v is not None}
     with Ledger.open(args.store) as ledger:
         summary = run_search(ledger, args.task, SearchConfig(**given), name=args.name, resume=args.resume,
-                             given=given)
+                             given=given, devices=args.devices)
         print(render_summary(summary, ledger.url.display()))
     if summary.problem:
         print(summary.problem, file=sys.stderr)
@@ -261,7 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from arl.ledger.projections import Projector
     from arl.ledger.searches import find_search, search_config
-    from arl.runners.search import render_summary, summarize
+    from arl.runners.search import render_summary, summarize, unclaimed
+    from arl.tasks.registry import resolve
 
     with Ledger.open(args.store, read_only=True) as ledger:
         search_id = find_search(ledger, args.search)
@@ -271,7 +287,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         metric = started.config.get("metric") or _metric_of(started)
         if started.kind == "import":  # a record: its size is what it holds, its score what the source named
             trials, metric = len(state.trials_of(search_id)), str(started.config.get("score") or metric)
-        print(render_summary(summarize(state, search_id, metric, trials), ledger.url.display()))
+        print(render_summary(summarize(state, search_id, metric, trials,
+                                       sandbox=str(started.config.get("sandbox", "bwrap"))), ledger.url.display()))
+        if started.kind != "import" and not state.searches[search_id].stop_reason:
+            try:
+                task = resolve(started.config.get("task_path") or started.task)
+            except ArlError:
+                task = None  # the task folder is elsewhere: the line says less, not nothing
+            waiting = unclaimed(ledger, state, search_id, task)
+            if waiting:
+                print(f"waiting: {waiting}")
     return 0
 
 
@@ -435,17 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="claim submitted trials, run them under budgets, record labels")
     _store_arg(p)
-    p.add_argument("--slots", type=int, default=1, help="trials run at once (default 1)")
+    p.add_argument("--slots", type=int,
+                   help="trials run at once (default 1; with --devices, one per device: a trial that "
+                        "needs 8 takes 8 of them)")
     p.add_argument("--name", default=hostname(), help="runner name recorded on claims")
     p.add_argument("--max-trials", type=int, help="stop after this many trials (per slot)")
     p.add_argument("--max-attempts", type=int, default=3,
                    help="claims of a trial before a lost runner counts as infra_error")
     p.add_argument("--exit-when-idle", action="store_true", help="stop when the queue is empty")
-    p.add_argument("--devices", metavar="0,1,…",
-                   help="accelerators to use (e.g. 0,1,2,3 or 0-7): each slot gets its own, "
-                        "exposed to recipes as CUDA_VISIBLE_DEVICES; no GPU serves two trials")
-    p.add_argument("--gpus-per-trial", type=int, default=1,
-                   help="with --devices: GPUs per slot (a slot runs only tasks needing that many)")
+    p.add_argument("--devices", metavar="0-7|cpu:N",
+                   help="GPUs to use (e.g. 0-7 or 0,1,2,3; ids this machine lacks are refused) or cpu:N "
+                        "(N CPU ranks, no GPU, for dry runs): each trial takes as many as its task's "
+                        "[needs] gpus, exposed as CUDA_VISIBLE_DEVICES; no device serves two trials")
+    p.add_argument("--gpus-per-trial", type=int,
+                   help="with --devices and no --slots: size the slots for trials of this many devices "
+                        "(optional: each trial takes what its task needs)")
+    p.add_argument("--sandbox", choices=["bwrap", "none"],
+                   help="none: run model-written code even without bubblewrap (default: such trials wait "
+                        "for a worker that has it)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("slurm", help="workers as Slurm jobs: submit a job array, list it, cancel it")
@@ -516,6 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-tokens", type=int, metavar="N",
                    help="stop cleanly once the search's recorded model usage reaches N tokens")
     p.add_argument("--turns", type=int, help="turn limit of one agentic session (default 8)")
+    p.add_argument("--sandbox", choices=["bwrap", "none"],
+                   help="bwrap (default): model-written code (llm, agentic, mcp, inbox) runs only under "
+                        "bubblewrap; none: allow it without one (recorded in the search, shown in summaries)")
+    p.add_argument("--devices", metavar="0-7|cpu:N",
+                   help="devices of the in-process workers (default: the visible GPUs, for tasks that "
+                        "need them); cpu:N = N CPU ranks, no GPU; one worker per set of the task's gpus")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("replay", help="replay a search: verify projections, re-run trials, re-drive agents")
@@ -616,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe-from", metavar="PATH",
                    help="adapter tasks: your checkout of the recipe's repository (else ARL_RECIPE_FROM_<TASK>, arl.toml)")
     p.add_argument("--data", metavar="PATH", help="adapter tasks: your data folder (else ARL_DATA_<TASK>, arl.toml)")
+    p.add_argument("--devices", metavar="0-7|cpu:N",
+                   help="devices the base program runs on (default: the visible GPUs, for tasks that need them)")
     p.set_defaults(func=cmd_task_check)
 
     try:
@@ -637,12 +677,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from arl.ledger.errors import LedgerWarning
     from arl.ledger.store import StoreURL, default_store_url, store_failure
 
+    from arl.runners.sandbox import keep_secrets_out_of_environ, take_back_secrets
+
+    restarted = argv is None and take_back_secrets()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    if argv is None and not restarted and func in (cmd_worker, cmd_run, cmd_task_check, cmd_replay):
+        keep_secrets_out_of_environ(sys.argv[1:])  # these commands run recipes
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202

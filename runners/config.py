@@ -30,6 +30,9 @@ class SearchConfig(msgspec.Struct, kw_only=True):
     budget_tokens: int | None = None
     #: Turn limit of one agentic session.
     turns: int = 8
+    #: "bwrap": model-written code runs only under a working sandbox (the default);
+    #: "none": the user allowed it without one (``--sandbox none``), on the record.
+    sandbox: str = "bwrap"
     #: Measure the starting program on this many seeds first; their spread becomes the
     #: noise floor the search judges by (None: one measurement, the manifest's floor).
     baseline_seeds: int | None = None
@@ -72,6 +75,24 @@ class SearchConfig(msgspec.Struct, kw_only=True):
                                " — start a new search (or fork a trial) for the rest")
             changes[key] = [old, value]
         return changes
+
+
+#: Backends whose edits a model writes: not generated from the task's declared knobs and techniques.
+MODEL_WRITTEN = frozenset({"llm", "agentic", "mcp", "inbox"})
+
+INSTALL_SANDBOX = ("install bubblewrap (apt-get install bubblewrap) and allow unprivileged user "
+                   "namespaces (sysctl kernel.unprivileged_userns_clone=1)")
+
+
+def sandbox_problem(config: SearchConfig, sandboxed: bool) -> str | None:
+    """Why a search of ``config`` may not run its recipes here (None: it may). Model-written code
+    needs a working sandbox unless the user said ``--sandbox none``."""
+    if config.sandbox not in ("bwrap", "none"):
+        return f"unknown --sandbox {config.sandbox!r}; use bwrap (the default) or none"
+    if sandboxed or config.sandbox == "none" or config.agents not in MODEL_WRITTEN:
+        return None
+    return (f"--agents {config.agents} runs model-written code, and there is no working sandbox here: "
+            f"{INSTALL_SANDBOX}, or pass --sandbox none to run it unsandboxed (recorded in the search)")
 
 
 #: What ``arl run --resume`` may change of a search's configuration.

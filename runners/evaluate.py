@@ -59,11 +59,14 @@ class EvaluateResult(msgspec.Struct, kw_only=True):
     reason: str
     metrics: dict[str, float] = {}
     runs: list[RecordedLog] = []
+    #: False when the score is read from the recipe's own log (its claim, not a measurement).
+    verified: bool = True
 
     def to_json(self) -> dict[str, object]:
-        """The documented JSON shape: score, seeds, checks (name, value, limit, passed), label."""
+        """The documented JSON shape: score, verified, seeds, checks (name, value, limit, passed), label."""
         return {
             "score": self.score,
+            "verified": self.verified,
             "seeds": [{"seed": s.seed, "score": s.score} for s in self.seeds],
             "checks": [{"name": c.name, "value": c.value, "limit": c.limit, "passed": c.passed} for c in self.checks],
             "label": self.label,
@@ -114,6 +117,7 @@ def evaluate_folder(task_ref: str, folder: str | Path) -> EvaluateResult:
         seeds=[SeedScore(seed=s, score=v) for s, v in sorted(evaluation.per_seed.items())],
         checks=list(evaluation.checks), label=label.value, reason=reason,
         metrics={k: float(v) for k, v in evaluation.metrics.items()}, runs=found,
+        verified=evaluation.verified,
     )
 
 
@@ -172,7 +176,8 @@ def render_table(result: EvaluateResult) -> str:
         if run.metrics:
             lines.append("      " + "  ".join(f"{k} {v:.10g}" for k, v in run.metrics.items()))
     score = f"{result.score:.8g}" if result.score is not None else "none"
-    lines.append(f"score: {result.metric} = {score}")
+    lines.append(f"score: {result.metric} = {score}"
+                 + ("" if result.verified else "  (from the recipe's log: its own claim, not verified)"))
     for s in result.seeds:
         lines.append(f"  seed {s.seed:<6} {s.score:.8g}")
     lines.append("checks:")
@@ -185,9 +190,16 @@ def render_table(result: EvaluateResult) -> str:
     return "\n".join(lines)
 
 
+#: ``arl evaluate``'s exit code for legal runs whose score is the recipe's own claim.
+UNVERIFIED = 3
+
+
 def exit_code(result: EvaluateResult) -> int:
-    """0 when the runs are legal, 1 when a check failed or there is no score."""
-    return 0 if result.label == Label.KEEP.value else 1
+    """0 when the runs are legal and the score measured, 3 (``UNVERIFIED``) when legal but read from
+    the recipe's log, 1 when a check failed or there is no score."""
+    if result.label != Label.KEEP.value:
+        return 1
+    return 0 if result.verified else UNVERIFIED
 
 
 __all__: Sequence[str] = ("EvaluateResult", "evaluate_folder", "render_table", "exit_code")

@@ -61,7 +61,8 @@ def render_trial(ledger: Ledger, ref: str) -> str:
             if e.stderr_tail.strip():
                 out += ["stderr (tail):", e.stderr_tail.rstrip()[-800:]]
         elif isinstance(e, ev.TrialEvaluated):
-            out.append(f"evaluation ({e.evaluator} v{e.evaluator_version}): score {e.score}")
+            out.append(f"evaluation ({e.evaluator} v{e.evaluator_version}): score {e.score}"
+                       + (" — from the recipe's log, not verified" if e.verified is False else ""))
             for c in e.checks:
                 value = f"{c.value:.6g}" if c.value is not None else "-"
                 limit = f" / limit {c.limit:.6g}" if c.limit is not None else ""

@@ -47,7 +47,8 @@ def exception_excerpt(stderr: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def label_runs(runs: Sequence[SeedRun], *, memory_mb: int, wallclock_s: float) -> tuple[Label, str] | None:
+def label_runs(runs: Sequence[SeedRun], *, memory_mb: int, wallclock_s: float,
+               pids_max: int | None = None, write_mb: float | None = None) -> tuple[Label, str] | None:
     """A label if any training run failed to finish cleanly, else None."""
     for run in runs:
         p = run.process
@@ -58,6 +59,11 @@ def label_runs(runs: Sequence[SeedRun], *, memory_mb: int, wallclock_s: float) -
                 f"seed {run.seed}: peak memory {p.peak_rss_mb:.0f} MB over the {memory_mb} MB limit"
                 if p.killed_for == "memory" else f"seed {run.seed}: {exception_excerpt(p.stderr_tail)}"
             )
+        if p.killed_for == "processes":
+            return Label.OOM, f"seed {run.seed}: more than {pids_max} processes at once; killed"
+        if p.killed_for == "disk":
+            return Label.SIZE_VIOLATION, (
+                f"seed {run.seed}: wrote more than {write_mb:g} MB (workspace, ARL_OUT, stdout and stderr); killed")
         if p.killed_for == "wallclock":
             return Label.TRAIN_BUDGET_OVERRUN, (
                 f"seed {run.seed}: still running at the {wallclock_s:.0f} s hard limit; killed"

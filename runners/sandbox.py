@@ -1,9 +1,16 @@
 """Run one recipe process under budgets enforced from outside it.
 
-* own session / process group: a kill takes every child with it;
+* its processes end with it: under bubblewrap a PID namespace of its own
+  (``--unshare-pid``: when the recipe exits, or is killed, the kernel kills every
+  process left in it, a ``setsid`` double-forked daemon included) and
+  ``--die-with-parent``; without it, every descendant seen is killed at the end;
 * wallclock: killed at ``timeout_s`` (``killed_for="wallclock"``);
-* memory: resident set of the whole group sampled every 50 ms, killed above
-  ``memory_mb`` (``killed_for="memory"``);
+* memory: resident set of every descendant (not only its process group: a child in
+  its own session counts too) sampled every 20–200 ms, killed above ``memory_mb``
+  (``killed_for="memory"``);
+* processes: killed with more than ``pids_max`` descendants (``killed_for="processes"``);
+* bytes written: the writable folders plus stdout and stderr, killed above
+  ``write_mb`` (``killed_for="disk"``), and no single file larger (``RLIMIT_FSIZE``);
 * threads: OMP/MKL/OpenBLAS/torch thread counts set to ``threads``;
 * environment: only what a recipe needs — no store URL, no credentials, no keys;
 * bubblewrap when installed: no network; of the host only the system folders
@@ -19,7 +26,10 @@ Peak memory and CPU time come from ``wait4`` on the child, not from the recipe.
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -56,7 +66,8 @@ def _bwrap_works(path: str) -> bool:
     if path not in _bwrap_checked:
         try:
             probe = subprocess.run(
-                [path, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "true"],
+                [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
+                 "--unshare-pid", "--die-with-parent", "true"],
                 capture_output=True, timeout=10,
             )
             _bwrap_checked[path] = probe.returncode == 0
@@ -91,8 +102,11 @@ def run_process(
     tail_bytes: int = 8192,
     cancel: threading.Event | None = None,
     devices: bool = False,
+    pids_max: int | None = None,
+    write_mb: float | None = None,
+    writable_cwd: bool = True,
 ) -> Process:
-    """Run ``argv`` in ``cwd`` (which is writable) and measure it from outside.
+    """Run ``argv`` in ``cwd`` (writable unless ``writable_cwd`` is False) and measure it from outside.
 
     ``readable`` folders are re-exposed read-only inside ``hidden`` ones (e.g. the
     training split inside a hidden data cache).
@@ -100,8 +114,10 @@ def run_process(
     argv = [sys.executable if a == "{python}" else a for a in argv]
     bwrap = bwrap_path()
     sandbox = "none"
+    written = [*([cwd] if writable_cwd else []), *writable]
     if bwrap is not None:
-        argv = _bwrap_argv(bwrap, argv, cwd, writable, readable, hidden, devices=devices)
+        argv = _bwrap_argv(bwrap, argv, cwd, writable, readable, hidden, devices=devices,
+                           writable_cwd=writable_cwd)
         sandbox = "bwrap"
     started = time.monotonic()
     # Output goes to anonymous files outside the workspace: the recipe cannot see them.
@@ -112,10 +128,21 @@ def run_process(
             start_new_session=True,
         )
         spawned_at = time.time()
+        if write_mb is not None:  # no single file beyond the limit (inherited by every child)
+            limit = int(write_mb * 2**20)
+            try:
+                resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+            except (OSError, ValueError):
+                pass  # it already exited; the watcher's count still bounds what it wrote
         if stdin is not None:
             threading.Thread(target=_feed, args=(proc, stdin), daemon=True).start()
-        killed_for, peak_sampled = _watch(proc, started + timeout_s, memory_mb, cancel)
+        watch = _Watch(proc.pid, memory_mb=memory_mb, pids_max=pids_max, write_mb=write_mb,
+                       written=written, logs=(out, err))
+        killed_for, peak_sampled = watch.run(started + timeout_s, cancel)
         _, status, usage = os.wait4(proc.pid, 0)
+        watch.end()
+        if killed_for is None and write_mb is not None and watch.written_mb() >= write_mb:
+            killed_for = "disk"  # stopped by the file size limit: it reached the limit all the same
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
         result = Process(
@@ -141,60 +168,118 @@ def _feed(proc: subprocess.Popen, data: bytes) -> None:
         pass  # the process stopped reading: its exit status says why
 
 
-def _watch(proc: subprocess.Popen, deadline: float, memory_mb: int,
-           cancel: threading.Event | None) -> tuple[str | None, float]:
-    """Poll until exit; kill the group at the deadline, above the memory limit, or on cancel."""
-    peak = 0.0
-    started = time.monotonic()
-    polls = 0
-    while True:
-        try:
-            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return None, peak
-        if exited is not None and exited.si_pid:
-            return None, peak
-        polls += 1
-        # Memory is sampled every few polls: scanning /proc costs the recipe CPU.
-        rss = _group_rss_mb(proc.pid) if polls % 4 == 1 else 0.0
-        peak = max(peak, rss)
-        if rss > memory_mb:
-            _kill_group(proc.pid)
-            return "memory", peak
-        if time.monotonic() >= deadline:
-            _kill_group(proc.pid)
-            return "wallclock", peak
-        if cancel is not None and cancel.is_set():
-            _kill_group(proc.pid)
-            return "cancelled", peak
-        # Poll fast at first (short runs end soon), then every 50 ms.
-        time.sleep(0.005 if time.monotonic() - started < 0.5 else 0.05)
+class _Watch:
+    """Polls one process tree until its root exits; kills the tree at a limit or on cancel."""
 
+    def __init__(self, pid: int, *, memory_mb: int, pids_max: int | None, write_mb: float | None,
+                 written: Sequence[Path], logs: tuple[BinaryIO, BinaryIO]) -> None:
+        self.pid = pid
+        self.memory_mb = memory_mb
+        self.pids_max = pids_max
+        self.write_mb = write_mb
+        self.written = [Path(p) for p in written]
+        self.logs = logs
+        #: Every descendant seen, pid -> start time (a pid reused later is not ours).
+        self.seen: dict[int, int] = {}
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    def run(self, deadline: float, cancel: threading.Event | None) -> tuple[str | None, float]:
+        peak = 0.0
+        started = time.monotonic()
+        polls = 0
+        while True:
+            try:
+                exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return None, peak
+            if exited is not None and exited.si_pid:
+                return None, peak
+            polls += 1
+            killed_for = None
+            # The tree is sampled every few polls: scanning /proc costs the recipe CPU.
+            if polls % 4 == 1:
+                rss, count = self._sample()
+                peak = max(peak, rss)
+                if self.pids_max is not None and count > self.pids_max:
+                    killed_for = "processes"
+                elif rss > self.memory_mb:
+                    killed_for = "memory"
+            if killed_for is None and self.write_mb is not None and polls % 8 == 1 \
+                    and self.written_mb() > self.write_mb:
+                killed_for = "disk"
+            if killed_for is None and time.monotonic() >= deadline:
+                killed_for = "wallclock"
+            if killed_for is None and cancel is not None and cancel.is_set():
+                killed_for = "cancelled"
+            if killed_for is not None:
+                self.kill()
+                return killed_for, peak
+            # Poll fast at first (short runs end soon), then every 50 ms.
+            time.sleep(0.005 if time.monotonic() - started < 0.5 else 0.05)
 
-
-def _group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the group (the recipe and its children)."""
-    total = 0
-    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) != pgid:  # field 5 (pgrp) counted after the comm
+    def _sample(self) -> tuple[float, int]:
+        """Resident MB and number of every live descendant of the root (whatever its session)."""
+        parent: dict[int, int] = {}
+        info: dict[int, tuple[int, int]] = {}  # pid -> (start time, resident pages)
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
                 continue
-            with open(f"/proc/{entry.name}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * page_kb
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / 1024
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                pid = int(entry.name)
+                parent[pid] = int(fields[1])  # field 4 (ppid) counted after the comm
+                info[pid] = (int(fields[19]), int(fields[21]))  # starttime, rss (pages)
+            except (OSError, IndexError, ValueError):
+                continue
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        tree, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo += children.get(pid, [])
+        pages = 0
+        for pid in tree:
+            if pid in info:
+                pages += info[pid][1]
+                if pid != self.pid:
+                    self.seen.setdefault(pid, info[pid][0])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20, len(tree)
+
+    def written_mb(self) -> float:
+        total = sum(os.fstat(f.fileno()).st_size for f in self.logs)
+        for folder in self.written:
+            for root, dirs, names in os.walk(folder):
+                for name in names:
+                    try:
+                        total += os.lstat(os.path.join(root, name)).st_size
+                    except OSError:
+                        continue
+        return total / 2**20
+
+    def kill(self) -> None:
+        """The root's group, then every descendant seen that is still the same process."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._kill_seen()
+
+    def end(self) -> None:
+        """After the root exited: nothing it started may go on (in a PID namespace the kernel
+        has already seen to that; without one, the group and every descendant seen go)."""
+        self.kill()
+
+    def _kill_seen(self) -> None:
+        for pid, start in self.seen.items():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[19]) != start:
+                        continue
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, IndexError, ValueError):
+                continue
 
 
 def _tail(f: BinaryIO, limit: int) -> str:
@@ -213,13 +298,14 @@ def _bwrap_argv(
     hidden: Sequence[Path],
     *,
     devices: bool = False,
+    writable_cwd: bool = True,
 ) -> list[str]:
     # A minimal /dev hides GPUs; with devices the host's /dev is bound (CUDA_VISIBLE_DEVICES
     # still limits the recipe to its slot's GPUs).
     dev = ["--dev-bind", "/dev", "/dev"] if devices else ["--dev", "/dev"]
     args = [bwrap, *_system_binds(), *dev, "--proc", "/proc",
             "--tmpfs", "/tmp", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-            "--die-with-parent"]
+            "--unshare-pid", "--die-with-parent"]
     # The interpreter and its packages, wherever they live (a virtual environment in a
     # checkout, a CI clone under /tmp): read-only, and nothing else of their folders.
     for path in _python_paths():
@@ -231,7 +317,9 @@ def _bwrap_argv(
             args += ["--ro-bind", _empty_file(), str(path)]
     for path in readable:
         args += ["--ro-bind", str(path), str(path)]
-    for path in (cwd, *writable):
+    if not writable_cwd:
+        args += ["--ro-bind", str(cwd), str(cwd)]
+    for path in (cwd, *writable) if writable_cwd else writable:
         args += ["--bind", str(path), str(path)]
     args += ["--chdir", str(cwd), "--"]
     return args + argv
@@ -306,3 +394,51 @@ def _python_paths() -> list[str]:
             if not any(p == s or p.startswith(s + "/") for s in SYSTEM_FOLDERS)]
     # Outermost folders only: binding a parent already exposes its children.
     return [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]
+
+
+#: Environment variables that hold secrets (keys, tokens, passwords, store URLs).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|^ARL_STORE$|^DATABASE_URL$|^PG", re.I)
+_SECRETS_FD = "ARL_SECRETS_FD"
+
+
+def is_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def take_back_secrets() -> bool:
+    """In a process :func:`keep_secrets_out_of_environ` started again: its secrets back into
+    ``os.environ``; True if there were. Call before anything reads the environment."""
+    fd = os.environ.pop(_SECRETS_FD, None)
+    if fd is None:
+        return False
+    with os.fdopen(int(fd), "rb") as pipe:
+        os.environ.update(json.loads(pipe.read() or b"{}"))
+    return True
+
+
+def keep_secrets_out_of_environ(argv: Sequence[str]) -> None:
+    """Make this process's environment block (``/proc/PID/environ``) hold no secret.
+
+    A recipe that runs without the sandbox's PID namespace can read its parent's
+    ``/proc/PPID/environ``. That file is the block the process was started with, which
+    ``os.environ`` changes do not touch; so when secrets are in it, the process starts
+    itself again (``execve``, same PID) without them and takes them back, into
+    ``os.environ`` only, through a pipe. Call it first thing, from the command line only.
+    """
+    if take_back_secrets():
+        return
+    secrets = {k: v for k, v in os.environ.items() if is_secret(k)}
+    if not secrets:
+        return
+    payload = json.dumps(secrets).encode()
+    read, write = os.pipe()
+    if len(payload) >= 60_000:  # more than a pipe holds before exec: leave the block as it is
+        os.close(read)
+        os.close(write)
+        return
+    os.write(write, payload)
+    os.close(write)
+    os.set_inheritable(read, True)
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    env[_SECRETS_FD] = str(read)
+    os.execve(sys.executable, [sys.executable, "-m", "arl.runners.cli", *argv], env)

@@ -10,6 +10,7 @@ spent, or on Ctrl-C, with ``SearchStopped``; ``--resume`` continues a search.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -29,7 +30,9 @@ from arl.ledger.projections import BASELINE_AGENT, Projector, SearchRow, State, 
 from arl.ledger import source_version
 from arl.ledger.searches import find_search, search_config
 from arl.ledger.store import Ledger, hostname
-from arl.runners.config import SearchConfig
+from arl.runners.config import INSTALL_SANDBOX, SearchConfig
+from arl.runners.devices import DeviceError, DevicePool, Devices, parse, per_trial, shortfall
+from arl.runners.sandbox import bwrap_path
 from arl.runners.team import build_team, check_config
 from arl.runners.trials import base_program, record_next, record_proposal, start_search, submit
 from arl.runners.worker import Worker
@@ -42,6 +45,12 @@ __all__ = ["Search", "SearchConfig", "SearchError", "Summary", "render_summary",
 
 class SearchError(ArlError):
     pass
+
+
+#: Backends that answer at once: a round with no proposal from any of them ends the search.
+OFFLINE = ("tuner", "random", "tpe")
+#: Seconds a submitted trial may wait unclaimed before the progress line says so.
+UNCLAIMED_S = 5.0
 
 
 class Summary(msgspec.Struct, kw_only=True):
@@ -69,6 +78,8 @@ class Summary(msgspec.Struct, kw_only=True):
     floor_note: str = ""
     #: The trials in flight and the runner of each ("#7 on slurm-123_4@node07").
     running_on: tuple[str, ...] = ()
+    #: The search's ``--sandbox``: "none" when the user let model-written code run without one.
+    sandbox: str = "bwrap"
 
     @property
     def gain(self) -> float | None:
@@ -76,7 +87,7 @@ class Summary(msgspec.Struct, kw_only=True):
         return relative_gain(self.direction, self.best, self.baseline)
 
 
-def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary:
+def summarize(state: State, search_id: str, metric: str, trials: int, *, sandbox: str = "bwrap") -> Summary:
     search: SearchRow = state.searches[search_id]
     rows = state.trials_of(search_id)
     labels = Counter(r.label.value for r in rows if r.label is not None)
@@ -91,8 +102,8 @@ def summarize(state: State, search_id: str, metric: str, trials: int) -> Summary
         best=search.best_score, best_seq=best.seq if best else None,
         best_agent=best.agent if best else None, labels=dict(labels.most_common()),
         keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
-        elapsed_s=last - started, noise_floor=search.noise_floor, floor_source=search.floor_source,
-        floor_note=search.floor_note,
+        elapsed_s=last - started, sandbox=sandbox, noise_floor=search.noise_floor,
+        floor_source=search.floor_source, floor_note=search.floor_note,
         running_on=tuple(f"#{r.seq} on {r.runner}" for r in sorted(rows, key=lambda r: r.seq)
                          if r.label is None and r.status in ("claimed", "finished", "evaluated") and r.runner),
     )
@@ -113,6 +124,8 @@ def render_summary(s: Summary, where: str) -> str:
         f"labels: {labels}",
         f"noise floor: {s.noise_floor:.4g} ({s.floor_source})" + (f" — {s.floor_note}" if s.floor_note else ""),
         *([f"running: {', '.join(s.running_on)}"] if s.running_on else []),
+        *([f"sandbox: none (--sandbox none: recipes ran without bubblewrap where it is missing; "
+           f"see each run's sandbox in arl show)"] if s.sandbox == "none" else []),
         f"ledger: {where}   (arl status {s.search_id[:8]} · arl show {s.search_id[:8]}#SEQ · "
         f"arl report --search {s.search_id[:8]} -o report.html)",
     ])
@@ -145,8 +158,12 @@ class Search:
         self.programs = ProgramCache(ledger)
         #: Why the search could not go on (a failed baseline), for the summary.
         self.problem: str | None = None
+        #: The devices the in-process workers share (None: none; trials needing GPUs wait
+        #: for `arl worker` processes, and the progress line says so).
+        self.devices: Devices | None = None
         self._turn = 0
         self._proposals = 0
+        self._queued_since: dict[str, float] = {}
 
     # -- construction ---------------------------------------------------------------------
 
@@ -216,7 +233,9 @@ class Search:
 
     def run(self) -> Summary:
         stop = threading.Event()
-        workers = [Worker(self.ledger, name=f"{self.search_id[:8]}-w{i}")
+        pool = DevicePool(self.devices) if self.devices is not None and self.devices.ids else None
+        workers = [Worker(self.ledger, name=f"{self.search_id[:8]}-w{i}", pool=pool,
+                          say=lambda line: print(line, file=self.out), say_paths=False)
                    for i in range(self.config.workers)]
         threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in workers]
         for t in threads:
@@ -260,7 +279,8 @@ class Search:
             raise error
         state = self.projector.catch_up()
         self.projector.checkpoint()  # the live projection, kept for `arl replay --verify`
-        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials,
+                            sandbox=self.config.sandbox)
         summary.problem = self.problem
         return summary
 
@@ -296,6 +316,12 @@ class Search:
                 if in_flight:
                     self.ledger.wait(state.position, 0.5)
                     continue
+                if self.config.agents in OFFLINE and self._baseline_done(state):
+                    # Offline specialists answer at once: nothing now means nothing later either.
+                    self._exhausted = (f"specialists ran out of proposals after {self._proposals} "
+                                       f"({search.charged} charged): every knob and technique of the "
+                                       "task's surfaces was tried or is out of range")
+                    return
             elif in_flight == 0 and self._baseline_done(state):
                 # Nobody proposes anything new (or only duplicates / infra errors came back).
                 self._exhausted = (f"specialists ran out of proposals after {self._proposals} "
@@ -366,14 +392,16 @@ class Search:
 
     def _record_stop(self, reason: str) -> None:
         state = self.projector.catch_up()
-        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        summary = summarize(state, self.search_id, self.task.objective.metric, self.config.trials,
+                            sandbox=self.config.sandbox)
         summary.problem = self.problem
         version = self.ledger.version(self.search_id)
         self.ledger.append(ev.SearchStopped(originator_id=self.search_id, originator_version=version + 1,
                                             reason=reason, summary=msgspec.to_builtins(summary)))
 
     def _progress(self, state: State) -> None:
-        s = summarize(state, self.search_id, self.task.objective.metric, self.config.trials)
+        s = summarize(state, self.search_id, self.task.objective.metric, self.config.trials,
+                            sandbox=self.config.sandbox)
         elapsed = time.monotonic() - self._started
         done = max(s.charged, 0)
         eta = (elapsed / done * (self.config.trials - done)) if done else None
@@ -382,6 +410,9 @@ class Search:
         labels = " ".join(f"{k} {n}" for k, n in s.labels.items())
         line = (f"[{done}/{self.config.trials}] running {s.running} | {best} | {labels}"
                 f" | ETA {_duration(eta) if eta is not None else '—'}")
+        waiting = unclaimed(self.ledger, state, self.search_id, self.task, self._queued_since)
+        if waiting:
+            line += f" | {waiting}"
         search = state.searches[self.search_id]
         if search.floor_source == "measured" and not getattr(self, "_floor_shown", False):
             self._floor_shown = True
@@ -390,11 +421,43 @@ class Search:
         tty = self.out.isatty()
         # A terminal is redrawn in place with the ticking ETA; a log file gets one line per
         # label (how many trials are running changes twice a trial, and would double the log).
-        key = line if tty else (done, best, labels)
+        # A log gets the waiting note when it starts or changes, not each second it ages.
+        key = line if tty else (done, best, labels, re.sub(r"\d+m?\d*s", "", waiting))
         if key != getattr(self, "_last_line", None):
             self._last_line = key
             end = "\r" if tty else "\n"
             print(line.ljust(100) if end == "\r" else line, end=end, file=self.out, flush=True)
+
+
+def unclaimed(ledger: Ledger, state: State, search_id: str, task: Task | None,
+              since: dict[str, float] | None = None, *, after_s: float = UNCLAIMED_S) -> str:
+    """What the search waits for, when a submitted trial has stood unclaimed over ``after_s``:
+    "" otherwise. ``since`` caches when each trial entered the queue (trial id → epoch s)."""
+    since = {} if since is None else since
+    now = time.time()
+    rows = state.trials_of(search_id)
+    queued = [r for r in rows if r.trial_id in state.queue]
+    for gone in set(since) - {r.trial_id for r in queued}:
+        del since[gone]
+    oldest: tuple[float, TrialRow] | None = None
+    for r in queued:
+        if r.trial_id not in since:
+            events = ledger.stream(r.trial_id)
+            entered = next((e for e in reversed(events) if isinstance(e, (ev.TrialSubmitted, ev.LeaseExpired))), None)
+            since[r.trial_id] = entered.at.timestamp() if entered is not None else now
+        age = now - since[r.trial_id]
+        if age >= after_s and (oldest is None or age > oldest[0]):
+            oldest = (age, r)
+    if oldest is None:
+        return ""
+    age, row = oldest
+    busy = sum(1 for r in rows if r.status in ("claimed", "finished", "evaluated") and r.label is None)
+    if busy:
+        return f"trial #{row.seq} queued {_duration(age)}: the workers are busy with {busy} trial(s)"
+    gpus = task.needs.gpus if task is not None else 0
+    need = f"a worker with {gpus} device(s) (`arl worker --devices …`)" if gpus else "a worker (`arl worker`)"
+    return (f"trial #{row.seq} unclaimed for {_duration(age)}: no worker has taken it; it needs {need} "
+            "on this store")
 
 
 def baseline_problem(ledger: Ledger, task: Task, row: TrialRow, *, again: str) -> str:
@@ -458,19 +521,67 @@ def turn_order(names: list[str], rows: list, turn: int, *, lineage: bool) -> lis
     return sorted(rotation, key=lambda i: (share(i), rotation.index(i)))
 
 
+def placement(task: Task, devices: str | None, workers: int, *, workers_given: bool) -> tuple[Devices | None, int]:
+    """The devices of a search's in-process workers, and how many workers: for a task that
+    needs GPUs, as many as there are disjoint sets of its ``gpus`` (unless ``--workers`` says
+    fewer). Refuses, in one line, devices on which no trial of the task could ever run."""
+    needed = task.needs.gpus
+    if workers == 0 or needed == 0:  # trials run elsewhere, or on no device
+        return (parse(devices) if devices is not None else None), workers
+    found = parse(devices)
+    why = shortfall(needed, found)
+    if why is not None:
+        raise DeviceError(f"task {task.name}: {why}; or run it with --workers 0 and `arl worker --devices …` "
+                          "on the GPU machines")
+    sets = len(found.ids) // per_trial(needed, found)
+    if workers_given and workers > sets:
+        raise DeviceError(f"--workers {workers}: {found.describe()} hold {sets} set(s) of the {needed} device(s) "
+                          f"a trial of {task.name} needs; give --workers {sets} or fewer, or more devices")
+    return found, workers if workers_given else sets
+
+
+def path_lines(task: Task) -> list[str]:
+    """Where an adapter task's checkout and data came from, for a search's header."""
+    lines = []
+    if task.checkout_root:
+        lines.append(f"  checkout {task.checkout_root} (from {task.checkout_from or '?'})")
+    if task.data_root:
+        lines.append(f"  data     {task.data_root} (from {task.data_from or '?'})")
+    return lines
+
+
 def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str | None = None,
                resume: str | None = None, given: dict[str, Any] | None = None,
-               out: TextIO = sys.stderr) -> Summary:
+               out: TextIO = sys.stderr, devices: str | None = None) -> Summary:
     """Start a search of ``task_ref`` with ``config``, or continue ``resume`` (``given``: the
-    options passed again, see :meth:`Search.resume`)."""
+    options passed again, see :meth:`Search.resume`); ``devices``: ``--devices`` as given
+    (None: the visible GPUs, for a task that needs them)."""
+    given = dict(given or {})
     if resume:
+        recorded = SearchConfig.of(search_config(ledger, find_search(ledger, resume)))
+        task = task_of(ledger.stream(find_search(ledger, resume))[0])
+        workers = int(given.get("workers", recorded.workers))
+        found, workers = placement(task, devices, workers, workers_given=True)
         search = Search.resume(ledger, resume, out=out, given=given)
     else:
         task = bind(resolve(task_ref), recipe_from=config.recipe_from, data=config.data)
-        config = msgspec.structs.replace(config, **recorded_paths(task))
+        found, workers = placement(task, devices, config.workers, workers_given="workers" in given)
+        config = msgspec.structs.replace(config, workers=workers, **recorded_paths(task))
         config.measured_seeds(task.seeds, task.confirm_seeds)  # a bad --baseline-seeds fails before anything is recorded
         search = Search.start(ledger, task, config, name=name, out=out)
+    search.devices = found
     print(f"search {search.search_id[:8]} on {search.task.name}: {search.config.trials} trials, "
           f"{search.config.workers} worker(s), agents {search.config.agents}, "
-          f"lineage {'on' if search.config.lineage else 'off'}", file=out)
+          f"lineage {'on' if search.config.lineage else 'off'}"
+          + (", sandbox none (--sandbox none)" if search.config.sandbox == "none" else ""), file=out)
+    if bwrap_path() is None:
+        print(f"warning: no sandbox: recipes run without bubblewrap, with your permissions; {INSTALL_SANDBOX}",
+              file=out)
+    if found is not None and search.config.workers:
+        per = f", {per_trial(task.needs.gpus, found)} per trial" if task.needs.gpus else ""
+        if task.needs.gpus and per_trial(task.needs.gpus, found) < task.needs.gpus:
+            per += f" (a dry run: the task needs {task.needs.gpus} GPUs)"
+        print(f"  devices  {found.describe()}{per}", file=out)
+    for line in path_lines(search.task):
+        print(line, file=out)
     return search.run()

@@ -12,7 +12,8 @@ from arl.agents.llm import ChatClient, LLMSpecialist, ReplayClient
 from arl.agents.tools import LedgerTools, McpSeat
 from arl.agents.tuner import Tuner
 from arl.ledger.errors import ArlError
-from arl.runners.config import SearchConfig
+from arl.runners.config import SearchConfig, sandbox_problem
+from arl.runners.sandbox import bwrap_path
 from arl.tasks.manifest import Task
 
 BACKENDS = ("tuner", "llm", "agentic", "mcp", "inbox", "random", "tpe")
@@ -40,6 +41,9 @@ def check_config(config: SearchConfig) -> None:
         raise TeamError(f"--trials must be at least 1, not {config.trials}")
     if config.workers < 0:
         raise TeamError(f"--workers must be 0 or more, not {config.workers}")
+    problem = sandbox_problem(config, bwrap_path() is not None)
+    if problem is not None:
+        raise TeamError(problem)
 
 
 def build_team(task: Task, config: SearchConfig, seat: SearchSeat, *,

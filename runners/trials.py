@@ -393,6 +393,7 @@ class TrialRecorder:
                 evaluator=evaluator.name, evaluator_version=f"{evaluator.version}+{evaluator.digest[:12]}",
                 score=evaluation.score, metrics=metrics, checks=tuple(evaluation.checks),
                 seeds=tuple(sorted({*evaluation.per_seed} or ())), data_digest=data_digest,
+                verified=evaluation.verified,
             ),
             ev.TrialLabeled(
                 originator_id=self.trial, originator_version=self.version + 2, search_id=self.search,

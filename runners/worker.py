@@ -22,10 +22,11 @@ to the queue; after ``max_attempts`` they are labelled ``infra_error``.
 from __future__ import annotations
 
 import signal
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,10 @@ from arl.ledger.events import Label
 from arl.ledger.programs import Program, ProgramCache, read_folder, write_folder
 from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
-from arl.runners.config import SearchConfig
+from arl.runners.config import SearchConfig, sandbox_problem
+from arl.runners.devices import DevicePool, Devices, per_trial, shortfall, trial_env
 from arl.runners.labels import Best, Decision, Floor, decide, label_runs
-from arl.runners.sandbox import hiding_sqlite, run_process
+from arl.runners.sandbox import bwrap_path, hiding_sqlite, run_process
 from arl.runners.trials import (
     CLAIM_HINT_S,
     StaleLease,
@@ -48,16 +50,22 @@ from arl.runners.trials import (
     renew_lease,
 )
 from arl.tasks import legality
-from arl.tasks.adapters import gpu_env
 from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data, training_feed
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
+from arl.tasks.outputs import OutputError, read_bytes
+from arl.tasks.outputs import check as outputs_check
+from arl.tasks.outputs import files as output_files
 from arl.tasks.registry import task_of
 
 #: Seconds a recipe killed by SIGTERM from outside waits for this worker's own shutdown signal.
 SIGNAL_GRACE_S = 2.0
 #: Artifacts kept in the blob store per trial (bigger outputs are named, not kept).
 ARTIFACT_BYTES = 64 * 1024 * 1024
+#: Processes one run may have at once (a fork bomb is killed above it: label oom).
+PIDS_MAX = 512
+#: Megabytes one run may write: workspace, ARL_OUT, stdout and stderr together (label size_violation).
+WRITE_MB = 8192
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,14 @@ class Worker:
         lease_s: float | None = None,
         heartbeat_s: float | None = 5.0,
         devices: Sequence[str] | None = None,
+        pool: DevicePool | None = None,
         work_dir: Path | None = None,
         poll_s: float = 0.5,
+        pids_max: int = PIDS_MAX,
+        write_mb: float = WRITE_MB,
+        sandbox: str = "bwrap",
+        say: Callable[[str], None] | None = None,
+        say_paths: bool = True,
     ) -> None:
         self.ledger = ledger
         self.name = name or f"{hostname()}:{id(self) & 0xFFFF:04x}"
@@ -89,13 +103,29 @@ class Worker:
         self.lease_s = lease_s
         #: Seconds between lease renewals while a trial runs (None: no heartbeats).
         self.heartbeat_s = heartbeat_s
-        #: The accelerators of this slot; recipes see only these (CUDA_VISIBLE_DEVICES).
-        self.devices = list(devices or [])
-        self.env = gpu_env(self.devices) if self.devices else {}
+        #: The devices this slot's trials take from (shared with the worker's other slots): a
+        #: trial takes as many as its task needs while it runs; recipes see only those.
+        if pool is None and devices:
+            pool = DevicePool(Devices("cuda", tuple(devices), "given"))
+        self.pool = pool
+        #: The devices of the trial running now, and the environment that exposes them.
+        self.devices: list[str] = []
+        self.env: dict[str, str] = {}
+        #: Where a trial this worker can never run is reported (once per trial).
+        self.say = say
+        #: Say which recorded paths a search's task is bound to (a driver in-process says it itself).
+        self.say_paths = say_paths
+        self._passed_over: set[str] = set()
         #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
         self.release = threading.Event()
         self.work_dir = work_dir
         self.poll_s = poll_s
+        #: Limits on each recipe process tree: processes at once, megabytes written.
+        self.pids_max = pids_max
+        self.write_mb = write_mb
+        #: "none": this worker may run model-written code without a sandbox (``arl worker --sandbox none``).
+        self.sandbox = sandbox
+        self._refused: set[str] = set()
         self.projector = Projector(ledger, name=f"worker/{self.name}", checkpoint_s=30.0)
         self._tasks: dict[str, _Loaded] = {}
         self._started: dict[str, ev.SearchStarted] = {}
@@ -128,25 +158,61 @@ class Worker:
         if self._expire_leases():
             state = self.projector.catch_up()  # the expired trials are back in the queue
         for trial in sorted(state.queue, key=lambda t: not state.trials[t].is_baseline):
-            if not self._fits(trial):
-                continue  # it needs another number of GPUs than this slot has
             if self._waits_for_baseline(state, trial):
                 continue
+            if self._needs_sandbox(state.trials[trial].search_id):
+                continue  # model-written code and no sandbox here: left to a worker that has one
             queued_at = (trial, state.trials[trial].version)
             if self._hints_lost.get(queued_at, 0.0) > time.monotonic():
                 continue  # lost its hint a moment ago: not asked again at every wake
+            placed = self._place(trial)
+            if placed is None:
+                continue  # too few devices here (said once), or they are busy with another trial
             if not claim_hint(self.ledger, trial, queued_at[1], self.name):
                 # Another idle worker is claiming it; no race for the same trial.
+                self._unplace(placed)
                 self._hints_lost = {k: t for k, t in self._hints_lost.items() if t > time.monotonic()}
                 self._hints_lost[queued_at] = time.monotonic() + CLAIM_HINT_S
                 continue
             try:
                 claimed = claim(self.ledger, trial, self.name, lease_s=self._lease_for(trial))
             except ConflictError:
+                self._unplace(placed)
                 continue  # another worker took it; try the next one
-            self.execute(trial, claimed)
+            try:
+                self.execute(trial, claimed)
+            finally:
+                self._unplace(placed)
             return True
         return False
+
+    def _place(self, trial: str) -> list[str] | None:
+        """Take the devices the trial's task needs from the pool; None if it cannot run here now."""
+        task = self._task_of(trial)
+        needed = task.needs.gpus if task is not None else 0
+        if needed == 0:
+            self.devices, self.env = [], (trial_env("cuda", []) if self.pool is not None else {})
+            return []
+        have = self.pool.devices if self.pool is not None else Devices("cuda", (), "none given")
+        why = shortfall(needed, have)
+        if why is not None:
+            if trial not in self._passed_over:
+                self._passed_over.add(trial)
+                if self.say is not None:
+                    row = self.projector.state.trials[trial]
+                    self.say(f"worker {self.name}: cannot run trial #{row.seq} of search {row.search_id[:8]} "
+                             f"({task.name if task else '?'}): {why}")
+            return None
+        taken = self.pool.take(per_trial(needed, have)) if self.pool is not None else None
+        if taken is None:
+            return None
+        self.devices, self.env = taken, trial_env(self.pool.kind if self.pool else "cuda", taken)
+        return taken
+
+    def _unplace(self, placed: list[str]) -> None:
+        if placed and self.pool is not None:
+            self.pool.give(placed)
+        self.devices, self.env = [], {}
 
     @staticmethod
     def _waits_for_baseline(state: State, trial: str) -> bool:
@@ -166,9 +232,22 @@ class Worker:
         except ArlError:
             return None
 
-    def _fits(self, trial: str) -> bool:
-        task = self._task_of(trial)
-        return task is None or task.needs.gpus in (0, len(self.devices))
+    def _needs_sandbox(self, search_id: str) -> bool:
+        """True when the search runs model-written code and neither a sandbox nor the user's
+        ``--sandbox none`` (the search's or this worker's) allows it here: its trials stay queued
+        for a worker that has one, and this worker says so once."""
+        if self.sandbox == "none":
+            return False
+        try:
+            config = SearchConfig.of(self._search_started(search_id))
+        except (ArlError, StopIteration, IndexError):
+            return False
+        problem = sandbox_problem(config, bwrap_path() is not None)
+        if problem is not None and search_id not in self._refused:
+            self._refused.add(search_id)
+            print(f"arl worker {self.name}: not running trials of search {search_id[:8]}: {problem}",
+                  file=sys.stderr)
+        return problem is not None
 
     def _lease_for(self, trial: str) -> float:
         """Long enough for every run the trial may need, unless set explicitly."""
@@ -233,6 +312,10 @@ class Worker:
                 record.released()
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
+            reached = self._reached_out(runs)
+            if reached is not None:
+                record.label(Label.ILLEGAL_EDIT, reached)
+                return
             if not _is_baseline(proposed):
                 # Nothing is labelled against a search whose baseline failed: not even a failed
                 # run, which a busy machine may have caused as it did the baseline's.
@@ -245,7 +328,8 @@ class Worker:
                     record.released()  # stopped while the baseline was still being measured
                     return
             failed = label_runs(runs, memory_mb=loaded.task.budgets.memory_mb,
-                                wallclock_s=loaded.task.budgets.wallclock_s)
+                                wallclock_s=loaded.task.budgets.wallclock_s,
+                                pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 record.label(*failed)
                 return
@@ -285,6 +369,12 @@ class Worker:
         key = search_id
         if key not in self._tasks:
             task = task_of(self._search_started(search_id), need_recipe=False)
+            if self.say is not None and self.say_paths:
+                from_record = [f"{what} {path} (from {how})" for what, path, how in (
+                    ("checkout", task.checkout_root, task.checkout_from), ("data", task.data_root, task.data_from))
+                    if path and how.startswith("the search's recorded")]
+                if from_record:  # a remembered path is used, and said to be
+                    self.say(f"worker {self.name}: search {search_id[:8]} uses {'; '.join(from_record)}")
             data = prepare_data(task)
             self._tasks[key] = _Loaded(task, load_evaluator(task), data, data.digest())
         return self._tasks[key]
@@ -325,12 +415,17 @@ class Worker:
                 env={**self.env, **given, "ARL_OUT": str(out),
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
                 stdin=fed, writable=[out], readable=[data.train] if fed is None else [],
-                hidden=self._hidden(data), cancel=self.release, devices=bool(self.devices),
+                hidden=self._hidden(data), cancel=self.release, devices=self._gpus(),
+                pids_max=self.pids_max, write_mb=self.write_mb,
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
             if not process.ok:
                 break  # one failed seed decides the label; the others would only cost time
         return runs
+
+    def _gpus(self) -> bool:
+        """Whether the running trial holds GPUs (the sandbox then binds the host's /dev)."""
+        return bool(self.devices) and (self.pool is None or self.pool.kind != "cpu")
 
     def _hidden(self, data: TaskData) -> list[Path]:
         hidden = [data.root]
@@ -346,12 +441,14 @@ class Worker:
 
         def run(argv: Sequence[str], *, cwd: Path, timeout_s: float, stdin: bytes | None = None,
                 env: dict[str, str] | None = None, readable: Sequence[Path] = (),
-                writable: Sequence[Path] = ()) -> Process:
+                writable: Sequence[Path] | None = None) -> Process:
             return run_process(
                 argv, cwd=cwd, timeout_s=timeout_s, memory_mb=task.budgets.memory_mb,
                 threads=task.budgets.threads, env={**self.env, **(env or {})}, stdin=stdin,
-                writable=[scratch, *writable], readable=[data.train, task.folder, *readable],
-                hidden=hidden, devices=bool(self.devices),
+                writable=[scratch] if writable is None else list(writable),
+                readable=[data.train, task.folder, *readable],
+                hidden=hidden, devices=self._gpus(), pids_max=self.pids_max,
+                write_mb=self.write_mb, writable_cwd=False,
             )
 
         ctx = EvalContext(task=task, runs=runs, heldout=data.heldout, train_data=data.train,
@@ -375,9 +472,13 @@ class Worker:
             if self._shutting_down(extra):
                 self._interrupted = True
                 return "the worker shut down during confirmation"
-            failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s)
+            failed = label_runs(extra, memory_mb=task.budgets.memory_mb, wallclock_s=task.budgets.wallclock_s,
+                                pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
                 return failed[1]
+            reached = self._reached_out(extra)  # never evaluate through what a confirmation run made
+            if reached is not None:
+                return reached
             combined = self._evaluate(loaded, runs + extra, root / "confirm")
             return combined if isinstance(combined, str) else (combined, [r.seed for r in runs + extra])
 
@@ -424,17 +525,32 @@ class Worker:
         )
 
     def _keep_artifacts(self, runs: list[SeedRun]) -> dict[str, str]:
+        """Regular files of each ARL_OUT, read without following links (the recipe's processes
+        are gone by now: nothing changes them under the reader)."""
         kept: dict[str, str] = {}
         budget = ARTIFACT_BYTES
         for run in runs:
             out = Path(run.out)
-            for path in sorted(p for p in out.rglob("*") if p.is_file()):
-                size = path.stat().st_size
+            for rel, size in output_files(out):
                 if size > budget:
                     continue
-                budget -= size
-                kept[f"seed{run.seed}/{path.relative_to(out).as_posix()}"] = self.ledger.put_blob(path.read_bytes())
+                try:
+                    data = read_bytes(out, rel)
+                except OutputError:
+                    continue  # not a regular file after all: never stored; _reached_out names it
+                budget -= len(data)
+                kept[f"seed{run.seed}/{rel}"] = self.ledger.put_blob(data)
         return kept
+
+    @staticmethod
+    def _reached_out(runs: list[SeedRun]) -> str | None:
+        """Why the trial fails if a run left a link, pipe, socket or device in its outputs or
+        workspace (the evaluator would read it from outside the sandbox), else None."""
+        for run in runs:
+            found = outputs_check({"ARL_OUT": Path(run.out), "workspace": Path(run.workspace)})
+            if not found.passed:
+                return f"seed {run.seed}: check outputs failed: {found.detail}"
+        return None
 
 
 def _is_baseline(proposed: ev.TrialProposed) -> bool:

@@ -113,12 +113,15 @@ def bind(task: Task, *, recipe_from: str | os.PathLike | None = None, data: str 
         raise TaskError(f"task {task.name} runs your checkout of {task.source.repository}: "
                         f"{_how_to_give(task, 'recipe_from')}")
     if where is not None:
-        bound = msgspec.structs.replace(bound, checkout_root=str(where[0]), recipe_root=str(materialize(task, *where)))
+        bound = msgspec.structs.replace(bound, checkout_root=str(where[0]), recipe_root=str(materialize(task, *where)),
+                                        checkout_from=where[1])
         check_recipe(bound, lambda key, message: _fail(f"{where[0]} ({where[1]})", key, message))
     found = locate(task.name, "data", data, recorded)
     if found is not None:
         link_data(task, *found)
-        bound = msgspec.structs.replace(bound, data_root=str(found[0]))
+        bound = msgspec.structs.replace(bound, data_root=str(found[0]), data_from=found[1])
+    else:
+        forget_data(task)  # a folder linked for an earlier command is never used unsaid
     return bound
 
 
@@ -197,6 +200,13 @@ def link_data(task: Task, data: Path, given_as: str = "--data") -> None:
             return
         link.unlink()
     link.symlink_to(data, target_is_directory=True)
+
+
+def forget_data(task: Task) -> None:
+    """Remove the data link an earlier command left in the task's cache."""
+    link = cache_root() / task.name / DATA_LINK
+    if link.is_symlink():
+        link.unlink()
 
 
 def user_data(cache: Path, task_name: str, help_text: str) -> Path:

@@ -65,10 +65,13 @@ class SeedRun(msgspec.Struct, kw_only=True):
     out: str
 
 
-#: ``run(argv, cwd=..., timeout_s=..., stdin=None, env=None, readable=(), writable=())``
+#: ``run(argv, cwd=..., timeout_s=..., stdin=None, env=None, readable=(), writable=None)``
 #: -> Process: runs in the same sandbox and limits as training; ``stdin`` bytes are
-#: fed to the process; ``cwd``, ``ctx.scratch`` and ``writable`` folders are writable,
-#: ``readable`` ones (and the training data) read-only; held-out data stays hidden.
+#: fed to the process; ``cwd`` is read-only; the ``writable`` folders (``ctx.scratch``
+#: when None) are writable — give each call a folder of its own so calls cannot pass
+#: notes (``arl.tasks.outputs.call_folder``); ``readable`` ones (and the training data)
+#: are read-only; held-out data stays hidden. Read what a call wrote with
+#: ``arl.tasks.outputs`` (never through a link).
 Runner = Callable[..., Process]
 
 
@@ -101,6 +104,9 @@ class Evaluation(msgspec.Struct, kw_only=True):
     checks: list[Check] = []
     #: Score per seed, where the task scores seeds separately.
     per_seed: dict[int, float] = {}
+    #: False when the score (or a gate) is read from what the recipe printed about itself
+    #: (the GPU adapters parse their logs): the program's claim, not a measurement.
+    verified: bool = True
 
     @property
     def failed(self) -> list[Check]:

@@ -193,6 +193,10 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     checkout_root: str = ""
     recipe_root: str = ""
     data_root: str = ""
+    #: How each path was given (the option, an environment variable, the config file, or the
+    #: search's record), said wherever a path is used.
+    checkout_from: str = ""
+    data_from: str = ""
 
     @property
     def folder(self) -> Path:

@@ -158,4 +158,4 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         metrics["recipe_time_s"] = sum(times) / len(times)
     metrics["train_wall_s"] = score
     checks += declared_checks(task)
-    return Evaluation(score=None if missing else score, metrics=metrics, checks=checks, per_seed=per_seed)
+    return Evaluation(score=None if missing else score, metrics=metrics, checks=checks, per_seed=per_seed, verified=False)  # read from the recipe's log

@@ -1,14 +1,12 @@
-"""golf-mini evaluation harness: run by the evaluator, in the sandbox, with cwd = the program.
+"""golf-mini evaluation harness: run by the evaluator, in the sandbox, once per call.
 
-    python harness.py OUT VAL RESULT
+    python harness.py MODEL INPUT RESULT
 
-Imports the program's ``train.py``, loads the trained weights from OUT with
-``train.load`` and writes, to the folder RESULT:
-
-* ``log_probs.npy`` — ``train.log_probs(model, val)``: one row of 256 log-probabilities
-  per byte of VAL (the evaluator scores them and checks they are normalised);
-* ``causal.npz`` — predictions for a probe segment and for the same segment with its
-  second half replaced by random bytes (the evaluator checks the first half agrees).
+Imports the program's ``train.py`` (cwd is this call's own copy of the program), loads
+the trained weights from MODEL with ``train.load`` and writes
+``train.log_probs(model, INPUT bytes)`` — one row of 256 log-probabilities per byte —
+to ``RESULT/log_probs.npy``. The evaluator calls it twice per seed, on the held-out
+text and on a copy altered at secret positions, in separate sandboxes, and compares.
 
 It reports nothing itself: the evaluator computes every number from these arrays.
 """
@@ -20,26 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROBE = 1024  # bytes in the causality probe
 
-
-def main(out: str, val: str, result: str) -> None:
+def main(model_dir: str, data_file: str, result: str) -> None:
     torch.set_num_threads(int(os.environ.get("ARL_THREADS", 1)))
     sys.path.insert(0, os.getcwd())
     import train  # the program under evaluation
 
-    model = train.load(out)
-    data = np.fromfile(val, dtype=np.uint8)
-    result_dir = Path(result)
+    model = train.load(model_dir)
+    data = np.fromfile(data_file, dtype=np.uint8)
     lp = train.log_probs(model, data)
-    np.save(result_dir / "log_probs.npy", np.asarray(torch.as_tensor(lp).float().numpy(), np.float32))
-
-    probe = data[len(data) // 2: len(data) // 2 + PROBE].copy()
-    changed = probe.copy()
-    changed[PROBE // 2:] = np.random.default_rng(0).integers(0, 256, PROBE - PROBE // 2, dtype=np.uint8)
-    np.savez(result_dir / "causal.npz",
-             same=torch.as_tensor(train.log_probs(model, probe)).float().numpy(),
-             changed=torch.as_tensor(train.log_probs(model, changed)).float().numpy())
+    np.save(Path(result) / "log_probs.npy", np.asarray(torch.as_tensor(lp).float().numpy(), np.float32))
 
 
 if __name__ == "__main__":

@@ -173,4 +173,4 @@ def evaluate(ctx: EvalContext) -> Evaluation:
         if known:
             metrics[name] = max(known)
     checks += declared_checks(task)
-    return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=per_seed)
+    return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=per_seed, verified=False)  # read from the recipe's log

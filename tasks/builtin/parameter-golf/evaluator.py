@@ -326,7 +326,7 @@ def evaluate(ctx: EvalContext) -> Evaluation:
     if gpus:
         metrics["world_size"] = float(min(gpus))  # fewer GPUs than the challenge's 8 shows here
     checks += declared_checks(task)
-    return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=per_seed)
+    return Evaluation(score=score, metrics=metrics, checks=checks, per_seed=per_seed, verified=False)  # read from the recipe's log
 
 
 def _time_check(name: str, values: list[tuple[int, float | None]], limit: float, fails_as: Label,

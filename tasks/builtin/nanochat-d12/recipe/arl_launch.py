@@ -19,7 +19,9 @@ base.mkdir(exist_ok=True)
 for name in ("base_data_climbmix", "tokenizer", "eval_bundle"):
     if not (base / name).exists():
         (base / name).symlink_to(data / name, target_is_directory=True)
-gpus = int(os.environ.get("ARL_GPUS") or len(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")))
+# One rank per device of the trial: its GPUs, or with `--devices cpu:N` N CPU ranks (a dry run).
+gpus = int(os.environ.get("ARL_RANKS") or os.environ.get("ARL_GPUS")
+           or len(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")))
 env = dict(os.environ, NANOCHAT_BASE_DIR=str(base), OMP_NUM_THREADS="1")
 torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
 steps = [

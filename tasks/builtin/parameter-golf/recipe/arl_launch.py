@@ -19,7 +19,9 @@ dataset = next((p for p in variants if p.name == "fineweb10B_sp1024"), variants[
 if dataset is None:
     sys.exit(f"arl_launch: {data}/datasets holds no fineweb10B_sp* folder")
 vocab = dataset.name.removeprefix("fineweb10B_sp")
-gpus = int(os.environ.get("ARL_GPUS") or len(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")))
+# One rank per device of the trial: its GPUs, or with `--devices cpu:N` N CPU ranks (a dry run).
+gpus = int(os.environ.get("ARL_RANKS") or os.environ.get("ARL_GPUS")
+           or len(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")))
 env = dict(
     os.environ,
     DATA_PATH=str(dataset),
