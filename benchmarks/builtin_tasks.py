@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arl.runners.sandbox import run_process  # noqa: E402
+from arl.tasks.code import TaskData, training_feed  # noqa: E402
 from arl.tasks.evaluation import EvalContext, SeedRun  # noqa: E402
 from arl.tasks.manifest import Task, load_task  # noqa: E402
 
@@ -77,10 +78,12 @@ def trial(task: Task, program: Path, seeds: list[int], work: Path, train_s: floa
         workspace, out = work / f"ws-{seed}", work / f"out-{seed}"
         shutil.copytree(program, workspace)
         out.mkdir()
+        fed = training_feed(task, TaskData(root=cache, train=cache / "train", heldout=cache / "heldout"), seed)
         env = {"ARL_DATA": str(cache / "train"), "ARL_OUT": str(out), "ARL_SEED": str(seed),
                "ARL_TRAIN_BUDGET_S": str(train_s)}
         proc = run_process([a.replace("{python}", sys.executable) for a in task.run.command],
-                           cwd=workspace, timeout_s=budgets.wallclock_s, env=env, writable=[out], **limits)
+                           cwd=workspace, timeout_s=budgets.wallclock_s, env=env, stdin=fed, writable=[out],
+                           **{**limits, "readable": limits["readable"] if fed is None else []})
         runs.append(SeedRun(seed=seed, process=proc, workspace=str(workspace), out=str(out)))
     scratch = work / "scratch"
     scratch.mkdir()

@@ -168,6 +168,10 @@ def main() -> None:
                     collect(ledger, rebuild(ledger), results, args.results)
                     done_now.add((task, arm, seed))
                     row = recorded(task, arm, seed, trials)
+                    if row is None:  # it stopped before its budget (a failed baseline): nothing to record
+                        print(f"  {task} {arm} seed {seed} [{summary.search_id[:8]}]: stopped: {summary.stopped}"
+                              + (f" — {summary.problem}" if summary.problem else ""), file=sys.stderr, flush=True)
+                        continue
                     print(f"  {task} {arm} seed {seed} [{summary.search_id[:8]}]: gain {row['gain']:+.1%}, "
                           f"{row['labels']} ({row['minutes']} min)", file=sys.stderr, flush=True)
                 print_table(plan, arms, args, results, recorded, commit)

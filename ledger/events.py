@@ -81,6 +81,8 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     wallclock_s: float | None = None
     memory_mb: int | None = None
     threads: int = 1
+    #: Bytes of training text one run is given (None: the whole training folder).
+    train_tokens: int | None = None
 
 
 class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -208,6 +210,40 @@ class TrialEvaluated(Event, frozen=True, kw_only=True):
     verified: bool | None = None
 
 
+class Evidence(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a keep, a discard or a baseline stands on, as measured when it was decided.
+
+    ``gain`` and ``interval`` are in the objective's better direction (positive: the
+    candidate is better). ``test`` is "welch_t" (both sides measured on two seeds or
+    more), "bootstrap" (a 95 % interval of the mean difference, resampling the side
+    with several seeds) or "none" (one measurement each: there is nothing to test).
+    The label follows ``rule``; the test is the evidence beside it.
+    """
+
+    #: The rule that decided, in words ("gain 0.05 > noise floor 0.03: kept without re-runs").
+    rule: str
+    #: The candidate's score on each seed the decision used.
+    seeds: dict[int, float] = {}
+    #: What it was compared with: the best at label time, its score and per-seed scores.
+    best_trial: str | None = None
+    best: float | None = None
+    best_seeds: dict[int, float] = {}
+    gain: float | None = None
+    #: The floor the search judged by, and where it came from ("manifest" or "measured").
+    noise_floor: float = 0.0
+    floor_source: str = "manifest"
+    confirmed: bool = False
+    test: str = "none"
+    statistic: float | None = None
+    p_value: float | None = None
+    interval: tuple[float, float] | None = None
+    #: A baseline measured on several seeds: the spread it found and the manifest's floor.
+    measured_floor: float | None = None
+    declared_floor: float | None = None
+    #: One line when the measurement contradicts the manifest's floor, else "".
+    note: str = ""
+
+
 class TrialLabeled(Event, frozen=True, kw_only=True):
     search_id: str
     label: Label
@@ -216,6 +252,8 @@ class TrialLabeled(Event, frozen=True, kw_only=True):
     delta_vs_parent: float | None = None
     delta_vs_best: float | None = None
     reason: str = ""
+    #: Keeps, discards and baselines of a legal score (None for older ledgers and failures).
+    evidence: Evidence | None = None
 
 
 class LeaseExpired(Event, frozen=True, kw_only=True):

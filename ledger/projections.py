@@ -35,7 +35,8 @@ from arl.ledger.store import Ledger, decode_states
 BASELINE_AGENT = "baseline"
 
 #: Bump when State's layout changes: older checkpoints are then ignored and rebuilt.
-PROJECTION_VERSION = 5  # 3: TrialRow.shortfalls; 4: baselines never charged, SearchRow.measuring; 5: State.link
+PROJECTION_VERSION = 6  # 3: TrialRow.shortfalls; 4: baselines never charged, SearchRow.measuring; 5: State.link;
+# 6: TrialRow.seed_scores, SearchRow.floor_source
 
 
 class TrialRow(msgspec.Struct, kw_only=True, gc=False):
@@ -63,6 +64,8 @@ class TrialRow(msgspec.Struct, kw_only=True, gc=False):
     #: For each failed check with a value and a limit, by the label it fails as: how far
     #: it missed, as a fraction of the limit (0.02: 2 % short of an accuracy gate).
     shortfalls: dict[str, float] = {}
+    #: Per-seed scores its label stood on (from the label's evidence; empty for older ledgers).
+    seed_scores: dict[int, float] = {}
     proposed_at: datetime | None = None
     labeled_at: datetime | None = None
     version: int = 0  # last stream version seen
@@ -79,6 +82,10 @@ class SearchRow(msgspec.Struct, kw_only=True, gc=False):
     task: str
     direction: str
     noise_floor: float = 0.0
+    #: "manifest", or "measured" once a baseline on several seeds set the floor.
+    floor_source: str = "manifest"
+    #: One line when the measured floor contradicts the manifest's, else "".
+    floor_note: str = ""
     kind: str = "search"
     started_at: datetime | None = None
     stopped_at: datetime | None = None
@@ -297,6 +304,7 @@ def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
     row.reason = e.reason
     row.delta_vs_best = e.delta_vs_best
     row.delta_vs_parent = e.delta_vs_parent
+    row.seed_scores = dict(e.evidence.seeds) if e.evidence is not None else {}
     row.labeled_at = e.at
     s.queue.pop(e.originator_id, None)
     label = e.label.value
@@ -314,6 +322,10 @@ def _on_labeled(s: State, e: ev.TrialLabeled, _nid: int) -> None:
     if e.label is Label.BASELINE and search.baseline_trial is None:
         search.baseline_trial = row.trial_id
         search.baseline_score = e.score
+    if e.label is Label.BASELINE and e.evidence is not None and e.evidence.floor_source == "measured":
+        search.noise_floor = e.evidence.noise_floor
+        search.floor_source = "measured"
+        search.floor_note = e.evidence.note
     if e.label in (Label.BASELINE, Label.KEEP) and better(
         search.direction, e.score, search.best_score
     ):

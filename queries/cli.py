@@ -66,7 +66,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     with Ledger.open(args.store, read_only=True) as ledger:
         con = _connect(args, ledger)
     try:
-        table = run_named(con, args.name, search=args.search, quartiles=args.quartiles)
+        table = run_named(con, args.name, search=args.search, quartiles=args.quartiles, noise=args.noise)
         print(render(table, args.format))
     finally:
         con.close()
@@ -222,6 +222,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(NAMED)}")
     p.add_argument("--search", metavar="S", help="a search id, id prefix or name (default: every search)")
     p.add_argument("--quartiles", action="store_true", help="label_mix: per quartile of each search")
+    p.add_argument("--noise", type=float, metavar="X",
+                   help="noise_audit: the run-to-run noise to judge keeps by (default: each search's floor)")
     _format_arg(p)
     _store_arg(p)
     _cache_arg(p)

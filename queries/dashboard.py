@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from arl.ledger import ArlError, Ledger
 from arl.ledger.programs import get_program, unified_diff
+from arl.queries.decisions import evidence_lines, evidence_of
 from arl.queries.errors import QueryError
 from arl.queries.named import run_named
 
@@ -249,7 +250,7 @@ def _throughput(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 def _keeps(con: duckdb.DuckDBPyConnection, limit: int | None, ledger: Ledger | None) -> list[dict[str, Any]]:
     rows = con.execute("""
         SELECT v.i, v.seq, v.trial_id, v.id, v.agent, v.label, v.score, v.delta_vs_best, t.hypothesis,
-               t.edit_digest, t.source->>'snapshot_path', t.verified
+               t.edit_digest, t.source->>'snapshot_path', t.evidence, t.verified
         FROM _view v JOIN log.trials t USING (trial_id)
         WHERE v.label IN ('keep', 'baseline') ORDER BY v.i DESC LIMIT $n""",
                        {"n": limit if limit is not None else 2**62}).fetchall()
@@ -258,7 +259,8 @@ def _keeps(con: duckdb.DuckDBPyConnection, limit: int | None, ledger: Ledger | N
         out.append({"i": r[0], "seq": r[1], "trial": r[2], "id": r[3], "agent": r[4], "label": r[5],
                     "score": r[6], "delta": r[7], "hypothesis": r[8] or "",
                     "diff": _blob_text(ledger, r[9]) if ledger is not None else None, "snapshot": r[10],
-                    "verified": r[11]})
+                    "evidence": evidence_lines(e) if (e := evidence_of(r[11])) is not None else [],
+                    "verified": r[12]})
     return out
 
 
@@ -701,12 +703,15 @@ function renderSearch(s, box) {
                        c.tokens_per_keep]), {id: "cost"});
   else h(box, "p", {class: "muted"}, "no model calls recorded");
   h(box, "h3", {}, "Keeps");
-  table(box, ["seq", "id", "agent", "label", "score", "Δ vs best", "hypothesis", "diff"], s.keeps.map(k => [
+  table(box, ["seq", "id", "agent", "label", "score", "Δ vs best", "hypothesis", "diff", "evidence"], s.keeps.map(k => [
     k.seq, td => link(td, trialHref(k.trial), k.id), k.agent, td => chip(td, k.label), fmt(k.score) + (k.verified === false ? " (from the recipe's log)" : ""), signed(k.delta),
     k.hypothesis, td => {
       if (k.diff) { const det = h(td, "details"); h(det, "summary", {}, "diff"); diffPre(det, k.diff); }
       else if (k.snapshot) h(td, "span", {class: "muted"}, "snapshot " + k.snapshot);
       else h(td, "span", {class: "muted"}, DATA.live ? "on the trial page" : "no diff recorded");
+    }, td => {
+      if (!k.evidence || !k.evidence.length) { h(td, "span", {class: "muted"}, "not recorded"); return; }
+      const det = h(td, "details"); h(det, "summary", {}, k.evidence[0]); h(det, "pre", {}, k.evidence.slice(1).join("\n"));
     }]), {class: "keeps", id: "keeps-0"});
 }
 

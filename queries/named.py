@@ -228,6 +228,55 @@ ORDER BY search_name, x.search, x.agent NULLS FIRST
 """
 
 
+# A keep's gain over the best at the time it was decided: from its evidence where recorded,
+# else from its stored delta_vs_best (score minus that best, signed; imports carry the
+# source's own). The noise is the one given, else the floor measured on the search's
+# starting program, else the manifest's. "Within" is the side arl re-runs: gain <= noise
+# (the tolerance absorbs decimal representation, e.g. 1.081 - 1.080).
+_NOISE_AUDIT = """
+WITH ordered AS (
+    SELECT t.search, t.seq, t.label, t.score, t.delta_vs_best, t.evidence, s.direction,
+           -- the best before this trial, where neither the evidence nor the delta says it
+           CASE WHEN s.direction = 'min'
+                THEN min(t.score) FILTER (WHERE t.label IN ('baseline', 'keep')) OVER w
+                ELSE max(t.score) FILTER (WHERE t.label IN ('baseline', 'keep')) OVER w END AS best_before
+    FROM log.trials t JOIN searches s USING (search)
+    WHERE $search IS NULL OR t.search = $search
+    WINDOW w AS (PARTITION BY t.search ORDER BY t.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+), keeps AS (
+    SELECT search,
+           coalesce((evidence->>'gain')::DOUBLE,
+                    CASE WHEN direction = 'min' THEN -delta_vs_best ELSE delta_vs_best END,
+                    CASE WHEN direction = 'min' THEN best_before - score ELSE score - best_before END) AS gain,
+           coalesce((evidence->>'confirmed')::BOOLEAN, false) AS confirmed
+    FROM ordered
+    WHERE label = 'keep'
+), measured AS (
+    SELECT search, arg_max((evidence->>'noise_floor')::DOUBLE, seq) AS floor
+    FROM log.trials
+    WHERE label = 'baseline' AND evidence->>'floor_source' = 'measured'
+    GROUP BY search
+), judged AS (
+    SELECT s.name AS search_name, s.search,
+           coalesce($noise::DOUBLE, m.floor, s.noise_floor) AS noise,
+           CASE WHEN $noise IS NOT NULL THEN 'given' WHEN m.floor IS NOT NULL THEN 'measured'
+                ELSE 'manifest' END AS noise_from
+    FROM searches s LEFT JOIN measured m USING (search)
+    WHERE $search IS NULL OR s.search = $search
+)
+SELECT j.search_name, j.noise, j.noise_from,
+       count(k.search) AS keeps,
+       count(k.search) FILTER (WHERE k.gain <= j.noise + 1e-12) AS within_noise,
+       count(k.search) FILTER (WHERE k.gain <= j.noise + 1e-12 AND k.confirmed) AS confirmed,
+       count(k.search) FILTER (WHERE k.gain IS NULL) AS no_reference,
+       round(median(k.gain), 6) AS median_gain,
+       j.search
+FROM judged j LEFT JOIN keeps k USING (search)
+GROUP BY ALL
+ORDER BY j.search_name, j.search
+"""
+
+
 def _prices(con: duckdb.DuckDBPyConnection) -> None:
     from arl.queries.prices import register_prices
 
@@ -248,6 +297,9 @@ NAMED: dict[str, NamedQuery] = {
         NamedQuery("agent_yield", "keeps, failures and mean delta per specialist", _AGENT_YIELD),
         NamedQuery("calibration", "expected vs observed delta per specialist", _CALIBRATION),
         NamedQuery("throughput", "trials per hour and busy workers over time", _THROUGHPUT),
+        NamedQuery("noise_audit", "per search: keeps, those whose gain over the best at the time was within "
+                   "the noise (--noise X, else the search's floor), and how many re-runs confirmed",
+                   _NOISE_AUDIT),
         NamedQuery("agent_cost", "model tokens and cost per specialist and per keep (prices: ARL_PRICES)",
                    _AGENT_COST, prepare=_prices),
     )
@@ -260,6 +312,7 @@ def run_named(
     *,
     search: str | None = None,
     quartiles: bool = False,
+    noise: float | None = None,
 ) -> Table:
     """Run a named query; ``search`` is an id, id prefix or name (see :func:`resolve_search`)."""
     query = NAMED.get(name)
@@ -267,11 +320,18 @@ def run_named(
         raise QueryError(f"no named query {name!r}; choose one of: {', '.join(NAMED)}")
     if quartiles and name != "label_mix":
         raise QueryError(f"--quartiles applies to label_mix only, not {name}; drop it")
+    if noise is not None and name != "noise_audit":
+        raise QueryError(f"--noise applies to noise_audit only, not {name}; drop it")
+    if noise is not None and not (noise >= 0 and noise < float("inf")):
+        raise QueryError(f"--noise {noise}: give the run-to-run noise as a finite number >= 0, e.g. 0.001")
     sql = _LABEL_MIX_QUARTILES if quartiles else query.sql
     if query.prepare is not None:
         query.prepare(con)
     sid = resolve_search(con, search) if search else None
-    return run_sql(con, sql, {"search": sid})
+    params: dict[str, object] = {"search": sid}
+    if name == "noise_audit":
+        params["noise"] = noise
+    return run_sql(con, sql, params)
 
 
 def resolve_search(con: duckdb.DuckDBPyConnection, text: str) -> str:

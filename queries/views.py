@@ -53,7 +53,7 @@ SELECT p.search_id AS search, p.seq, p.stream AS trial_id, p.agent, p.surface, p
        {_STATE} AS state,
        p.edit_digest, p.agent_call_digest,
        p.source->>'id' AS source_id, p.source->>'status' AS source_status,
-       p.source->>'salvaged' AS salvaged, p.source,
+       p.source->>'salvaged' AS salvaged, p.source, lab.evidence,
        p.id AS pid, pp.id AS parent_pid
 FROM log.trial_proposed p
 LEFT JOIN {_latest("trial_labeled", only)} lab USING (stream)
@@ -124,7 +124,32 @@ LEFT JOIN (SELECT DISTINCT ON (stream) stream, "at", reason, summary
 LEFT JOIN (SELECT search_id AS stream, count(*) AS trials
            FROM log.trial_proposed GROUP BY ALL) n USING (stream)
 """,
-    "trials": "SELECT * EXCLUDE (pid, parent_pid) FROM log.trials",
+    "trials": "SELECT * EXCLUDE (pid, parent_pid, evidence) FROM log.trials",
+    # Every keep, discard and baseline with what it stood on (TrialLabeled.evidence; older
+    # and imported decisions have none: their evidence columns are null).
+    "decisions": """
+SELECT s.name AS search_name, t.seq, t.agent, t.label, t.score, t.delta_vs_best,
+       t.evidence->>'rule' AS rule,
+       (t.evidence->>'gain')::DOUBLE AS gain,
+       (t.evidence->>'noise_floor')::DOUBLE AS noise_floor,
+       t.evidence->>'floor_source' AS floor_source,
+       (t.evidence->>'confirmed')::BOOLEAN AS confirmed,
+       t.evidence->>'test' AS test,
+       (t.evidence->>'statistic')::DOUBLE AS statistic,
+       (t.evidence->>'p_value')::DOUBLE AS p_value,
+       (t.evidence->'interval'->>0)::DOUBLE AS interval_low,
+       (t.evidence->'interval'->>1)::DOUBLE AS interval_high,
+       t.evidence->'seeds' AS seeds,
+       t.evidence->>'best_trial' AS best_trial,
+       (t.evidence->>'best')::DOUBLE AS best,
+       t.evidence->'best_seeds' AS best_seeds,
+       (t.evidence->>'measured_floor')::DOUBLE AS measured_floor,
+       (t.evidence->>'declared_floor')::DOUBLE AS declared_floor,
+       t.evidence->>'note' AS note,
+       t.trial_id, t.search
+FROM log.trials t JOIN searches s USING (search)
+WHERE t.label IN ('baseline', 'keep', 'discard')
+""",
     "lineage": """
 SELECT search_id AS search, stream AS child, unnest(parents) AS parent
 FROM log.trial_proposed

@@ -262,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         lineage=None if args.lineage is None else args.lineage == "on", seed=args.seed, llm_url=args.llm_url,
         llm_model=args.llm_model, inbox=args.inbox, budget_tokens=args.budget_tokens, turns=args.turns,
         recipe_from=args.recipe_from, data=args.data, llm_max_tokens=args.llm_max_tokens,
+        baseline_seeds=args.baseline_seeds,
         sandbox=args.sandbox,
     ).items() if v is not None}
     with Ledger.open(args.store) as ledger:
@@ -532,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lineage", choices=["on", "off"],
                    help="off: specialists see only the best program (the control arm; default on)")
     p.add_argument("--seed", type=int, help="the specialists' seed (default 0)")
+    p.add_argument("--baseline-seeds", type=int, metavar="K",
+                   help="measure the starting program on K seeds first: their spread is the noise floor the "
+                        "search judges by (a manifest floor it contradicts is reported)")
     p.add_argument("--name", help="a name for the search")
     p.add_argument("--resume", metavar="SEARCH",
                    help="continue a stopped search (id prefix or name); --trials, --workers and "

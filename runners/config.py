@@ -33,6 +33,22 @@ class SearchConfig(msgspec.Struct, kw_only=True):
     #: "bwrap": model-written code runs only under a working sandbox (the default);
     #: "none": the user allowed it without one (``--sandbox none``), on the record.
     sandbox: str = "bwrap"
+    #: Measure the starting program on this many seeds first; their spread becomes the
+    #: noise floor the search judges by (None: one measurement, the manifest's floor).
+    baseline_seeds: int | None = None
+
+    def measured_seeds(self, task_seeds: list[int], confirm_seeds: list[int]) -> list[int] | None:
+        """The seeds of the baseline: the task's, its confirmation seeds, then the next unused."""
+        if self.baseline_seeds is None:
+            return None
+        if self.baseline_seeds < 2:
+            raise ArlError(f"--baseline-seeds {self.baseline_seeds}: a spread needs at least 2 seeds; "
+                           "give 2 or more, or leave it out to judge by the manifest's noise floor")
+        seeds = list(dict.fromkeys([*task_seeds, *confirm_seeds]))
+        extra = (n for n in range(10_000) if n not in seeds)
+        while len(seeds) < self.baseline_seeds:
+            seeds.append(next(extra))
+        return seeds[: self.baseline_seeds]
 
     @classmethod
     def of(cls, recorded: ev.SearchStarted | dict[str, Any]) -> SearchConfig:

@@ -6,6 +6,7 @@ from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 from arl.ledger.searches import find_search
 from arl.ledger.store import Ledger
+from arl.queries.decisions import evidence_lines
 
 
 def find_trial(ledger: Ledger, ref: str) -> str:
@@ -70,6 +71,8 @@ def render_trial(ledger: Ledger, ref: str) -> str:
         elif isinstance(e, ev.TrialLabeled):
             delta = f", Δbest {e.delta_vs_best:+.4g}" if e.delta_vs_best is not None else ""
             out += ["", f"label: {e.label.value}{delta} — {e.reason}"]
+            if e.evidence is not None:
+                out += [f"  {line}" for line in evidence_lines(e.evidence)]
     return "\n".join(out)
 
 

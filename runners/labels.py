@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from arl.ledger.events import Check, Label
+from arl.ledger.events import Check, Evidence, Label
 from arl.ledger.projections import better
+from arl.runners.evidence import compare, spread
 from arl.tasks.evaluation import Evaluation, SeedRun
 from arl.tasks.manifest import Task
 
@@ -104,50 +105,127 @@ def label_evaluation(evaluation: Evaluation) -> tuple[Label, str] | None:
 Confirm = Callable[[], "tuple[Evaluation, list[int]] | str"]
 
 
-def decide(task: Task, evaluation: Evaluation, *, baseline: bool, best_now: Callable[[], float | None],
-           confirm: Confirm) -> tuple[Label, str, Evaluation]:
-    """The label of an evaluated trial, its reason, and the evaluation it stands on.
+class Best(msgspec.Struct, frozen=True, kw_only=True):
+    """The best at label time: what a candidate is compared with."""
 
-    Illegal or broken results are labelled by their worst failure. A legal score is
-    a keep when it beats the best at label time (``best_now()``, asked only for a legal
-    score that is not the baseline's) by more than the task's noise floor;
-    one within the floor (every one, for ``confirm = "always"``) is re-run on the
-    confirmation seeds first and kept only if the score over all seeds still beats
-    the best.
+    score: float
+    trial_id: str | None = None
+    #: Its per-seed scores where recorded (older trials: none; its score then stands alone).
+    seeds: dict[int, float] = {}
+
+
+class Floor(msgspec.Struct, frozen=True, kw_only=True):
+    """The noise floor a search judges by, and where it came from."""
+
+    value: float
+    source: str = "manifest"  # or "measured" (``--baseline-seeds``)
+
+
+Decision = tuple[Label, str, Evaluation, Evidence | None]
+
+
+def decide(task: Task, evaluation: Evaluation, *, baseline: bool, best_now: Callable[[], Best | None],
+           confirm: Confirm, floor: Floor | None = None, measure_floor: bool = False) -> Decision:
+    """The label of an evaluated trial, its reason, the evaluation it stands on, and its evidence.
+
+    Illegal or broken results are labelled by their worst failure (no evidence). A
+    legal score is a keep when it beats the best at label time (``best_now()``, asked
+    only for a legal score that is not the baseline's) by more than the noise floor
+    (``floor``: the search's, else the task's); one within the floor (every one, for
+    ``confirm = "always"``) is re-run on the confirmation seeds first and kept only if
+    the mean over all seeds still beats the best. The evidence records the per-seed
+    scores on both sides, the rule that decided, and Welch's t or a bootstrap
+    interval of the gain (:mod:`arl.runners.evidence`). With ``measure_floor`` (a search
+    started with ``--baseline-seeds``) the baseline's seeds measure the search's floor.
     """
+    floor = floor or Floor(value=task.objective.noise_floor)
     illegal = label_evaluation(evaluation)
     if illegal is not None:
-        return illegal[0], illegal[1], evaluation
-    if baseline:
-        return Label.BASELINE, "the search's starting program", evaluation
-    score = evaluation.score
+        return illegal[0], illegal[1], evaluation, None
     direction = task.objective.direction
+    if baseline:
+        return Label.BASELINE, "the search's starting program", evaluation, baseline_evidence(
+            task, evaluation, measure=measure_floor)
+    score = evaluation.score
     best = best_now()
+
+    def evidence(rule: str, on: Evaluation, confirmed: bool = False) -> Evidence:
+        seeds = dict(on.per_seed) or {0: on.score}
+        if best is None:
+            return Evidence(rule=rule, seeds=seeds, noise_floor=floor.value, floor_source=floor.source)
+        reference = dict(best.seeds) or {}
+        result = compare(list(seeds.values()), list(reference.values()) or [best.score], direction)
+        return Evidence(
+            rule=rule, seeds=seeds, best_trial=best.trial_id, best=best.score, best_seeds=reference,
+            gain=gain(direction, on.score, best.score), noise_floor=floor.value, floor_source=floor.source,
+            confirmed=confirmed, test=result.test, statistic=result.statistic, p_value=result.p_value,
+            interval=result.interval,
+        )
+
     if best is None:
-        return Label.KEEP, f"{score:.6g}: the search's first legal score", evaluation
-    if not better(direction, score, best):
-        return Label.DISCARD, f"{score:.6g} is not better than the best {best:.6g}", evaluation
-    margin = abs(score - best)
-    if task.confirm != "always" and margin > task.objective.noise_floor:
-        return Label.KEEP, f"{score:.6g} beats the best {best:.6g} by {margin:.3g}", evaluation
+        return Label.KEEP, f"{score:.6g}: the search's first legal score", evaluation, evidence(
+            "the search's first legal score is kept", evaluation)
+    if not better(direction, score, best.score):
+        return Label.DISCARD, f"{score:.6g} is not better than the best {best.score:.6g}", evaluation, evidence(
+            "not better than the best: discarded without re-runs", evaluation)
+    margin = abs(score - best.score)
+    if task.confirm != "always" and margin > floor.value:
+        return Label.KEEP, f"{score:.6g} beats the best {best.score:.6g} by {margin:.3g}", evaluation, evidence(
+            f"gain {margin:.3g} > noise floor {floor.value:g} ({floor.source}): kept without re-runs", evaluation)
+    within = (f"gain {margin:.3g} <= noise floor {floor.value:g} ({floor.source})"
+              if margin <= floor.value else "the task confirms every candidate")
     if not task.confirm_seeds:
         return Label.DISCARD, (
             f"{score:.6g} beats the best by {margin:.3g}, within the noise floor "
-            f"{task.objective.noise_floor:g}, and the task has no confirmation seeds"
-        ), evaluation
+            f"{floor.value:g}, and the task has no confirmation seeds"
+        ), evaluation, evidence(f"{within}, no confirmation seeds: discarded", evaluation)
     confirmed = confirm()
     if isinstance(confirmed, str):
-        return Label.DISCARD, f"not confirmed: {confirmed}", evaluation
+        return Label.DISCARD, f"not confirmed: {confirmed}", evaluation, evidence(
+            f"{within}; the re-runs failed: discarded", evaluation)
     combined, all_seeds = confirmed
     illegal = label_evaluation(combined)
     if illegal is not None:
-        return illegal[0], f"on confirmation seeds {task.confirm_seeds}: {illegal[1]}", combined
-    if not better(direction, combined.score, best):
+        return illegal[0], f"on confirmation seeds {task.confirm_seeds}: {illegal[1]}", combined, None
+    rule = f"{within}; re-run on seeds {task.confirm_seeds}: kept if the mean over {len(all_seeds)} seeds beats the best"
+    if not better(direction, combined.score, best.score):
         return Label.DISCARD, (
             f"not confirmed: {combined.score:.6g} over seeds {list(all_seeds)} is not better than "
-            f"the best {best:.6g}"
-        ), combined
+            f"the best {best.score:.6g}"
+        ), combined, evidence(rule, combined)
     return Label.KEEP, (
-        f"{combined.score:.6g} over {len(all_seeds)} seeds beats the best {best:.6g} "
+        f"{combined.score:.6g} over {len(all_seeds)} seeds beats the best {best.score:.6g} "
         "(confirmed on unseen seeds)"
-    ), combined
+    ), combined, evidence(rule, combined, confirmed=True)
+
+
+def gain(direction: str, score: float, reference: float) -> float:
+    """How much better ``score`` is than ``reference`` (positive: better), in the metric's units."""
+    return reference - score if direction == "min" else score - reference
+
+
+#: A measured floor contradicts the manifest's when they differ by more than this factor.
+FLOOR_FACTOR = 2.0
+
+
+def baseline_evidence(task: Task, evaluation: Evaluation, *, measure: bool = True) -> Evidence:
+    """The baseline's seeds, and — when ``measure`` and on two or more — the floor the search judges by.
+
+    The measured floor is the seeds' sample standard deviation; the manifest's floor is
+    reported as contradicted when the two differ by more than :data:`FLOOR_FACTOR`.
+    """
+    seeds = dict(evaluation.per_seed) or {0: evaluation.score}
+    declared = task.objective.noise_floor
+    if not measure or len(seeds) < 2:
+        return Evidence(rule="the search's starting program", seeds=seeds, noise_floor=declared)
+    measured = spread(list(seeds.values()))
+    note = ""
+    if not declared / FLOOR_FACTOR <= measured <= declared * FLOOR_FACTOR:
+        note = (f"the manifest's noise floor {declared:g} is contradicted: the base program's "
+                f"{len(seeds)} seeds spread by {measured:.3g} (more than {FLOOR_FACTOR:g}x apart); "
+                f"judging by the measured {measured:.3g}")
+    return Evidence(
+        rule=f"the starting program on {len(seeds)} seeds: its spread is the noise floor",
+        seeds=seeds, noise_floor=measured, floor_source="measured",
+        measured_floor=measured, declared_floor=declared, note=note,
+    )

@@ -119,6 +119,8 @@ class RerunReport(msgspec.Struct, kw_only=True):
     same_label: int
     same_outcome: int = 0  # both legal (keep/discard are relative to a best that moves too), or the same failure
     not_rerun: int
+    #: Trials whose re-run gave exactly the recorded score (or, both, no score).
+    same_score: int = 0
     score_diffs: list[float]
     #: The same differences with their sign (re-run minus original), in trial order.
     score_shifts: list[float] = []
@@ -130,7 +132,8 @@ class RerunReport(msgspec.Struct, kw_only=True):
         lines = [f"re-ran {self.trials} trials of search {self.original[:8]} as search {self.replay[:8]}"
                  + (f" ({self.not_rerun} never ran: rejected at submission)" if self.not_rerun else ""),
                  f"identical labels: {self.same_label}/{self.trials} ({share:.0%}); "
-                 f"same outcome (legal, or the same failure): {self.same_outcome}/{self.trials}"]
+                 f"same outcome (legal, or the same failure): {self.same_outcome}/{self.trials}; "
+                 f"identical scores: {self.same_score}/{self.trials}"]
         if self.score_diffs:
             med, top = statistics.median(self.score_diffs), max(self.score_diffs)
             nf = self.noise_floor or float("nan")
@@ -175,7 +178,9 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
     ran = [r for r in rows if r.program_digest is not None]
     replay = start_search(ledger, task, name=f"rerun of {started.name}", kind="replay",
                           origin_search=original,
-                          config={"replay": "rerun", "trials": len(ran), "workers": workers})
+                          # a floor the original measured on its baseline is measured again the same way
+                          config={"replay": "rerun", "trials": len(ran), "workers": workers,
+                                  "baseline_seeds": SearchConfig.of(started).baseline_seeds})
     seeds = {e.originator_id: e.seeds for _, e in ledger.iter_events() if isinstance(e, ev.TrialSubmitted)}
     print(f"re-running {len(ran)} trials of {original[:8]} as search {replay[:8]} "
           f"with {workers} worker(s) …", file=out)
@@ -200,8 +205,9 @@ def rerun(ledger: Ledger, search_ref: str, *, trials: str | None = None, workers
                                        reason=f"baseline failed: {failed.label.value}"))
         raise ReplayError(baseline_problem(ledger, task, failed,
                                            again=f"`arl replay {original[:8]} --rerun` measures it again"))
+    # Drift is judged against the floor the original search judged by (measured, or the manifest's).
     report = agreement(original, replay, ran, {r.seq: r for r in after.trials_of(replay)},
-                       noise_floor=task.objective.noise_floor, not_rerun=len(rows) - len(ran))
+                       noise_floor=state.searches[original].noise_floor, not_rerun=len(rows) - len(ran))
     summary = summarize(after, replay, task.objective.metric, len(ran))
     ledger.append(ev.SearchStopped(originator_id=replay, originator_version=ledger.version(replay) + 1,
                                    reason="rerun complete", summary={
@@ -231,6 +237,8 @@ def agreement(original: str, replay: str, ran: list, replayed: dict[int, object]
             report.disagreements.append(Disagreement(
                 row.seq, row.label.value if row.label else "—", new.label.value if new.label else "—",
                 row.score, new.score, why))
+        if new.score == row.score:
+            report.same_score += 1
         if row.score is not None and new.score is not None:
             report.score_diffs.append(abs(new.score - row.score))
             report.score_shifts.append(new.score - row.score)

@@ -72,6 +72,10 @@ class Summary(msgspec.Struct, kw_only=True):
     elapsed_s: float
     #: Why the search could not go on, with what to do (a failed baseline); None otherwise.
     problem: str | None = None
+    #: The noise floor it judged by, where it came from, and a contradicted manifest floor.
+    noise_floor: float = 0.0
+    floor_source: str = "manifest"
+    floor_note: str = ""
     #: The trials in flight and the runner of each ("#7 on slurm-123_4@node07").
     running_on: tuple[str, ...] = ()
     #: The search's ``--sandbox``: "none" when the user let model-written code run without one.
@@ -98,7 +102,8 @@ def summarize(state: State, search_id: str, metric: str, trials: int, *, sandbox
         best=search.best_score, best_seq=best.seq if best else None,
         best_agent=best.agent if best else None, labels=dict(labels.most_common()),
         keeps_by_agent=dict(keeps.most_common()), stopped=search.stop_reason,
-        elapsed_s=last - started, sandbox=sandbox,
+        elapsed_s=last - started, sandbox=sandbox, noise_floor=search.noise_floor,
+        floor_source=search.floor_source, floor_note=search.floor_note,
         running_on=tuple(f"#{r.seq} on {r.runner}" for r in sorted(rows, key=lambda r: r.seq)
                          if r.label is None and r.status in ("claimed", "finished", "evaluated") and r.runner),
     )
@@ -117,6 +122,7 @@ def render_summary(s: Summary, where: str) -> str:
         best,
         f"keeps by specialist: {keeps}",
         f"labels: {labels}",
+        f"noise floor: {s.noise_floor:.4g} ({s.floor_source})" + (f" — {s.floor_note}" if s.floor_note else ""),
         *([f"running: {', '.join(s.running_on)}"] if s.running_on else []),
         *([f"sandbox: none (--sandbox none: recipes ran without bubblewrap where it is missing; "
            f"see each run's sandbox in arl show)"] if s.sandbox == "none" else []),
@@ -341,7 +347,8 @@ class Search:
         failed (a resumed search) — again at the next free number."""
         def measure(seq: int, hypothesis: str = "the starting program") -> str:
             return submit(self.ledger, self.task, self.search_id, seq, agent=BASELINE_AGENT, surface="",
-                          program=self.base_program, hypothesis=hypothesis)
+                          program=self.base_program, hypothesis=hypothesis,
+                          seeds=self.config.measured_seeds(self.task.seeds, self.task.confirm_seeds))
 
         failed = state.baseline_failed(self.search_id)
         if not state.trials_of(self.search_id):
@@ -406,6 +413,11 @@ class Search:
         waiting = unclaimed(self.ledger, state, self.search_id, self.task, self._queued_since)
         if waiting:
             line += f" | {waiting}"
+        search = state.searches[self.search_id]
+        if search.floor_source == "measured" and not getattr(self, "_floor_shown", False):
+            self._floor_shown = True
+            print(f"noise floor measured on the starting program: {search.noise_floor:.4g}"
+                  + (f"; {search.floor_note}" if search.floor_note else ""), file=self.out, flush=True)
         tty = self.out.isatty()
         # A terminal is redrawn in place with the ticking ETA; a log file gets one line per
         # label (how many trials are running changes twice a trial, and would double the log).
@@ -555,6 +567,7 @@ def run_search(ledger: Ledger, task_ref: str, config: SearchConfig, *, name: str
         task = bind(resolve(task_ref), recipe_from=config.recipe_from, data=config.data)
         found, workers = placement(task, devices, config.workers, workers_given="workers" in given)
         config = msgspec.structs.replace(config, workers=workers, **recorded_paths(task))
+        config.measured_seeds(task.seeds, task.confirm_seeds)  # a bad --baseline-seeds fails before anything is recorded
         search = Search.start(ledger, task, config, name=name, out=out)
     search.devices = found
     print(f"search {search.search_id[:8]} on {search.task.name}: {search.config.trials} trials, "

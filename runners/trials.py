@@ -385,7 +385,7 @@ class TrialRecorder:
 
     def evaluated_and_labeled(self, evaluator: Evaluator, evaluation: Evaluation, label: Label,
                               reason: str, deltas: tuple[float | None, float | None],
-                              data_digest: str) -> None:
+                              data_digest: str, evidence: ev.Evidence | None = None) -> None:
         metrics = {k: float(v) for k, v in evaluation.metrics.items()}
         self._append(
             ev.TrialEvaluated(
@@ -398,6 +398,6 @@ class TrialRecorder:
             ev.TrialLabeled(
                 originator_id=self.trial, originator_version=self.version + 2, search_id=self.search,
                 label=label, score=evaluation.score, improvement=label is Label.KEEP,
-                delta_vs_parent=deltas[0], delta_vs_best=deltas[1], reason=reason,
+                delta_vs_parent=deltas[0], delta_vs_best=deltas[1], reason=reason, evidence=evidence,
             ),
         )

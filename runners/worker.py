@@ -38,7 +38,7 @@ from arl.ledger.projections import BASELINE_AGENT, Projector, State
 from arl.ledger.store import Ledger, hostname
 from arl.runners.config import SearchConfig, sandbox_problem
 from arl.runners.devices import DevicePool, Devices, per_trial, shortfall, trial_env
-from arl.runners.labels import decide, label_runs
+from arl.runners.labels import Best, Decision, Floor, decide, label_runs
 from arl.runners.sandbox import bwrap_path, hiding_sqlite, run_process
 from arl.runners.trials import (
     CLAIM_HINT_S,
@@ -50,7 +50,7 @@ from arl.runners.trials import (
     renew_lease,
 )
 from arl.tasks import legality
-from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data
+from arl.tasks.code import Evaluator, TaskData, load_evaluator, prepare_data, training_feed
 from arl.tasks.evaluation import EvalContext, Evaluation, Process, SeedRun
 from arl.tasks.manifest import Task
 from arl.tasks.outputs import OutputError, read_bytes
@@ -340,12 +340,13 @@ class Worker:
             if isinstance(evaluation, str):
                 record.label(Label.CRASH, evaluation)
                 return
-            label, reason, evaluation = self._judge(loaded, proposed, program, runs, evaluation, root)
+            label, reason, evaluation, evidence = self._judge(loaded, proposed, program, runs, evaluation, root)
             if self._interrupted:
                 record.released()  # the confirmation runs were stopped with the worker
                 return
         record.evaluated_and_labeled(loaded.evaluator, evaluation, label, reason,
-                                     self._deltas(proposed, evaluation.score), loaded.data_digest)
+                                     self._deltas(proposed, evaluation.score), loaded.data_digest,
+                                     evidence=evidence)
 
     def _shutting_down(self, runs: list[SeedRun]) -> bool:
         """Whether this worker is giving its trial back rather than judging it.
@@ -405,13 +406,16 @@ class Worker:
             workspace.mkdir(parents=True)
             out.mkdir()
             write_folder(program, workspace)
+            # A fixed training budget: the run gets its bytes on stdin and no training folder.
+            fed = training_feed(task, data, seed)
+            given = {"ARL_DATA": str(data.train)} if fed is None else {"ARL_TRAIN_TOKENS": str(len(fed))}
             process = run_process(
                 task.run.command, cwd=workspace, timeout_s=task.budgets.wallclock_s,
                 memory_mb=task.budgets.memory_mb, threads=task.budgets.threads,
-                env={**self.env, "ARL_DATA": str(data.train), "ARL_OUT": str(out),
+                env={**self.env, **given, "ARL_OUT": str(out),
                      "ARL_SEED": str(seed), "ARL_TRAIN_BUDGET_S": str(task.budgets.train_s)},
-                writable=[out], readable=[data.train], hidden=self._hidden(data),
-                cancel=self.release, devices=self._gpus(),
+                stdin=fed, writable=[out], readable=[data.train] if fed is None else [],
+                hidden=self._hidden(data), cancel=self.release, devices=self._gpus(),
                 pids_max=self.pids_max, write_mb=self.write_mb,
             )
             runs.append(SeedRun(seed=seed, process=process, workspace=str(workspace), out=str(out)))
@@ -459,7 +463,7 @@ class Worker:
 
     def _judge(self, loaded: _Loaded, proposed: ev.TrialProposed, program: Program,
                runs: list[SeedRun], evaluation: Evaluation, root: Path
-               ) -> tuple[Label, str, Evaluation]:
+               ) -> Decision:
         task = loaded.task
         self._interrupted = False
 
@@ -478,10 +482,21 @@ class Worker:
             combined = self._evaluate(loaded, runs + extra, root / "confirm")
             return combined if isinstance(combined, str) else (combined, [r.seed for r in runs + extra])
 
-        def best_now() -> float | None:
-            return self._after_baseline(proposed.search_id).searches[proposed.search_id].best_score
+        def best_now() -> Best | None:
+            state = self._after_baseline(proposed.search_id)
+            search = state.searches[proposed.search_id]
+            if search.best_score is None:
+                return None
+            row = state.trials.get(search.best_trial or "")
+            return Best(score=search.best_score, trial_id=search.best_trial,
+                        seeds=dict(row.seed_scores) if row is not None else {})
 
-        return decide(task, evaluation, baseline=_is_baseline(proposed), best_now=best_now, confirm=confirm)
+        search = self._after_baseline(proposed.search_id).searches[proposed.search_id] \
+            if not _is_baseline(proposed) else None
+        floor = Floor(value=search.noise_floor, source=search.floor_source) if search is not None else None
+        measure = SearchConfig.of(self._search_started(proposed.search_id)).baseline_seeds is not None
+        return decide(task, evaluation, baseline=_is_baseline(proposed), best_now=best_now, confirm=confirm,
+                      floor=floor, measure_floor=measure)
 
     def _after_baseline(self, search_id: str, limit_s: float = 3600.0) -> State:
         """The state once the search's baseline is labelled: trials proposed while it ran

@@ -104,6 +104,27 @@ class TaskData:
         return value
 
 
+def training_feed(task: Task, data: TaskData, seed: int) -> bytes | None:
+    """The training bytes a run of ``task`` reads on stdin, or None where it reads ``ARL_DATA``.
+
+    A task with ``budgets.train_tokens`` fixes what one run may learn from: its
+    ``data.feed(train, seed, tokens)`` picks exactly that many bytes for the seed,
+    and the runner hands over nothing else (the training folder stays hidden).
+    """
+    tokens = task.budgets.train_tokens
+    if tokens is None:
+        return None
+    module = _load(task, "data.py")
+    if not callable(getattr(module, "feed", None)):
+        raise TaskError(f"task {task.name} sets budgets.train_tokens but {task.folder / 'data.py'} "
+                        "defines no feed(train, seed, tokens); add one or drop the budget")
+    fed = bytes(module.feed(data.train, seed, tokens))
+    if len(fed) != tokens:
+        raise TaskError(f"{task.folder / 'data.py'}: feed gave {len(fed)} bytes for seed {seed}, "
+                        f"budgets.train_tokens is {tokens}; it must give exactly the budget")
+    return fed
+
+
 def prepare_data(task: Task) -> TaskData:
     """Fetch and decode the task's data once (``data.prepare``); later calls are cheap."""
     root = cache_root() / task.name

@@ -108,6 +108,11 @@ class Budgets(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     wallclock_s: float
     memory_mb: int = 4096
     threads: int = 1
+    #: Fixed training data: the run reads exactly this many bytes of training text on
+    #: stdin (the task's ``data.feed``) and is shown no other training data, so what
+    #: it learns from does not depend on how much CPU the machine gives it; the time
+    #: budgets above stay as hard legality caps. None: the recipe reads ``ARL_DATA``.
+    train_tokens: int | None = None
 
 
 class Gates(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -206,7 +211,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         b = self.budgets
         return Budget(
             train_s=b.train_s, eval_s=b.eval_s, wallclock_s=b.wallclock_s,
-            memory_mb=b.memory_mb, threads=b.threads,
+            memory_mb=b.memory_mb, threads=b.threads, train_tokens=b.train_tokens,
         )
 
     def surface(self, name: str) -> Surface:
@@ -309,6 +314,8 @@ def _check(task: Task, manifest: Path) -> None:
             fail(f"budgets.{key}", "must be a positive number of seconds")
     if b.wallclock_s < b.train_s:
         fail("budgets.wallclock_s", f"must be at least budgets.train_s ({b.train_s})")
+    if b.train_tokens is not None and b.train_tokens < 1:
+        fail("budgets.train_tokens", "must be a positive number of bytes (or left out)")
     if b.threads < 1 or b.memory_mb < 64:
         fail("budgets", "threads must be >= 1 and memory_mb >= 64")
     if not task.seeds:

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 
 from arl.runners.sandbox import run_process
+from arl.tasks.code import TaskData, training_feed
 from arl.tasks.evaluation import EvalContext, Label, Process, SeedRun
-from arl.tasks.manifest import Task, load_task
+from arl.tasks.manifest import Task, TaskError, load_task
 from tests.needs import require
 
 require("torch", None if importlib.util.find_spec("torch") else
@@ -68,11 +69,13 @@ def _train(task: Task, program: Path, work: Path, seed: int, train_s: float) -> 
     workspace, out = work / f"ws-{seed}", work / f"out-{seed}"
     shutil.copytree(program, workspace)
     out.mkdir()
+    fed = training_feed(task, TaskData(root=cache, train=cache / "train", heldout=cache / "heldout"), seed)
     env = {"ARL_DATA": str(cache / "train"), "ARL_OUT": str(out), "ARL_SEED": str(seed),
            "ARL_TRAIN_BUDGET_S": str(train_s)}
     proc = run_process([a.replace("{python}", sys.executable) for a in task.run.command], cwd=workspace,
                        timeout_s=task.budgets.wallclock_s, memory_mb=task.budgets.memory_mb, threads=1,
-                       env=env, writable=[out], hidden=[cache], readable=[cache / "train"])
+                       env=env, stdin=fed, writable=[out], hidden=[cache],
+                       readable=[cache / "train"] if fed is None else [])
     assert proc.ok, proc.stderr_tail
     return SeedRun(seed=seed, process=proc, workspace=str(workspace), out=str(out))
 
@@ -173,6 +176,36 @@ def test_golf_data_holds_out_whole_works(golf):
     assert time.monotonic() - started < 1.0
 
 
+def test_golf_feeds_each_run_exactly_its_budget_of_bytes(golf):
+    cache = _cache(golf)
+    data = TaskData(root=cache, train=cache / "train", heldout=cache / "heldout")
+    fed = training_feed(golf, data, 0)
+    assert len(fed) == golf.budgets.train_tokens == 131072
+    assert fed == training_feed(golf, data, 0) and fed != training_feed(golf, data, 1)
+    text = (cache / "train" / "train.txt").read_bytes()
+    assert fed[:4096] in text and fed[-4096:] in text  # passages of the training text, whole
+    odd = msgspec.structs.replace(golf, budgets=msgspec.structs.replace(golf.budgets, train_tokens=5000))
+    assert len(training_feed(odd, data, 3)) == 5000
+
+
+def test_a_data_budget_without_a_feed_is_refused_in_one_line(tmp_path):
+    folder = tmp_path / "task"
+    shutil.copytree(BUILTIN / "golf-mini", folder)
+    (folder / "data.py").write_text("def prepare(cache):\n    pass\n")
+    task = load_task(folder)
+    data = TaskData(root=tmp_path, train=tmp_path, heldout=tmp_path)
+    with pytest.raises(TaskError, match="sets budgets.train_tokens but .* defines no feed"):
+        training_feed(task, data, 0)
+    (folder / "data.py").write_text("def prepare(cache):\n    pass\n\ndef feed(train, seed, tokens):\n"
+                                    "    return b'x' * (tokens - 1)\n")
+    with pytest.raises(TaskError, match="feed gave 131071 bytes .* it must give exactly the budget"):
+        training_feed(load_task(folder), data, 0)
+    toml = folder / "task.toml"
+    toml.write_text(toml.read_text().replace("train_tokens = 131072", "train_tokens = 0"))
+    with pytest.raises(TaskError, match="budgets.train_tokens"):
+        load_task(folder)
+
+
 def test_airbench_data_is_a_shuffled_cifar_split(airbench):
     cache = _cache(airbench)
     x, y = np.load(cache / "train" / "images.npy"), np.load(cache / "train" / "labels.npy")
@@ -192,7 +225,12 @@ def test_airbench_data_is_a_shuffled_cifar_split(airbench):
 @pytest.fixture(scope="module")
 def golf_run(golf, tmp_path_factory) -> SeedRun:
     work = tmp_path_factory.mktemp("golf")
-    return _train(golf, _program(golf, work / "program"), work, seed=0, train_s=12)
+    return _train(_small(golf), _program(golf, work / "program"), work, seed=0, train_s=12)
+
+
+def _small(task: Task, tokens: int = 32768) -> Task:
+    """The task with a quarter of its training bytes: the same code path, a few seconds."""
+    return msgspec.structs.replace(task, budgets=msgspec.structs.replace(task.budgets, train_tokens=tokens))
 
 
 def test_golf_base_program_scores_and_passes_every_check(golf, golf_run, tmp_path):

@@ -39,7 +39,8 @@ def test_views_hold_every_event_and_trial(sqlite_url):
     with Ledger.open(sqlite_url) as ledger:
         synthetic, each = _fill(ledger)
         con = connect(ledger)
-    assert set(VIEWS) == {"events", "searches", "trials", "lineage", "checks", "quarantined", "agent_calls"}
+    assert set(VIEWS) == {"events", "searches", "trials", "decisions", "lineage", "checks", "quarantined",
+                          "agent_calls"}
     assert TRIAL_COLUMNS <= set(_columns(con, "trials"))
     assert _columns(con, "lineage") == ["search", "child", "parent"]
     assert {"trial", "check", "value", "limit", "passed"} <= set(_columns(con, "checks"))

@@ -5,12 +5,17 @@
     cache/train/train.txt     39 works (modern spelling), concatenated in name order
     cache/heldout/val.txt     3 whole works the recipe never sees (VALIDATION below)
 
+A run never sees ``train/``: ``feed(train, seed, tokens)`` gives it, on stdin, exactly
+the task's ``budgets.train_tokens`` bytes of it — whole 4 KiB passages drawn at
+seed-determined places — so what a program learns from is fixed per seed.
+
 Only the modern-spelling ``*_gut.txt`` files are used: ``*_gut_f.txt`` are First
 Folio spellings of the same works and would leak the validation text.
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import tarfile
@@ -54,6 +59,24 @@ def prepare(cache: Path) -> None:
         (cache / folder).mkdir(exist_ok=True)
         (cache / folder / name).write_bytes(data)
     marker.write_text(LAYOUT)
+
+
+#: A run's bytes come in passages this long, each from a seed-chosen place in the text.
+PASSAGE = 4096
+
+
+def feed(train: Path, seed: int, tokens: int) -> bytes:
+    """Exactly ``tokens`` bytes of training text for one seed's run (same seed, same bytes)."""
+    text = (Path(train) / "train.txt").read_bytes()
+    if len(text) <= PASSAGE:
+        raise TaskError(f"{train / 'train.txt'} holds {len(text)} bytes; prepare the data again ({MISSING_HELP})")
+    rng = random.Random(seed)
+    parts, left = [], tokens
+    while left > 0:
+        start = rng.randrange(len(text) - PASSAGE)
+        parts.append(text[start: start + min(PASSAGE, left)])
+        left -= PASSAGE
+    return b"".join(parts)
 
 
 def _download(into: Path) -> Path:
