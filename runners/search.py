@@ -249,6 +249,7 @@ class Search:
             reason = self._exhausted or "trial budget spent"
             if self.problem:  # trials proposed beside the failed baseline go back to the queue
                 for w in workers:
+                    w.release_why = "the search's baseline failed; back in the queue until it is measured again"
                     w.release.set()
         except KeyboardInterrupt:
             reason = "interrupted"

@@ -118,6 +118,8 @@ class Worker:
         self._passed_over: set[str] = set()
         #: Set to give back the running trial at once (SIGTERM): its recipe is killed.
         self.release = threading.Event()
+        #: Why, as the LeaseExpired of a trial given back that way says.
+        self.release_why = "shutting down"
         self.work_dir = work_dir
         self.poll_s = poll_s
         #: Limits on each recipe process tree: processes at once, megabytes written.
@@ -309,13 +311,9 @@ class Worker:
             root = Path(tmp)
             runs = self._run_seeds(loaded, program, submitted.seeds, root)
             if self._shutting_down(runs):
-                record.released()
+                record.released(self.release_why)
                 return
             record.run_finished(runs, self._keep_artifacts(runs))
-            reached = self._reached_out(runs)
-            if reached is not None:
-                record.label(Label.ILLEGAL_EDIT, reached)
-                return
             if not _is_baseline(proposed):
                 # Nothing is labelled against a search whose baseline failed: not even a failed
                 # run, which a busy machine may have caused as it did the baseline's.
@@ -331,7 +329,13 @@ class Worker:
                                 wallclock_s=loaded.task.budgets.wallclock_s,
                                 pids_max=self.pids_max, write_mb=self.write_mb)
             if failed is not None:
-                record.label(*failed)
+                record.label(*failed)  # nothing is read of a failed run's outputs
+                return
+            # Before anything reads what the runs made: a link, pipe, socket or device among
+            # their files fails the trial (a killed run was labelled above for what killed it).
+            reached = self._reached_out(runs)
+            if reached is not None:
+                record.label(Label.ILLEGAL_EDIT, reached)
                 return
             evaluation = self._evaluate(loaded, runs, root)
             if isinstance(evaluation, str) and self._shutting_down([]):

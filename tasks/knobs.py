@@ -28,6 +28,7 @@ import functools
 import json
 import operator
 import re
+import threading
 from collections.abc import Mapping
 
 WHERE = ("constant", "env", "argparse", "dict")
@@ -49,11 +50,17 @@ class _Site:
         self.end = starts[node.end_lineno - 1] + node.end_col_offset  # type: ignore[operator]
 
 
+#: ``ast.parse`` from several threads at once fails at random on CPython 3.11 ("AST constructor
+#: recursion depth mismatch", measured here with eight MCP clients submitting at once): one at a time.
+_PARSING = threading.Lock()
+
+
 @functools.lru_cache(maxsize=64)
 def _parse(source: bytes) -> tuple[ast.Module, list[int]] | None:
     """The file's syntax tree and line offsets (cached: a tuner reads many knobs of one program)."""
     try:
-        tree = ast.parse(source)
+        with _PARSING:
+            tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
     starts = [0]

@@ -404,7 +404,8 @@ def main(run):
 
 
 if __name__ == "__main__":
-    accs = [main(run) for run in range(200)]
+    accs = sorted([main(run)
+                         for run in range(200)])
     print("Mean: %.4f    Std: %.4f" % (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0))
 '''
 

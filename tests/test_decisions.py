@@ -30,12 +30,12 @@ from arl.runners.labels import Best, Floor, decide
 from arl.runners.search import SearchConfig, run_search
 from arl.tasks.evaluation import Evaluation
 from arl.tasks.manifest import load_task
+from tests.conftest import shared_fixtures
 from tests.needs import require
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tasks" / "tiny"
 GOLF = ROOT / "tasks" / "builtin" / "golf-mini"
-RECIPES = Path("/work/shared/fixtures/auto-research-recipes")
 ARL = [sys.executable, "-m", "arl.runners.cli"]
 
 
@@ -161,10 +161,10 @@ def test_baseline_seeds_below_two_is_refused_before_anything_is_recorded(cache, 
 
 @pytest.fixture(scope="module")
 def recipes_con(tmp_path_factory) -> duckdb.DuckDBPyConnection:
-    require("recipes_fixtures", None if RECIPES.is_dir() else f"{RECIPES} is missing (shared fixtures)")
+    recipes = shared_fixtures("auto-research-recipes")
     url = f"sqlite:///{tmp_path_factory.mktemp('recipes') / 'l.db'}"
     for run in ("pg_ablation_lineage_on", "nanochat_d12", "cifar"):
-        done = subprocess.run([*ARL, "import", str(RECIPES / run), "--store", url], capture_output=True,
+        done = subprocess.run([*ARL, "import", str(recipes / run), "--store", url], capture_output=True,
                               text=True, timeout=300, env=os.environ)
         assert done.returncode == 0, done.stderr
     with Ledger.open(url, read_only=True) as ledger:

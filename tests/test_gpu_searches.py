@@ -99,11 +99,9 @@ def test_nanochat_and_airbench_search_on_cpu_ranks(task, devices, header, tmp_pa
 # -- devices that cannot be had, said in one line ------------------------------------------------
 
 
-def _no_gpu_here() -> None:
-    from arl.runners.devices import visible_gpus
-
-    if visible_gpus()[0]:
-        pytest.skip("this machine has GPUs: the refusals below are for a machine without them")
+def _no_gpu_here(env: dict[str, str]) -> None:
+    """The refusals below are for a machine without GPUs: on one with them, hide them."""
+    env["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.mark.parametrize("devices, message", [
@@ -113,7 +111,7 @@ def _no_gpu_here() -> None:
     ("gpu0", "is not a GPU index"),
 ])
 def test_devices_the_machine_lacks_are_refused_in_one_line(devices, message, tmp_path, env):
-    _no_gpu_here()
+    _no_gpu_here(env)
     checkout, data = checkouts.parameter_golf(tmp_path)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     for argv in (["run", "parameter-golf", "--store", url, "--recipe-from", str(checkout), "--data", str(data)],
@@ -130,7 +128,7 @@ def _no_search(url: str) -> bool:
 
 
 def test_a_gpu_task_with_no_gpu_visible_says_so_and_how_to_dry_run(tmp_path, env):
-    _no_gpu_here()
+    _no_gpu_here(env)
     checkout, data = checkouts.parameter_golf(tmp_path)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     out = _arl("run", "parameter-golf", "--store", url, "--recipe-from", str(checkout), "--data", str(data),

@@ -28,4 +28,10 @@ with open(out / "run.log", "w") as log:
     for line in proc.stdout:
         sys.stdout.write(line)
         log.write(line)
-sys.exit(proc.wait())
+code = proc.wait()
+# The data links are this launcher's, not the program's output: gone before the worker looks
+# (it fails a trial whose files hold links, and follows none).
+for entry in cifar.iterdir():
+    if entry.is_symlink():
+        entry.unlink()
+sys.exit(code)

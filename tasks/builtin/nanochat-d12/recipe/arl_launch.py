@@ -40,4 +40,9 @@ with open(out / "run.log", "w") as log:
             break
 for csv in (base / "base_eval").glob("*.csv"):
     shutil.copyfile(csv, out / csv.name)
+# The data links are this launcher's, not the program's output: gone before the worker looks
+# (it fails a trial whose files hold links, and follows none).
+for name in ("base_data_climbmix", "tokenizer", "eval_bundle"):
+    if (base / name).is_symlink():
+        (base / name).unlink()
 sys.exit(code)
