@@ -722,7 +722,7 @@ function renderTrial(t) {
   link(h1.lastChild, "/search/" + encodeURIComponent(t.search), t.search_name);
   const p = h(main, "p", {id: "verdict"}); chip(p, t.label || t.state);
   p.appendChild(document.createTextNode(` score ${fmt(t.score)}${t.verified === false ? " (from the recipe's log: the program's own claim, not measured by the evaluator)" : ""} · by ${t.agent} (${t.backend || "manual"}) on ${t.surface || "–"}` +
-    ` · ${t.wall_s === null ? "" : t.wall_s.toFixed(1) + " s"} ${t.reason ? "· " + t.reason : ""}`));
+    ` · ${t.wall_s === null ? "" : t.wall_s.toFixed(1) + " s"}${t.runner ? " on " + t.runner : ""} ${t.reason ? "· " + t.reason : ""}`));
   h(main, "h3", {}, "Hypothesis");
   h(main, "p", {id: "hypothesis"}, t.hypothesis || "–");
   table(main, ["expected Δ", "observed Δ vs parent", "Δ vs best at label time"],

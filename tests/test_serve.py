@@ -242,6 +242,7 @@ def test_user_text_is_never_markup(live_ledger, tmp_path):
                 assert b.eval("document.querySelectorAll('main img, main script, main b').length") == 0
             b.open(base + f"/trial/{tid(1)}")
             assert b.eval("document.getElementById('hypothesis').textContent") == HOSTILE_HYPOTHESIS
+            assert " on w1" in b.eval("document.body.textContent")  # the runner that ran it
             assert "<b>hi</b>" in b.eval("document.getElementById('transcript').textContent")
             b.open(base + f"/trial/{tid(2)}")
             assert b.eval("document.getElementById('stderr').textContent") == HOSTILE_LOG
