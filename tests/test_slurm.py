@@ -19,12 +19,12 @@ from arl.ledger.errors import ArlError
 from arl.ledger.programs import read_folder
 from arl.runners import slurm
 from arl.runners.trials import start_search, submit
-from arl.tasks.manifest import load_task
 from tests.needs import require
-from tests.test_scale import edited
+from tests.test_scale import edited, env, task
+
+__all__ = ["env", "task"]  # the fixtures, shared with tests/test_scale.py
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "tasks" / "tiny"
 ARL = [sys.executable, "-m", "arl.runners.cli"]
 #: Seconds a requeued job's first run takes to be forgotten by slurmd.
 REQUEUE_SETTLE_S = 5.0
@@ -47,17 +47,6 @@ def _slurm_problem() -> str | None:
 @pytest.fixture
 def cluster():
     require("SLURM", _slurm_problem())
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("ARL_CACHE", str(tmp_path / "cache"))
-    return {**os.environ, "ARL_CACHE": str(tmp_path / "cache")}
-
-
-@pytest.fixture
-def task():
-    return load_task(TINY)
 
 
 def wait_for(predicate, timeout=120.0, what="condition"):
