@@ -21,6 +21,7 @@ nothing is written, and a ledger on a read-only file or filesystem opens.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import re
@@ -617,6 +618,41 @@ class Ledger:
                     ),
                     (key, value, key),
                 )
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock ``name`` against every process and thread using this ledger.
+
+        For a check and the write it guards (e.g. "is the trial budget spent?" and the
+        submission), which an append's conflict alone does not cover. PostgreSQL: a session
+        advisory lock (two-key form, arl's class, a hash of ``name``); SQLite: ``flock`` on a
+        file beside the database (``<file>-lock``), never SQLite's own file, whose POSIX locks
+        one close would drop. Either is released if the process dies.
+        """
+        if self.read_only:
+            raise StoreError("this ledger was opened read-only; it takes no locks (nothing is written)")
+        if self.kind == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
+            with self._backend.datastore.get_connection() as conn:
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
+                try:
+                    yield
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
+            return
+        path = Path(self.url.path)
+        lock = path.with_name(f"{path.name}-lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open the lock file {lock}: {e.strerror}; it must be a file "
+                             f"(not a link) in a folder this user can write") from e
+        try:
+            # One lock for every name: a ledger file has few writers, and they hold it briefly.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the flock
 
     def close(self) -> None:
         self._stop.set()
