@@ -52,6 +52,35 @@ def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):
     assert hog.killed_for == "memory" and hog.peak_rss_mb > 200
 
 
+def test_cpu_time_is_measured_from_outside_the_sandbox(tmp_path):
+    # The recipe burns half a second of CPU by its own clock and says so; the runner's figure,
+    # from wait4, must count at least that (under bubblewrap it used to count 0.002 s of it).
+    code = ("import os, time\n"
+            "while time.process_time() < 0.5: pass\n"
+            "t = os.times(); print(t.user + t.system)\n")
+    p = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=60, memory_mb=500)
+    assert p.exit_code == 0, p.stderr_tail
+    inside = float(p.stdout_tail.split()[-1])
+    assert inside >= 0.45 and p.cpu_s >= inside - 0.05, (p.sandbox, inside, p.cpu_s)
+    # a killed recipe's CPU counts too (sampled from /proc: its sandbox dies before reaping it).
+    # It writes a file once its own clock passed 0.6 s and spins on; the test then cancels it.
+    code = ("import time\n"
+            "while time.process_time() < 0.6: pass\n"
+            "open('used', 'w').write('0.6')\n"
+            "while True: pass\n")
+    cancel = threading.Event()
+
+    def cancel_when_used() -> None:
+        while not (tmp_path / "used").exists() and not cancel.is_set():
+            cancel.wait(0.02)
+        cancel.set()
+
+    threading.Thread(target=cancel_when_used, daemon=True).start()
+    killed = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=120, memory_mb=500, cancel=cancel)
+    assert killed.killed_for == "cancelled" and (tmp_path / "used").exists()
+    assert killed.cpu_s >= 0.6 - 0.1, (killed.sandbox, killed.cpu_s)  # sampled as it was killed
+
+
 def test_cancel_stops_a_running_process(tmp_path):
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
