@@ -33,6 +33,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -384,6 +385,43 @@ def _system_binds() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
+    return args + _private_masks("/etc")
+
+
+_masks: dict[str, tuple[float, list[str]]] = {}
+#: How long a scan of the private files under a system folder is reused.
+MASKS_TTL_S = 30.0
+
+
+def _private_masks(top: str) -> list[str]:
+    """Masks over what only privileged users may read under ``top`` (``/etc/shadow``, a munge
+    key, TLS private keys, pg_hba.conf): a recipe sees the system as any unprivileged user
+    would, even when arl runs as root (without the capabilities it drops, root still reads
+    files root owns). A folder others may not read and enter gets an empty tmpfs; a file
+    others may not read, an empty file bound over it. Scanned again after ``MASKS_TTL_S``."""
+    cached = _masks.get(top)
+    if cached is not None and time.monotonic() - cached[0] < MASKS_TTL_S and os.path.exists(_empty_file()):
+        return cached[1]
+    args: list[str] = []
+    for root, dirs, files in os.walk(top):
+        for name in sorted(dirs):
+            path = os.path.join(root, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o005 != 0o005:
+                args += ["--tmpfs", path]
+                dirs.remove(name)  # masked whole: nothing under it to look at
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and not info.st_mode & 0o004:
+                args += ["--ro-bind", _empty_file(), path]
+    _masks[top] = (time.monotonic(), args)
     return args
 
 

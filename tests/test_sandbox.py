@@ -178,6 +178,42 @@ def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp
     assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt absent"]
 
 
+def test_a_recipe_reads_no_system_file_only_privileged_users_may(tmp_path, request, monkeypatch):
+    """Run as root, arl's recipes still see /etc as an unprivileged user does: no password
+    hashes, no munge key, no private TLS keys (root reads files root owns, capabilities or not)."""
+    require("sandbox", _no_bwrap())
+    monkeypatch.setattr(sandbox, "_masks", {}, raising=False)  # a fresh scan
+    planted: list[Path] = []
+    if os.access("/etc", os.W_OK):  # as root (CI): a secret file and folder of our own
+        secret = Path(f"/etc/arl-test-secret-{os.getpid()}")
+        secret.write_text("hunter2")
+        secret.chmod(0o600)
+        folder = Path(f"/etc/arl-test-private-{os.getpid()}")
+        folder.mkdir(mode=0o700)
+        (folder / "key").write_text("private key")
+        (folder / "key").chmod(0o644)  # readable itself, but inside a folder others may not enter
+        public = Path(f"/etc/arl-test-public-{os.getpid()}")
+        public.write_text("public")
+        public.chmod(0o644)
+        planted = [secret, folder / "key", public]
+        request.addfinalizer(lambda: [secret.unlink(), (folder / "key").unlink(), folder.rmdir(), public.unlink()])
+    paths = [p for p in ("/etc/shadow", "/etc/gshadow") if os.path.exists(p)] + [str(p) for p in planted]
+    code = ("import sys\nfor f in sys.argv[1:]:\n"
+            "    try:\n        print(repr(open(f).read()))\n"
+            "    except OSError as e:\n        print(type(e).__name__)\n")
+    p = run_process(["{python}", "-c", code, *paths], cwd=tmp_path, timeout_s=20, memory_mb=300)
+    assert p.exit_code == 0 and p.sandbox == "bwrap", p.stderr_tail
+    seen = dict(zip(paths, p.stdout_tail.split("\n")))
+    for path in paths:
+        if path.startswith("/etc/arl-test-public"):
+            assert seen[path] == "'public'"  # what anyone may read stays readable
+        else:
+            assert seen[path] in ("''", "FileNotFoundError", "PermissionError"), (path, seen[path])
+    assert "hunter2" not in p.stdout_tail and "private key" not in p.stdout_tail
+    if os.geteuid() == 0 and os.path.exists("/etc/shadow"):
+        assert Path("/etc/shadow").read_text()  # outside the sandbox root reads it: the mask did this
+
+
 def test_a_recipe_sees_the_system_its_python_and_its_own_folders_only(tmp_path, request):
     """What a sandboxed recipe can list and read: not the home folder, not arl's checkout,
     not another task's cache, not its own held-out data, not the ledger — all of them
