@@ -404,22 +404,17 @@ def _private_masks(top: str) -> list[str]:
         return cached[1]
     args: list[str] = []
     for root, dirs, files in os.walk(top):
-        for name in sorted(dirs):
+        for name in sorted(dirs) + sorted(files):
             path = os.path.join(root, name)
             try:
-                info = os.lstat(path)
+                mode = os.lstat(path).st_mode
             except OSError:
                 continue
-            if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o005 != 0o005:
-                args += ["--tmpfs", path]
-                dirs.remove(name)  # masked whole: nothing under it to look at
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(info.st_mode) and not info.st_mode & 0o004:
+            if stat.S_ISDIR(mode):
+                if mode & 0o005 != 0o005:
+                    args += ["--tmpfs", path]
+                    dirs.remove(name)  # masked whole: nothing under it to look at
+            elif stat.S_ISREG(mode) and not mode & 0o004:
                 args += ["--ro-bind", _empty_file(), path]
     _masks[top] = (time.monotonic(), args)
     return args
