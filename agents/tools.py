@@ -401,9 +401,10 @@ class LedgerTools:
             raise ToolError("give a hypothesis: one sentence saying why the change should help")
         if expected_delta is not None and not math.isfinite(expected_delta):
             raise ToolError("expected_delta must be a finite number (or omitted)")
-        # The budget check and the recording hold one lock, so concurrent callers of this
-        # session cannot together submit past the budget.
-        with self._lock:
+        # The budget check and the recording hold one lock, in this process and across every
+        # process on the ledger (two MCP servers, a driver), so callers cannot together submit
+        # past the budget: the state is read under it, after the others' submissions.
+        with self._lock, self.ledger.exclusive(f"submit {self.search_id}"):
             state = self._current()
             search = state.searches[self.search_id]
             if search.stop_reason:

@@ -68,8 +68,11 @@ class LoadResult(msgspec.Struct, kw_only=True):
 
 
 def measure(pg_admin: str, *, clients: int = 24, rounds: int = 3, servers: int = 2, slots: int = 4,
-            sleep: float = 0.5, tmp: Path | None = None) -> LoadResult:
-    """Run the load once against a fresh database (created and dropped here)."""
+            sleep: float = 0.5, tmp: Path | None = None, budget: int | None = None) -> LoadResult:
+    """Run the load once against a fresh database (created and dropped here).
+
+    ``budget``: the search's trial budget (default: room for every submission); below the
+    submissions, the servers must refuse the rest between them."""
     admin = StoreURL.parse(pg_admin)
     name = f"arl_mcp_load_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(host=admin.host, port=admin.port, user=admin.user, password=admin.password,
@@ -78,7 +81,7 @@ def measure(pg_admin: str, *, clients: int = 24, rounds: int = 3, servers: int =
     url = f"postgresql://{admin.user}@{admin.host}:{admin.port}/{name}"
     try:
         with tempfile.TemporaryDirectory(prefix="arl-mcp-load-") as scratch:
-            return _measure(url, Path(tmp or scratch), clients, rounds, servers, slots, sleep)
+            return _measure(url, Path(tmp or scratch), clients, rounds, servers, slots, sleep, budget)
     finally:
         with psycopg.connect(host=admin.host, port=admin.port, user=admin.user, password=admin.password,
                              dbname=admin.dbname, autocommit=True) as conn:
@@ -88,12 +91,12 @@ def measure(pg_admin: str, *, clients: int = 24, rounds: int = 3, servers: int =
 
 
 def _measure(url: str, tmp: Path, clients: int, rounds: int, servers: int, slots: int,
-             sleep: float) -> LoadResult:
+             sleep: float, budget: int | None = None) -> LoadResult:
     task_dir = make_probe_task(tmp / "task", sleep)
     task = load_task(task_dir)
     with Ledger.open(url) as ledger:
         search = start_search(ledger, task, name="mcp-load",
-                              config={"trials": clients * rounds + 10, "lineage": True})
+                              config={"trials": budget or clients * rounds + 10, "lineage": True})
         submit(ledger, task, search, 0, agent="baseline", surface="", program=read_folder(task.recipe_dir))
     tokens_file = TokenFile(tmp / "tokens.jsonl")
     tokens = [tokens_file.add(f"client-{i:02d}", specialist="sleep") for i in range(clients)]

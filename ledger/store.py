@@ -21,6 +21,7 @@ nothing is written, and a ledger on a read-only file or filesystem opens.
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import re
@@ -505,27 +506,17 @@ class Ledger:
         return ledger
 
     def _prepare(self, *, create: bool) -> None:
-        tables = self._table_names()
-        has_meta = "arl_meta" in tables
-        if not has_meta:
-            if self.events_table in tables:
-                raise StoreError(
-                    f"{self.url.display()} holds an event store that is not an arl ledger "
-                    "(no arl_meta table); point --store at a new file or database"
-                )
-            if self.kind == "sqlite" and tables:
-                raise StoreError(
-                    f"{self.url.path} is an SQLite database but not an arl ledger "
-                    f"(it has tables {', '.join(sorted(tables)[:5])}); "
-                    "point --store at a new file"
-                )
-            if not create:
-                raise StoreError(
-                    f"no arl ledger at {self.url.display()}; "
-                    "check --store / ARL_STORE, or run a search to create one"
-                )
-            self._create_schema()
-            return
+        if "arl_meta" not in self._table_names():
+            # A process creating this ledger holds the schema lock until its arl_meta row is
+            # in (PostgreSQL makes its tables in several transactions; SQLite makes them all
+            # in one): look again under the lock, so a ledger being created this moment is
+            # neither taken for a foreign store nor created twice.
+            with self._backend.schema_lock():
+                tables = self._table_names()
+                if "arl_meta" not in tables:
+                    self._refuse_foreign(tables, create=create)
+                    self._create_schema_locked()
+                    return
         version = int(self.meta("schema") or 0)
         if version > ev.SCHEMA_VERSION:
             raise StoreError(
@@ -545,6 +536,25 @@ class Ledger:
             return
         # Bring triggers and tables of this version in (idempotent).
         self._create_schema()
+
+    def _refuse_foreign(self, tables: set[str], *, create: bool) -> None:
+        """Refuse a store that is not an arl ledger, or a missing one where none may be made."""
+        if self.events_table in tables:
+            raise StoreError(
+                f"{self.url.display()} holds an event store that is not an arl ledger "
+                "(no arl_meta table); point --store at a new file or database"
+            )
+        if self.kind == "sqlite" and tables:
+            raise StoreError(
+                f"{self.url.path} is an SQLite database but not an arl ledger "
+                f"(it has tables {', '.join(sorted(tables)[:5])}); "
+                "point --store at a new file"
+            )
+        if not create:
+            raise StoreError(
+                f"no arl ledger at {self.url.display()}; "
+                "check --store / ARL_STORE, or run a search to create one"
+            )
 
     def meta(self, key: str) -> str | None:
         """A value of the ledger's arl_meta table (``schema``, ``created_at``, ``ledger_id``, …)."""
@@ -583,9 +593,17 @@ class Ledger:
             self._create_schema_locked()
 
     def _create_schema_locked(self) -> None:
-        self._recorder.create_table()
+        if self.kind == "postgresql":
+            # eventsourcing makes its composite types in transactions of their own; the
+            # schema lock keeps others from looking before arl_meta is in.
+            self._recorder.create_table()
+            own: list[str] = []
+        else:
+            # One transaction (SQLite's DDL is transactional, and it has no schema lock):
+            # another process sees no ledger or a whole one, never stored_events alone.
+            own = list(self._recorder.create_table_statements)
         with self._backend.write() as c:
-            for statement in self._backend.schema():
+            for statement in [*own, *self._backend.schema()]:
                 c.execute(statement)
             for key, value in (
                 ("schema", str(ev.SCHEMA_VERSION)),
@@ -600,6 +618,41 @@ class Ledger:
                     ),
                     (key, value, key),
                 )
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock ``name`` against every process and thread using this ledger.
+
+        For a check and the write it guards (e.g. "is the trial budget spent?" and the
+        submission), which an append's conflict alone does not cover. PostgreSQL: a session
+        advisory lock (two-key form, arl's class, a hash of ``name``); SQLite: ``flock`` on a
+        file beside the database (``<file>-lock``), never SQLite's own file, whose POSIX locks
+        one close would drop. Either is released if the process dies.
+        """
+        if self.read_only:
+            raise StoreError("this ledger was opened read-only; it takes no locks (nothing is written)")
+        if self.kind == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
+            with self._backend.datastore.get_connection() as conn:
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
+                try:
+                    yield
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
+            return
+        path = Path(self.url.path)
+        lock = path.with_name(f"{path.name}-lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open the lock file {lock}: {e.strerror}; it must be a file "
+                             f"(not a link) in a folder this user can write") from e
+        try:
+            # One lock for every name: a ledger file has few writers, and they hold it briefly.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the flock
 
     def close(self) -> None:
         self._stop.set()

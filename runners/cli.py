@@ -401,7 +401,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 0
     if args.token_command == "revoke":
         file.revoke(args.name)
-        print(f"token {args.name!r} revoked in {file.path}; servers refuse it once restarted", file=sys.stderr)
+        print(f"token {args.name!r} revoked in {file.path}; running servers refuse it from their next request",
+              file=sys.stderr)
         return 0
     records = file.records()
     if not records:

@@ -378,7 +378,10 @@ class Search:
             proposal = specialist.propose(view)
             if proposal is None:
                 continue
-            trial, seq = self._record(state, proposal, view.position)
+            placed = self._record(state, proposal, view.position)
+            if placed is None:  # another writer spent the budget meanwhile: nothing recorded
+                return True
+            trial, seq = placed
             recorded = getattr(specialist, "recorded", None)
             if callable(recorded):
                 recorded(proposal, trial, seq)
@@ -386,10 +389,18 @@ class Search:
             return True
         return False
 
-    def _record(self, state: State, p: Proposal, seen_position: int) -> tuple[str, int]:
-        """Record a proposal at the next free seq (an MCP client may have taken one meanwhile)."""
-        return record_proposal(self.ledger, self.task, self.search_id, p, state=self.projector.catch_up,
-                               program_of=self.program_of, base=self.base_program, seen_position=seen_position)
+    def _record(self, state: State, p: Proposal, seen_position: int) -> tuple[str, int] | None:
+        """Record a proposal at the next free seq (an MCP client may have taken one meanwhile);
+        None, recording nothing, when the others' submissions spent the budget meanwhile (the
+        check and the write hold the lock every submitter of the ledger takes)."""
+        with self.ledger.exclusive(f"submit {self.search_id}"):
+            now = self.projector.catch_up()
+            rows = now.trials_of(self.search_id)
+            if now.searches[self.search_id].charged + sum(1 for r in rows if r.label is None) >= self.config.trials:
+                return None
+            return record_proposal(self.ledger, self.task, self.search_id, p, state=self.projector.catch_up,
+                                   program_of=self.program_of, base=self.base_program,
+                                   seen_position=seen_position)
 
     def _record_stop(self, reason: str) -> None:
         state = self.projector.catch_up()

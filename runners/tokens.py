@@ -14,7 +14,10 @@ it and compares the digest with every stored one in constant time.
     # inside: scope["arl.credential"] is the Credential (name, specialist)
 
 The token file must be a regular file (not a link) that only its owner can
-write: whoever can write it can let anyone in.
+write: whoever can write it can let anyone in. A gate loaded from the file
+looks at it again before each check and reloads it when it changed, so a
+token revoked (or added) takes effect at a running server's next request; a
+file that stops being trustworthy lets none of its tokens in until it is fixed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import re
 import secrets
 import socket
 import stat
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -86,6 +90,16 @@ class TokenFile:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
+
+    def signature(self) -> tuple[int, ...] | None:
+        """What tells a changed file from the one read before (None: no file); never follows a link."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return (-1, e.errno or 0)
+        return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, info.st_mode, info.st_uid)
 
     def records(self) -> list[TokenRecord]:
         """Every token of the file ([] when there is no file yet)."""
@@ -162,19 +176,45 @@ class TokenFile:
 
 
 class TokenGate:
-    """Answers "which credential is this token?" without keeping a single token."""
+    """Answers "which credential is this token?" without keeping a single token.
 
-    def __init__(self, records: Iterable[TokenRecord], *, env_token: str | None = None) -> None:
-        self._entries: list[tuple[bytes, Credential]] = [
-            (bytes.fromhex(r.sha256), Credential(name=r.name, specialist=r.specialist)) for r in records]
-        if env_token:
-            self._entries.append((bytes.fromhex(digest_of(env_token)), Credential(name="env")))
+    Given the ``file`` its records came from, it looks at the file again before each
+    check (one ``stat``) and reloads it when it changed: a revoked token is refused
+    from the next request on, without a restart. A file that can no longer be trusted
+    (a link, writable by others, another owner, a line that is not a record) lets none
+    of its tokens in until it is fixed, and says so once on stderr; ``ARL_TOKEN`` still works.
+    """
+
+    def __init__(self, records: Iterable[TokenRecord], *, env_token: str | None = None,
+                 file: TokenFile | None = None, seen: tuple[int, ...] | None = None) -> None:
+        self._env = ([(bytes.fromhex(digest_of(env_token)), Credential(name="env"))] if env_token else [])
+        self._file = file
+        self._seen = seen
+        self._entries = self._with_env(records)
+
+    def _with_env(self, records: Iterable[TokenRecord]) -> list[tuple[bytes, Credential]]:
+        return [(bytes.fromhex(r.sha256), Credential(name=r.name, specialist=r.specialist))
+                for r in records] + self._env
 
     @classmethod
     def load(cls, file: TokenFile, *, environ: Mapping[str, str] | None = None) -> TokenGate:
-        """The file's tokens, plus ``ARL_TOKEN`` when set."""
+        """The file's tokens, plus ``ARL_TOKEN`` when set; reloaded whenever the file changes."""
         env = os.environ if environ is None else environ
-        return cls(file.records(), env_token=env.get(ENV_TOKEN) or None)
+        seen = file.signature()  # before reading: a change made while reading is seen next time
+        return cls(file.records(), env_token=env.get(ENV_TOKEN) or None, file=file, seen=seen)
+
+    def _refresh(self) -> None:
+        if self._file is None:
+            return
+        seen = self._file.signature()
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            self._entries = self._with_env(self._file.records())
+        except TokenError as e:
+            self._entries = list(self._env)  # fail closed: none of an untrusted file's tokens
+            print(f"arl: {e} — refusing every token of that file until then", file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -184,6 +224,7 @@ class TokenGate:
         every stored digest is compared (hmac.compare_digest), whichever matches."""
         if not presented:
             return None
+        self._refresh()
         digest = hashlib.sha256(presented.encode()).digest()
         found: Credential | None = None
         for stored, credential in self._entries:

@@ -63,6 +63,34 @@ def test_a_token_file_others_can_write_or_a_link_is_refused(tmp_path):
         TokenFile(tmp_path / "bad.jsonl").records()
 
 
+def test_a_loaded_gate_follows_its_file_and_fails_closed(tmp_path, capsys):
+    file = TokenFile(tmp_path / "tokens.jsonl")
+    alice = file.add("alice")
+    gate = TokenGate.load(file, environ={"ARL_TOKEN": "from-env"})
+    assert gate.authenticate(alice) == Credential(name="alice")
+    file.revoke("alice")  # by another process, as `arl token revoke` does: the next check refuses it
+    assert gate.authenticate(alice) is None
+    bob = file.add("bob", specialist="opt")
+    assert gate.authenticate(bob) == Credential(name="bob", specialist="opt")
+    # a file others can write lets none of its tokens in (ARL_TOKEN still does), and says so once
+    file.path.chmod(0o666)
+    assert gate.authenticate(bob) is None and gate.authenticate("from-env") == Credential(name="env")
+    assert gate.authenticate(bob) is None
+    assert capsys.readouterr().err.count("can be written by others") == 1
+    file.path.chmod(0o600)
+    assert gate.authenticate(bob) == Credential(name="bob", specialist="opt")
+    # a link put where the file was: refused, never followed
+    other = TokenFile(tmp_path / "other.jsonl")
+    mallory = other.add("mallory")
+    file.path.unlink()
+    file.path.symlink_to(other.path)
+    assert gate.authenticate(mallory) is None and gate.authenticate(bob) is None
+    assert "not a link" in capsys.readouterr().err
+    # the file removed: no file tokens at all
+    file.path.unlink()
+    assert gate.authenticate(bob) is None and gate.authenticate("from-env") == Credential(name="env")
+
+
 def test_bearer_header_parsing():
     assert bearer_token([(b"authorization", b"Bearer abc")]) == "abc"
     assert bearer_token([(b"Authorization", b"bearer  abc ")]) == "abc"

@@ -52,6 +52,35 @@ def test_wallclock_and_memory_limits_kill_the_whole_group(tmp_path):
     assert hog.killed_for == "memory" and hog.peak_rss_mb > 200
 
 
+def test_cpu_time_is_measured_from_outside_the_sandbox(tmp_path):
+    # The recipe burns half a second of CPU by its own clock and says so; the runner's figure,
+    # from wait4, must count at least that (under bubblewrap it used to count 0.002 s of it).
+    code = ("import os, time\n"
+            "while time.process_time() < 0.5: pass\n"
+            "t = os.times(); print(t.user + t.system)\n")
+    p = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=60, memory_mb=500)
+    assert p.exit_code == 0, p.stderr_tail
+    inside = float(p.stdout_tail.split()[-1])
+    assert inside >= 0.45 and p.cpu_s >= inside - 0.05, (p.sandbox, inside, p.cpu_s)
+    # a killed recipe's CPU counts too (sampled from /proc: its sandbox dies before reaping it).
+    # It writes a file once its own clock passed 0.6 s and spins on; the test then cancels it.
+    code = ("import time\n"
+            "while time.process_time() < 0.6: pass\n"
+            "open('used', 'w').write('0.6')\n"
+            "while True: pass\n")
+    cancel = threading.Event()
+
+    def cancel_when_used() -> None:
+        while not (tmp_path / "used").exists() and not cancel.is_set():
+            cancel.wait(0.02)
+        cancel.set()
+
+    threading.Thread(target=cancel_when_used, daemon=True).start()
+    killed = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=120, memory_mb=500, cancel=cancel)
+    assert killed.killed_for == "cancelled" and (tmp_path / "used").exists()
+    assert killed.cpu_s >= 0.6 - 0.1, (killed.sandbox, killed.cpu_s)  # sampled as it was killed
+
+
 def test_cancel_stops_a_running_process(tmp_path):
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
@@ -147,6 +176,42 @@ def test_a_ledger_beside_the_interpreter_is_hidden_file_by_file(monkeypatch, tmp
                      str(checkout / "notes.txt")], cwd=work, timeout_s=20, memory_mb=300, hidden=hidden)
     assert p.exit_code == 0, p.stderr_tail
     assert p.stdout_tail.split("\n")[:3] == ["ledger.db ''", "ledger.db-wal ''", "notes.txt absent"]
+
+
+def test_a_recipe_reads_no_system_file_only_privileged_users_may(tmp_path, request, monkeypatch):
+    """Run as root, arl's recipes still see /etc as an unprivileged user does: no password
+    hashes, no munge key, no private TLS keys (root reads files root owns, capabilities or not)."""
+    require("sandbox", _no_bwrap())
+    monkeypatch.setattr(sandbox, "_masks", {}, raising=False)  # a fresh scan
+    planted: list[Path] = []
+    if os.access("/etc", os.W_OK):  # as root (CI): a secret file and folder of our own
+        secret = Path(f"/etc/arl-test-secret-{os.getpid()}")
+        secret.write_text("hunter2")
+        secret.chmod(0o600)
+        folder = Path(f"/etc/arl-test-private-{os.getpid()}")
+        folder.mkdir(mode=0o700)
+        (folder / "key").write_text("private key")
+        (folder / "key").chmod(0o644)  # readable itself, but inside a folder others may not enter
+        public = Path(f"/etc/arl-test-public-{os.getpid()}")
+        public.write_text("public")
+        public.chmod(0o644)
+        planted = [secret, folder / "key", public]
+        request.addfinalizer(lambda: [secret.unlink(), (folder / "key").unlink(), folder.rmdir(), public.unlink()])
+    paths = [p for p in ("/etc/shadow", "/etc/gshadow") if os.path.exists(p)] + [str(p) for p in planted]
+    code = ("import sys\nfor f in sys.argv[1:]:\n"
+            "    try:\n        print(repr(open(f).read()))\n"
+            "    except OSError as e:\n        print(type(e).__name__)\n")
+    p = run_process(["{python}", "-c", code, *paths], cwd=tmp_path, timeout_s=20, memory_mb=300)
+    assert p.exit_code == 0 and p.sandbox == "bwrap", p.stderr_tail
+    seen = dict(zip(paths, p.stdout_tail.split("\n")))
+    for path in paths:
+        if path.startswith("/etc/arl-test-public"):
+            assert seen[path] == "'public'"  # what anyone may read stays readable
+        else:
+            assert seen[path] in ("''", "FileNotFoundError", "PermissionError"), (path, seen[path])
+    assert "hunter2" not in p.stdout_tail and "private key" not in p.stdout_tail
+    if os.geteuid() == 0 and os.path.exists("/etc/shadow"):
+        assert Path("/etc/shadow").read_text()  # outside the sandbox root reads it: the mask did this
 
 
 def test_a_recipe_sees_the_system_its_python_and_its_own_folders_only(tmp_path, request):

@@ -226,6 +226,18 @@ def test_a_non_loopback_bind_requires_a_token(live_ledger, tmp_path):
         assert page.status_code == 200 and "arl-data" in page.text
         # the token never reaches a page
         assert token not in page.text
+        # revoked with the CLI while the server runs: refused from the next request, no restart;
+        # a token added the same way is let in
+        env = {**os.environ, "ARL_TOKEN": ""}
+        name = json.loads(tokens.read_text().splitlines()[0])["name"]
+        subprocess.run([sys.executable, "-m", "arl.runners.cli", "token", "revoke", name, "--token-file",
+                        str(tokens)], check=True, capture_output=True, env=env, timeout=60)
+        assert httpx.get(base + "/api/searches", headers={"authorization": f"Bearer {token}"}).status_code == 401
+        assert httpx.get(base + "/search/live", headers={"cookie": f"arl_token={token}"}).status_code == 401
+        added = subprocess.run([sys.executable, "-m", "arl.runners.cli", "token", "add", "carol", "--token-file",
+                                str(tokens)], check=True, capture_output=True, text=True, env=env, timeout=60)
+        fresh = added.stdout.strip()
+        assert httpx.get(base + "/api/searches", headers={"authorization": f"Bearer {fresh}"}).status_code == 200
 
 
 def test_user_text_is_never_markup(live_ledger, tmp_path):
