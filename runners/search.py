@@ -395,8 +395,7 @@ class Search:
         check and the write hold the lock every submitter of the ledger takes)."""
         with self.ledger.exclusive(f"submit {self.search_id}"):
             now = self.projector.catch_up()
-            rows = now.trials_of(self.search_id)
-            if now.searches[self.search_id].charged + sum(1 for r in rows if r.label is None) >= self.config.trials:
+            if now.searches[self.search_id].charged + self._in_flight() >= self.config.trials:
                 return None
             return record_proposal(self.ledger, self.task, self.search_id, p, state=self.projector.catch_up,
                                    program_of=self.program_of, base=self.base_program,
