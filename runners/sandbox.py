@@ -388,7 +388,7 @@ def _system_binds() -> list[str]:
     return args + _private_masks("/etc")
 
 
-_masks: dict[str, tuple[float, list[str]]] = {}
+_masks: dict[str, tuple[float, str, list[str]]] = {}  # top -> (scanned at, empty file bound, args)
 #: How long a scan of the private files under a system folder is reused.
 MASKS_TTL_S = 30.0
 
@@ -400,8 +400,9 @@ def _private_masks(top: str) -> list[str]:
     files root owns). A folder others may not read and enter gets an empty tmpfs; a file
     others may not read, an empty file bound over it. Scanned again after ``MASKS_TTL_S``."""
     cached = _masks.get(top)
-    if cached is not None and time.monotonic() - cached[0] < MASKS_TTL_S and os.path.exists(_empty_file()):
-        return cached[1]
+    # Reused while fresh and while the empty file it binds is the one there now (it is made again if removed).
+    if cached is not None and time.monotonic() - cached[0] < MASKS_TTL_S and cached[1] == _empty_file():
+        return cached[2]
     args: list[str] = []
     for root, dirs, files in os.walk(top):
         for name in sorted(dirs) + sorted(files):
@@ -416,7 +417,7 @@ def _private_masks(top: str) -> list[str]:
                     dirs.remove(name)  # masked whole: nothing under it to look at
             elif stat.S_ISREG(mode) and not mode & 0o004:
                 args += ["--ro-bind", _empty_file(), path]
-    _masks[top] = (time.monotonic(), args)
+    _masks[top] = (time.monotonic(), _empty_file(), args)
     return args
 
 
