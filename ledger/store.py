@@ -1201,15 +1201,53 @@ def _open_sqlite(url: StoreURL, *, create: bool, read_only: bool = False) -> tup
             "ORIGINATOR_ID_TYPE": "text",
         },
     )
+    if not read_only:
+        _switch_to_wal(path, url)
     try:
         factory = InfrastructureFactory.construct(env)
     except Exception as e:
         raise StoreError(f"cannot open {path}: {_one_line(e)}") from e
-    if read_only:
-        # eventsourcing switches a file to WAL mode on its first connection: a write.
-        # Reading needs no journal mode change, so tell the pool it is done.
-        factory.datastore.pool.is_journal_mode_wal = True
+    # eventsourcing switches a file to WAL mode on its first connection, once, without
+    # retrying; here that is done (_switch_to_wal), or not wanted (reading needs no journal
+    # mode change, and changing it is a write), so tell the pool it is done.
+    factory.datastore.pool.is_journal_mode_wal = True
     return factory, _SQLiteBackend(factory.datastore)
+
+
+def _switch_to_wal(path: Path, url: StoreURL) -> None:
+    """Put the ledger file in WAL mode, waiting up to SQLITE_OPEN_WAIT_S for other processes.
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once, without its busy wait, when another connection is writing (it would
+    deadlock otherwise): workers opening a new ledger together hit that (measured: 2 of 10
+    rounds of 8 processes lost one of them). The mode is kept in the file, so once one
+    process has switched it the others find it switched.
+    """
+    deadline = time.monotonic() + SQLITE_OPEN_WAIT_S
+    delay = 0.005
+    while True:
+        try:
+            conn = sqlite3.connect(str(path), timeout=SQLITE_OPEN_WAIT_S)
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            raise store_failure(e, url, "could not open", waited=SQLITE_OPEN_WAIT_S) from e
+        if str(mode).lower() != "wal":
+            # a file on a filesystem without shared memory, or in another process's
+            # exclusive locking mode: eventsourcing would carry on in the old mode
+            raise StoreError(
+                f"{path} could not be put in WAL mode (SQLite kept it in {mode!r} mode); "
+                "put the ledger on a local filesystem"
+            )
+        return
 
 
 def _open_postgres(url: StoreURL) -> tuple[InfrastructureFactory, _Backend]:

@@ -210,7 +210,9 @@ def test_processes_opening_a_new_ledger_at_once_all_get_the_same_one(store_url, 
         time.sleep(0.05)
     go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1].strip().splitlines()[-1:] for o in outs]
+    failed = [(i, p.returncode, o[1].strip().splitlines()[-3:]) for i, (p, o) in enumerate(zip(procs, outs))
+              if p.returncode != 0]
+    assert not failed, failed
     ids = {o[0].strip() for o in outs}
     assert len(ids) == 1 and len(ids.pop()) == 32
     with Ledger.open(store_url) as ledger:  # one ledger, whole: it takes events
