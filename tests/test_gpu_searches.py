@@ -171,7 +171,10 @@ def test_a_trial_no_worker_takes_is_said_in_the_progress_line_and_in_status(tmp_
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     driver = subprocess.Popen([sys.executable, "-m", "arl.runners.cli", "run", "golf-mini", "--store", url,
                                "--workers", "0", "--trials", "1", "--name", "nobody"],
-                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+                              # Ctrl-C as a terminal sends it: a suite started in the background
+                              # (as CI may be) hands its children SIGINT ignored otherwise
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -184,7 +187,11 @@ def test_a_trial_no_worker_takes_is_said_in_the_progress_line_and_in_status(tmp_
         assert "waiting: trial #0 unclaimed for" in status.stdout, status.stdout + status.stderr
     finally:
         driver.send_signal(signal.SIGINT)
-        driver.communicate(timeout=60)
+        try:
+            driver.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            driver.kill()  # never left running past the test
+            raise
 
 
 def test_a_worker_too_small_for_a_trial_says_so_and_a_search_runs_on_separate_workers(tmp_path, env, pg_url):

@@ -220,6 +220,43 @@ def test_processes_opening_a_new_ledger_at_once_all_get_the_same_one(store_url, 
         assert len(list(ledger.iter_events())) == 1
 
 
+
+def _rollback_mode_ledger_held_by_a_writer(path: Path) -> sqlite3.Connection:
+    """A ledger put back in rollback-journal mode, with a writer in a transaction on it
+    (an sqlite3 shell after BEGIN IMMEDIATE)."""
+    with Ledger.open(f"sqlite:///{path}"):
+        pass
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_opening_waits_for_a_writer_before_it_switches_the_ledger_to_wal(tmp_path):
+    # SQLite answers "database is locked" at once, without its busy wait, to a journal-mode
+    # change while another connection writes: eventsourcing's own switch failed the open.
+    import threading
+
+    path = tmp_path / "ledger.db"
+    writer = _rollback_mode_ledger_held_by_a_writer(path)
+    threading.Timer(0.5, lambda: writer.execute("ROLLBACK")).start()
+    with Ledger.open(f"sqlite:///{path}") as ledger:
+        ledger.append(*one_of_each()[:1])
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_writer_that_keeps_the_ledger_is_named_within_seconds(tmp_path):
+    path = tmp_path / "ledger.db"
+    writer = _rollback_mode_ledger_held_by_a_writer(path)
+    try:
+        with pytest.raises(StoreError, match=r"is locked by another process \(waited 3 s\)"):
+            Ledger.open(f"sqlite:///{path}")
+    finally:
+        writer.execute("ROLLBACK")
+    with Ledger.open(f"sqlite:///{path}") as ledger:  # nothing lost: it opens once the writer is gone
+        assert len(ledger.ledger_id()) == 32
+
+
 HOLDER = textwrap.dedent(
     """
     import sys, time
