@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -68,7 +68,9 @@ class TokenRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One line of the token file: a token's digest and what it is for (never the token)."""
 
     name: str
-    sha256: str
+    #: Checked when the file is read: a line that is not a digest is the file's error,
+    #: never a crash of the check that reads it.
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
     specialist: str | None = None
     created_at: str = ""
 
@@ -113,7 +115,10 @@ class TokenFile:
         with os.fdopen(fd, "rb") as f:
             info = os.fstat(f.fileno())
             self._check_owner(info)
-            text = f.read().decode(errors="replace")
+            try:
+                text = f.read().decode(errors="replace")
+            except OSError as e:
+                raise TokenError(f"cannot read the token file {self.path}: {e.strerror}") from e
         out = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -212,9 +217,10 @@ class TokenGate:
         self._seen = seen
         try:
             self._entries = self._with_env(self._file.records())
-        except TokenError as e:
-            self._entries = list(self._env)  # fail closed: none of an untrusted file's tokens
-            print(f"arl: {e} — refusing every token of that file until then", file=sys.stderr, flush=True)
+        except Exception as e:  # whatever went wrong, none of the file's tokens: fail closed
+            self._entries = list(self._env)
+            print(f"arl: {e} — refusing every token of that file until it is fixed",
+                  file=sys.stderr, flush=True)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -91,6 +91,22 @@ def test_a_loaded_gate_follows_its_file_and_fails_closed(tmp_path, capsys):
     assert gate.authenticate(bob) is None and gate.authenticate("from-env") == Credential(name="env")
 
 
+
+def test_a_hand_edited_line_that_is_no_digest_revokes_the_file_not_keeps_it(tmp_path, capsys):
+    # The owner revokes bob by hand and mistypes a new line: the old list must not live on.
+    file = TokenFile(tmp_path / "tokens.jsonl")
+    bob = file.add("bob")
+    gate = TokenGate.load(file, environ={})
+    assert gate.authenticate(bob) == Credential(name="bob")
+    file.path.write_text(json.dumps({"name": "carol", "sha256": "not-hex"}) + "\n")
+    assert gate.authenticate(bob) is None
+    assert gate.authenticate(bob) is None  # and again: the signature seen must not bring it back
+    err = capsys.readouterr().err
+    assert err.count("line 1 is not a token record") == 1 and "until it is fixed" in err
+    with pytest.raises(TokenError, match="line 1 is not a token record"):  # at start: one line, no traceback
+        TokenGate.load(file, environ={})
+
+
 def test_bearer_header_parsing():
     assert bearer_token([(b"authorization", b"Bearer abc")]) == "abc"
     assert bearer_token([(b"Authorization", b"bearer  abc ")]) == "abc"
