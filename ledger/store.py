@@ -469,6 +469,7 @@ class Ledger:
         self._store = EventStore(mapper=StructMapper(), recorder=self._recorder)
         self._changed = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._held = threading.local()  # the exclusive locks this thread holds (see exclusive)
         self._stop = threading.Event()
         #: Opened for reading only: every write is refused (and none is attempted).
         self.read_only = False
@@ -631,22 +632,32 @@ class Ledger:
         """
         if self.read_only:
             raise StoreError("this ledger was opened read-only; it takes no locks (nothing is written)")
+        # Re-entrant in the thread that holds it: a nested take would wait on itself (a second
+        # flock of this process, or another pooled PostgreSQL session) for ever.
+        key = name if self.kind == "postgresql" else ""  # SQLite: one lock for every name
+        held = self._held.__dict__.setdefault("keys", set())
+        if key in held:
+            yield
+            return
+        held.add(key)
+        try:
+            with self._exclusive(name):
+                yield
+        finally:
+            held.discard(key)
+
+    @contextmanager
+    def _exclusive(self, name: str) -> Iterator[None]:
         if self.kind == "postgresql":
             key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big", signed=True)
             with self._backend.datastore.get_connection() as conn:
-                conn.execute("SELECT pg_advisory_lock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
-                try:
+                try:  # an interrupt once it is granted still unlocks (unlocking one not held is a no-op)
+                    conn.execute("SELECT pg_advisory_lock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
                     yield
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_SCHEMA_LOCK_KEY, key))
             return
-        path = Path(self.url.path)
-        lock = path.with_name(f"{path.name}-lock")
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot open the lock file {lock}: {e.strerror}; it must be a file "
-                             f"(not a link) in a folder this user can write") from e
+        fd = _open_lock_file(Path(self.url.path))
         try:
             # One lock for every name: a ledger file has few writers, and they hold it briefly.
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -1214,6 +1225,33 @@ def _open_sqlite(url: StoreURL, *, create: bool, read_only: bool = False) -> tup
     return factory, _SQLiteBackend(factory.datastore)
 
 
+def _open_lock_file(path: Path) -> int:
+    """The file beside an SQLite ledger that its writers ``flock``: made with the ledger's own
+    permission bits (a ledger shared by a group is locked by each of its users), opened
+    read-only where this user may not write it (``flock`` needs no write access), never
+    through a link."""
+    lock = path.with_name(f"{path.name}-lock")
+    try:
+        mode = os.stat(path).st_mode & 0o666
+    except OSError:
+        mode = 0o600
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | flags, mode)
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, mode)  # the umask does not narrow it
+        return fd
+    except PermissionError:
+        try:
+            return os.open(lock, os.O_RDONLY | flags)
+        except OSError as e:
+            failure = e
+    except OSError as e:
+        failure = e
+    raise StoreError(f"cannot open the lock file {lock}: {failure.strerror}; it must be a file (not a link) "
+                     "that this user can read, in the ledger's folder") from failure
+
+
 def _switch_to_wal(path: Path, url: StoreURL) -> None:
     """Put the ledger file in WAL mode, waiting up to SQLITE_OPEN_WAIT_S for other processes.
 
@@ -1227,7 +1265,7 @@ def _switch_to_wal(path: Path, url: StoreURL) -> None:
     delay = 0.005
     while True:
         try:
-            conn = sqlite3.connect(str(path), timeout=SQLITE_OPEN_WAIT_S)
+            conn = sqlite3.connect(str(path), timeout=max(0.0, deadline - time.monotonic()))
             try:
                 mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
                 if str(mode).lower() != "wal":

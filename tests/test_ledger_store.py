@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -311,6 +315,60 @@ def test_a_link_where_the_lock_file_goes_is_refused(tmp_path):
     with Ledger.open(url, read_only=True) as ledger, pytest.raises(StoreError, match="read-only"):
         with ledger.exclusive("x"):
             pass
+
+
+
+def test_a_thread_holding_the_ledger_lock_may_take_it_again(store_url):
+    # Nested takes (a guarded write calling another) must not wait on themselves for ever.
+    import threading
+
+    done = threading.Event()
+
+    def nested() -> None:
+        with Ledger.open(store_url) as ledger:
+            with ledger.exclusive("submit s1"), ledger.exclusive("submit s1"), ledger.exclusive("other"):
+                done.set()
+            with ledger.exclusive("submit s1"):  # released whole after the nest: taken afresh
+                pass
+
+    thread = threading.Thread(target=nested, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done.is_set() and not thread.is_alive()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_the_lock_file_of_a_shared_ledger_is_locked_by_each_of_its_users():
+    # User A made the lock file; user B, who may write the ledger but not that file, must
+    # still take the lock (flock needs no write access), not be told to fix its folder.
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        db = folder / "l.db"
+        with Ledger.open(f"sqlite:///{db}") as ledger:
+            db.chmod(0o664)
+            with ledger.exclusive("submit s1"):
+                pass
+            lock = folder / "l.db-lock"
+            assert stat.S_IMODE(lock.lstat().st_mode) == 0o664  # the ledger's own bits
+            lock.chmod(0o644)  # as A's umask, or an earlier arl, left it
+            pid = os.fork()
+            if pid == 0:  # B: only what is loaded already, then out
+                code = 3
+                try:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    with ledger.exclusive("submit s1"):
+                        code = 0
+                except BaseException:
+                    code = 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_claim_refuses_a_trial_that_is_not_waiting(sqlite_url):
