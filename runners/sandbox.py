@@ -69,7 +69,7 @@ def _bwrap_works(path: str) -> bool:
         try:
             probe = subprocess.run(
                 [path, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net",
-                 "--unshare-pid", "--die-with-parent", "true"],
+                 "--unshare-pid", "--die-with-parent", "--as-pid-1", "true"],
                 capture_output=True, timeout=10,
             )
             _bwrap_checked[path] = probe.returncode == 0
@@ -139,13 +139,15 @@ def run_process(
         if stdin is not None:
             threading.Thread(target=_feed, args=(proc, stdin), daemon=True).start()
         watch = _Watch(proc.pid, memory_mb=memory_mb, pids_max=pids_max, write_mb=write_mb,
-                       written=written, logs=(out, err))
+                       written=written, logs=(out, err), sandboxed=sandbox == "bwrap")
         killed_for, peak_sampled = watch.run(started + timeout_s, cancel)
         _, status, usage = os.wait4(proc.pid, 0)
         watch.end()
         if killed_for is None and write_mb is not None and watch.written_mb() >= write_mb:
             killed_for = "disk"  # stopped by the file size limit: it reached the limit all the same
         proc.returncode = code = os.waitstatus_to_exitcode(status)
+        if killed_for is not None and sandbox == "bwrap" and code == 128 + signal.SIGKILL:
+            code = -signal.SIGKILL  # the recipe killed here, which bubblewrap reaped and reports as 128+9
         wall = time.monotonic() - started
         result = Process(
             exit_code=code if code >= 0 else None,
@@ -174,8 +176,9 @@ class _Watch:
     """Polls one process tree until its root exits; kills the tree at a limit or on cancel."""
 
     def __init__(self, pid: int, *, memory_mb: int, pids_max: int | None, write_mb: float | None,
-                 written: Sequence[Path], logs: tuple[BinaryIO, BinaryIO]) -> None:
+                 written: Sequence[Path], logs: tuple[BinaryIO, BinaryIO], sandboxed: bool = False) -> None:
         self.pid = pid
+        self.sandboxed = sandboxed
         self.memory_mb = memory_mb
         self.pids_max = pids_max
         self.write_mb = write_mb
@@ -271,12 +274,45 @@ class _Watch:
         return total / 2**20
 
     def kill(self) -> None:
-        """The root's group, then every descendant seen that is still the same process."""
+        """The root's group, then every descendant seen that is still the same process.
+
+        In a sandbox, the recipe first (bubblewrap's child, pid 1 of its namespace: the kernel
+        takes the whole namespace with it), so that bubblewrap reaps it and ``wait4`` counts the
+        CPU of the recipe and of every child it reaped — short-lived children end between two
+        samples of /proc, and would be missing from the sampled figure."""
+        if self.sandboxed:
+            for pid in self._children_of_root():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    continue
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                try:
+                    exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    break
+                if exited is not None and exited.si_pid:
+                    break
+                time.sleep(0.01)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self._kill_seen()
+
+    def _children_of_root(self) -> list[int]:
+        out = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == self.pid:
+                        out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
 
     def end(self) -> None:
         """After the root exited: nothing it started may go on (in a PID namespace the kernel
@@ -388,21 +424,14 @@ def _system_binds() -> list[str]:
     return args + _private_masks("/etc")
 
 
-_masks: dict[str, tuple[float, str, list[str]]] = {}  # top -> (scanned at, empty file bound, args)
-#: How long a scan of the private files under a system folder is reused.
-MASKS_TTL_S = 30.0
-
-
 def _private_masks(top: str) -> list[str]:
     """Masks over what only privileged users may read under ``top`` (``/etc/shadow``, a munge
     key, TLS private keys, pg_hba.conf): a recipe sees the system as any unprivileged user
     would, even when arl runs as root (without the capabilities it drops, root still reads
     files root owns). A folder others may not read and enter gets an empty tmpfs; a file
-    others may not read, an empty file bound over it. Scanned again after ``MASKS_TTL_S``."""
-    cached = _masks.get(top)
-    # Reused while fresh and while the empty file it binds is the one there now (it is made again if removed).
-    if cached is not None and time.monotonic() - cached[0] < MASKS_TTL_S and cached[1] == _empty_file():
-        return cached[2]
+    others may not read, an empty file bound over it. Scanned for every run (about 10 ms for
+    /etc's 150 folders here): a scan kept for later would miss a key made meanwhile, and name
+    a lock file gone meanwhile, where bubblewrap cannot make a mount point and the run fails."""
     args: list[str] = []
     for root, dirs, files in os.walk(top):
         for name in sorted(dirs) + sorted(files):
@@ -417,7 +446,6 @@ def _private_masks(top: str) -> list[str]:
                     dirs.remove(name)  # masked whole: nothing under it to look at
             elif stat.S_ISREG(mode) and not mode & 0o004:
                 args += ["--ro-bind", _empty_file(), path]
-    _masks[top] = (time.monotonic(), _empty_file(), args)
     return args
 
 

@@ -81,6 +81,31 @@ def test_cpu_time_is_measured_from_outside_the_sandbox(tmp_path):
     assert killed.cpu_s >= 0.6 - 0.1, (killed.sandbox, killed.cpu_s)  # sampled as it was killed
 
 
+
+def test_a_killed_recipe_counts_the_cpu_of_the_children_it_ran(tmp_path):
+    # Short children that end between two samples of /proc: each burns 0.15 s by its own
+    # clock and writes it down; the recipe runs them one after another until it is killed.
+    # Whatever they wrote down, the runner must count (it counted what it happened to sample).
+    child = ("import time, os\n"
+             "while time.process_time() < 0.15: pass\n"
+             "open('spent', 'a').write(f'{time.process_time()}\\n')\n")
+    code = ("import subprocess, sys\n"
+            f"while True: subprocess.run([sys.executable, '-c', {child!r}])\n")
+    cancel = threading.Event()
+
+    def cancel_after_twelve() -> None:
+        spent = tmp_path / "spent"
+        while not (spent.exists() and len(spent.read_text().splitlines()) >= 12) and not cancel.is_set():
+            cancel.wait(0.02)
+        cancel.set()
+
+    threading.Thread(target=cancel_after_twelve, daemon=True).start()
+    p = run_process(["{python}", "-c", code], cwd=tmp_path, timeout_s=120, memory_mb=500, cancel=cancel)
+    assert p.killed_for == "cancelled", p.stderr_tail
+    children = sum(float(x) for x in (tmp_path / "spent").read_text().split())
+    assert children >= 12 * 0.15 and p.cpu_s >= children, (p.sandbox, children, p.cpu_s)
+
+
 def test_cancel_stops_a_running_process(tmp_path):
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
@@ -182,7 +207,6 @@ def test_a_recipe_reads_no_system_file_only_privileged_users_may(tmp_path, reque
     """Run as root, arl's recipes still see /etc as an unprivileged user does: no password
     hashes, no munge key, no private TLS keys (root reads files root owns, capabilities or not)."""
     require("sandbox", _no_bwrap())
-    monkeypatch.setattr(sandbox, "_masks", {}, raising=False)  # a fresh scan
     planted: list[Path] = []
     if os.access("/etc", os.W_OK):  # as root (CI): a secret file and folder of our own
         secret = Path(f"/etc/arl-test-secret-{os.getpid()}")
@@ -212,6 +236,17 @@ def test_a_recipe_reads_no_system_file_only_privileged_users_may(tmp_path, reque
     assert "hunter2" not in p.stdout_tail and "private key" not in p.stdout_tail
     if os.geteuid() == 0 and os.path.exists("/etc/shadow"):
         assert Path("/etc/shadow").read_text()  # outside the sandbox root reads it: the mask did this
+    if planted:  # the next run sees /etc as it is then: a key made since is masked, a file gone is no mask
+        later = Path(f"/etc/arl-test-later-{os.getpid()}")
+        later.write_text("hunter3")
+        later.chmod(0o600)
+        request.addfinalizer(lambda: later.unlink(missing_ok=True))
+        planted[0].unlink()
+        request.addfinalizer(lambda: planted[0].touch())  # the finalizer above removes it
+        p = run_process(["{python}", "-c", code, str(later), str(planted[0])], cwd=tmp_path,
+                        timeout_s=20, memory_mb=300)
+        assert p.exit_code == 0, p.stderr_tail
+        assert p.stdout_tail.split("\n")[:2] == ["''", "FileNotFoundError"], p.stdout_tail
 
 
 def test_a_recipe_sees_the_system_its_python_and_its_own_folders_only(tmp_path, request):
