@@ -229,6 +229,9 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     best: float | None = None
     best_seeds: dict[int, float] = {}
     gain: float | None = None
+    #: A decision that went to re-runs: the gain on the first seeds, which sent it there
+    #: (``gain`` is then the one over every seed). None where nothing was re-run.
+    screen_gain: float | None = None
     #: The floor the search judged by, and where it came from ("manifest" or "measured").
     noise_floor: float = 0.0
     floor_source: str = "manifest"

@@ -33,7 +33,9 @@ def evidence_lines(e: Evidence) -> list[str]:
         lines.append(f"compared with {who} ({e.best:.6g}): {_seeds(e.best_seeds) if e.best_seeds else 'one score'}")
     if e.gain is not None:
         lines.append(f"gain {e.gain:+.4g} against the noise floor {e.noise_floor:g} ({e.floor_source})"
-                     + ("; confirmed on re-runs" if e.confirmed else ""))
+                     + ("; confirmed on re-runs" if e.confirmed else "")
+                     + (f"; {e.screen_gain:+.4g} on the first seeds sent it to re-runs"
+                        if e.screen_gain is not None else ""))
     if e.test == "welch_t":
         stat = f"t = {e.statistic:.3g}, p = {e.p_value:.3g}" if e.statistic is not None else "no spread on either side"
         lines.append(f"Welch's t: {stat}" + (f"; 95% bootstrap interval of the gain "

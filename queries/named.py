@@ -232,7 +232,9 @@ ORDER BY search_name, x.search, x.agent NULLS FIRST
 # else from its stored delta_vs_best (score minus that best, signed; imports carry the
 # source's own). The noise is the one given, else the floor measured on the search's
 # starting program, else the manifest's. "Within" is the side arl re-runs: gain <= noise
-# (the tolerance absorbs decimal representation, e.g. 1.081 - 1.080).
+# (the tolerance absorbs decimal representation, e.g. 1.081 - 1.080), judged on the gain
+# that decided whether to re-run (a confirmed keep's screen_gain; its gain over every seed
+# may have grown past the noise on the re-runs).
 _NOISE_AUDIT = """
 WITH ordered AS (
     SELECT t.search, t.seq, t.label, t.score, t.delta_vs_best, t.evidence, s.direction,
@@ -248,6 +250,7 @@ WITH ordered AS (
            coalesce((evidence->>'gain')::DOUBLE,
                     CASE WHEN direction = 'min' THEN -delta_vs_best ELSE delta_vs_best END,
                     CASE WHEN direction = 'min' THEN best_before - score ELSE score - best_before END) AS gain,
+           (evidence->>'screen_gain')::DOUBLE AS screen_gain,
            coalesce((evidence->>'confirmed')::BOOLEAN, false) AS confirmed
     FROM ordered
     WHERE label = 'keep'
@@ -266,8 +269,8 @@ WITH ordered AS (
 )
 SELECT j.search_name, j.noise, j.noise_from,
        count(k.search) AS keeps,
-       count(k.search) FILTER (WHERE k.gain <= j.noise + 1e-12) AS within_noise,
-       count(k.search) FILTER (WHERE k.gain <= j.noise + 1e-12 AND k.confirmed) AS confirmed,
+       count(k.search) FILTER (WHERE coalesce(k.screen_gain, k.gain) <= j.noise + 1e-12) AS within_noise,
+       count(k.search) FILTER (WHERE coalesce(k.screen_gain, k.gain) <= j.noise + 1e-12 AND k.confirmed) AS confirmed,
        count(k.search) FILTER (WHERE k.gain IS NULL) AS no_reference,
        round(median(k.gain), 6) AS median_gain,
        j.search

@@ -131,6 +131,7 @@ LEFT JOIN (SELECT search_id AS stream, count(*) AS trials
 SELECT s.name AS search_name, t.seq, t.agent, t.label, t.score, t.delta_vs_best,
        t.evidence->>'rule' AS rule,
        (t.evidence->>'gain')::DOUBLE AS gain,
+       (t.evidence->>'screen_gain')::DOUBLE AS screen_gain,
        (t.evidence->>'noise_floor')::DOUBLE AS noise_floor,
        t.evidence->>'floor_source' AS floor_source,
        (t.evidence->>'confirmed')::BOOLEAN AS confirmed,

@@ -10,6 +10,10 @@ from arl.ledger import events as ev
 from arl.ledger.errors import ArlError
 
 
+#: The most seeds ``--baseline-seeds`` measures the base program on.
+MAX_BASELINE_SEEDS = 100
+
+
 class SearchConfig(msgspec.Struct, kw_only=True):
     """Everything that shapes a search; recorded in SearchStarted.config."""
 
@@ -44,6 +48,9 @@ class SearchConfig(msgspec.Struct, kw_only=True):
         if self.baseline_seeds < 2:
             raise ArlError(f"--baseline-seeds {self.baseline_seeds}: a spread needs at least 2 seeds; "
                            "give 2 or more, or leave it out to judge by the manifest's noise floor")
+        if self.baseline_seeds > MAX_BASELINE_SEEDS:
+            raise ArlError(f"--baseline-seeds {self.baseline_seeds}: at most {MAX_BASELINE_SEEDS} (each seed is "
+                           "a whole run of the base program); 5 to 20 measure a spread well")
         seeds = list(dict.fromkeys([*task_seeds, *confirm_seeds]))
         extra = (n for n in range(10_000) if n not in seeds)
         while len(seeds) < self.baseline_seeds:

@@ -33,12 +33,23 @@ def compare(candidate: Sequence[float], reference: Sequence[float], direction: s
     sign = -1.0 if direction == "min" else 1.0
     cand = [sign * x for x in candidate]
     ref = [sign * x for x in reference]
-    if len(cand) >= 2 and len(ref) >= 2:
-        t, p = welch(cand, ref)
-        return TestResult("welch_t", t, p, bootstrap_interval(cand, ref))
-    if len(cand) >= 2 or len(ref) >= 2:
-        return TestResult("bootstrap", None, None, bootstrap_interval(cand, ref))
+    try:
+        if len(cand) >= 2 and len(ref) >= 2:
+            t, p = welch(cand, ref)
+            return TestResult("welch_t", _finite(t), _finite(p), _finite_pair(bootstrap_interval(cand, ref)))
+        if len(cand) >= 2 or len(ref) >= 2:
+            return TestResult("bootstrap", None, None, _finite_pair(bootstrap_interval(cand, ref)))
+    except (ArithmeticError, ValueError):
+        pass  # scores so large or small that their spreads overflow or vanish: nothing to test
     return TestResult("none")
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _finite_pair(pair: tuple[float, float]) -> tuple[float, float] | None:
+    return pair if all(math.isfinite(x) for x in pair) else None
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float | None, float | None]:

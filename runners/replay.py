@@ -136,17 +136,19 @@ class RerunReport(msgspec.Struct, kw_only=True):
                  f"identical scores: {self.same_score}/{self.trials}"]
         if self.score_diffs:
             med, top = statistics.median(self.score_diffs), max(self.score_diffs)
-            nf = self.noise_floor or float("nan")
             lines.append(f"score drift |Δ|: median {med:.4g}, max {top:.4g} "
-                         f"({med / nf:.2f} and {top / nf:.2f} × the noise floor {self.noise_floor:g})")
+                         + (f"({med / self.noise_floor:.2f} and {top / self.noise_floor:.2f} × the noise floor "
+                            f"{self.noise_floor:g})" if self.noise_floor else "(the search's noise floor is 0)"))
         if len(self.score_shifts) >= 3:
             # A machine that is faster or slower today moves every score the same way;
             # what is left around that shift is the trial-to-trial noise.
             shift = statistics.median(self.score_shifts)
             rest = [abs(d - shift) for d in self.score_shifts]
+            around = statistics.median(rest)
             lines.append(f"  of which common to all trials (median signed Δ): {shift:+.4g}; around it: "
-                         f"median {statistics.median(rest):.4g}, max {max(rest):.4g} "
-                         f"({statistics.median(rest) / nf:.2f} and {max(rest) / nf:.2f} × the noise floor)")
+                         f"median {around:.4g}, max {max(rest):.4g} "
+                         + (f"({around / self.noise_floor:.2f} and {max(rest) / self.noise_floor:.2f} × the "
+                            "noise floor)" if self.noise_floor else "(the noise floor is 0)"))
         for d in self.disagreements:
             lines.append(f"  #{d.seq}: {d.original} → {d.replayed} "
                          f"({_num(d.original_score)} → {_num(d.replayed_score)}): {d.why}")
@@ -232,8 +234,10 @@ def agreement(original: str, replay: str, ran: list, replayed: dict[int, object]
             why = new.reason or row.reason
             if both_legal and new.score is not None and row.score is not None:
                 drift = new.score - row.score
-                why = (f"score moved {drift:+.4g} ({abs(drift) / (noise_floor or float('nan')):.1f} × the "
-                       f"noise floor); keep or discard is judged against the best so far, which moved too")
+                against = (f"{abs(drift) / noise_floor:.1f} × the noise floor" if noise_floor
+                           else "the noise floor is 0")
+                why = (f"score moved {drift:+.4g} ({against}); keep or discard is judged against the "
+                       "best so far, which moved too")
             report.disagreements.append(Disagreement(
                 row.seq, row.label.value if row.label else "—", new.label.value if new.label else "—",
                 row.score, new.score, why))

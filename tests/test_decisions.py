@@ -107,6 +107,43 @@ def test_each_rule_records_its_evidence():
     assert "noise floor 0.02 is contradicted" in e.note and e.noise_floor == pytest.approx(0.2121, abs=1e-4)
 
 
+def test_a_baseline_measured_on_more_seeds_is_scored_on_the_tasks_own():
+    # tiny's seeds are [0, 1]; measured on six, the baseline's extra seeds measure the floor
+    # and must not move the score a candidate is compared with (an unchanged program would
+    # beat its own baseline by the difference of the means).
+    task = load_task(TINY)
+    never = lambda: pytest.fail("not re-run")  # noqa: E731
+    six = {0: 0.58, 1: 0.59, 100: 0.60, 101: 0.61, 2: 0.62, 3: 0.63}
+    label, _, used, e = decide(task, _evaluation(six), baseline=True, best_now=never, confirm=never,
+                               measure_floor=True)
+    assert label is ev.Label.BASELINE and used.score == pytest.approx(0.585)
+    assert e.seeds == six and e.measured_floor == pytest.approx(0.018708, abs=1e-6)  # all six measure it
+    baseline = Best(score=used.score, trial_id="b" * 36, seeds=six)
+    label, _, _, _ = decide(task, _evaluation({0: 0.58, 1: 0.59}), baseline=False, best_now=lambda: baseline,
+                            confirm=never, floor=Floor(value=e.measured_floor, source="measured"))
+    assert label is ev.Label.DISCARD  # the same program, the same seeds: no better
+
+    # Re-run on the confirmation seeds, it is compared with the baseline on those very seeds:
+    # 0.5925 over seeds 0, 1, 100, 101 against the baseline's 0.595 there is a keep, against
+    # its six-seed mean (0.605) it would have been one for the wrong reason, and 0.5975 is not.
+    for confirmed_at, expected in ((0.5925, ev.Label.KEEP), (0.5975, ev.Label.DISCARD)):
+        rest = 4 * confirmed_at - 0.575 - 0.585
+        combined = _evaluation({0: 0.575, 1: 0.585, 100: rest / 2, 101: rest / 2})
+        label, why, _, e = decide(task, _evaluation({0: 0.575, 1: 0.585}), baseline=False,
+                                  best_now=lambda: baseline, confirm=lambda: (combined, [0, 1, 100, 101]),
+                                  floor=Floor(value=0.02, source="measured"))
+        assert label is expected, why
+        assert "the best's 0.595 on the same seeds" in why and e.gain == pytest.approx(0.595 - confirmed_at)
+        assert e.screen_gain == pytest.approx(0.005)  # the gain that sent it to re-runs
+
+
+def test_statistics_of_extreme_scores_are_no_crash():
+    for a, b in (([1e-160, 2e-160], [3e-160, 4e-160]), ([1e200, -1e200], [1e200, -1e200])):
+        result = compare(a, b, "min")
+        assert result.test in ("welch_t", "bootstrap", "none")
+        assert all(x is None or x == x for x in (result.statistic, result.p_value))  # no NaN
+
+
 # --- a real search: evidence in the ledger, the view, arl show -------------------------
 
 
@@ -148,10 +185,12 @@ def test_a_search_with_a_measured_floor_records_every_decision(cache, sqlite_url
 
 
 def test_baseline_seeds_below_two_is_refused_before_anything_is_recorded(cache, sqlite_url):
-    done = subprocess.run([*ARL, "run", str(TINY), "--baseline-seeds", "1", "--trials", "2",
-                           "--store", sqlite_url], capture_output=True, text=True, timeout=120, env=os.environ)
-    assert done.returncode != 0 and "--baseline-seeds 1: a spread needs at least 2 seeds" in done.stderr
-    assert done.stderr.strip().count("\n") == 0
+    for k, said in (("1", "--baseline-seeds 1: a spread needs at least 2 seeds"),
+                    ("1000000000", "--baseline-seeds 1000000000: at most 100")):
+        done = subprocess.run([*ARL, "run", str(TINY), "--baseline-seeds", k, "--trials", "2",
+                               "--store", sqlite_url], capture_output=True, text=True, timeout=120, env=os.environ)
+        assert done.returncode != 0 and said in done.stderr, done.stderr
+        assert done.stderr.strip().count("\n") == 0
     with Ledger.open(sqlite_url) as ledger:
         assert not list(ledger.iter_events())
 
@@ -185,6 +224,32 @@ def test_noise_audit_gives_back_the_papers_pattern(recipes_con):
     assert (audit["cifar"]["keeps"], audit["cifar"]["within_noise"]) == (4, 0)
     # The imports state no floor: judged by 0, no keep is within it.
     assert _audit(recipes_con, search="pg_ablation_lineage_on")["pg_ablation_lineage_on"]["within_noise"] == 0
+
+
+def test_a_keep_confirmed_past_the_noise_counts_as_within_it_and_confirmed(sqlite_url):
+    # Its first seeds gained 0.015 (within 0.02: re-run); over every seed 0.025. The audit
+    # asks which keeps were within the noise when decided, and how many re-runs confirmed.
+    import msgspec
+
+    from tests.factories import synthetic_search
+
+    evidence = ev.Evidence(rule="gain 0.015 <= noise floor 0.02 (manifest); re-run", gain=0.025,
+                           screen_gain=0.015, confirmed=True, noise_floor=0.02)
+    events = [msgspec.structs.replace(e, evidence=evidence)
+              if isinstance(e, ev.TrialLabeled) and e.label is ev.Label.KEEP else e
+              for e in synthetic_search(12, seed=0)]
+    keeps = sum(isinstance(e, ev.TrialLabeled) and e.label is ev.Label.KEEP for e in events)
+    assert keeps >= 2
+    with Ledger.open(sqlite_url) as ledger:
+        ledger.append(*events)
+    with Ledger.open(sqlite_url, read_only=True) as ledger:
+        con = connect(ledger)
+    row = _audit(con, noise=0.02)["synthetic"]
+    assert (row["keeps"], row["within_noise"], row["confirmed"]) == (keeps, keeps, keeps)
+    assert row["median_gain"] == pytest.approx(0.025)
+    assert _audit(con, noise=0.01)["synthetic"]["within_noise"] == 0  # 0.015 is beyond 0.01
+    screened = con.execute("SELECT DISTINCT screen_gain FROM decisions WHERE label = 'keep'").fetchall()
+    assert screened == [(0.015,)]
 
 
 def test_noise_audit_refuses_a_bad_noise(recipes_con):
