@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -194,11 +194,7 @@ class _Watch:
         started = time.monotonic()
         polls = 0
         while True:
-            try:
-                exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return None, peak
-            if exited is not None and exited.si_pid:
+            if self._exited():
                 return None, peak
             polls += 1
             killed_for = None
@@ -224,21 +220,24 @@ class _Watch:
             # Poll fast at first (short runs end soon), then every 50 ms.
             time.sleep(0.005 if time.monotonic() - started < 0.5 else 0.05)
 
+    def _exited(self) -> bool:
+        """Whether the root has exited (left for ``wait4`` to reap) or is already reaped."""
+        try:
+            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return exited is not None and bool(exited.si_pid)
+
     def _sample(self) -> tuple[float, int]:
         """Resident MB and number of every live descendant of the root (whatever its session)."""
         parent: dict[int, int] = {}
         info: dict[int, tuple[int, int, int]] = {}  # pid -> (start time, resident pages, cpu ticks)
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
+        for pid, fields in _processes():
             try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                pid = int(entry.name)
                 parent[pid] = int(fields[1])  # field 4 (ppid) counted after the comm
                 info[pid] = (int(fields[19]), int(fields[21]),  # starttime, rss (pages)
                              int(fields[11]) + int(fields[12]))  # utime + stime (ticks)
-            except (OSError, IndexError, ValueError):
+            except (IndexError, ValueError):
                 continue
         children: dict[int, list[int]] = {}
         for pid, ppid in parent.items():
@@ -280,39 +279,21 @@ class _Watch:
         takes the whole namespace with it), so that bubblewrap reaps it and ``wait4`` counts the
         CPU of the recipe and of every child it reaped — short-lived children end between two
         samples of /proc, and would be missing from the sampled figure."""
-        if self.sandboxed:
-            for pid in self._children_of_root():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    continue
+        if self.sandboxed and not self._exited():  # once reaped, its pid may be another's
+            for pid, fields in _processes():
+                if fields[1:2] == [str(self.pid).encode()]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        continue
             deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                try:
-                    exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                except ChildProcessError:
-                    break
-                if exited is not None and exited.si_pid:
-                    break
+            while not self._exited() and time.monotonic() < deadline:
                 time.sleep(0.01)
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self._kill_seen()
-
-    def _children_of_root(self) -> list[int]:
-        out = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == self.pid:
-                        out.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-        return out
 
     def end(self) -> None:
         """After the root exited: nothing it started may go on (in a PID namespace the kernel
@@ -321,13 +302,29 @@ class _Watch:
 
     def _kill_seen(self) -> None:
         for pid, start in self.seen.items():
+            fields = _stat(pid)
             try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[19]) != start:
-                        continue
+                if fields is None or int(fields[19]) != start:
+                    continue
                 os.kill(pid, signal.SIGKILL)
             except (OSError, IndexError, ValueError):
                 continue
+
+
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 on), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process there is now, with its ``_stat`` fields."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := _stat(entry.name)) is not None:
+            yield int(entry.name), fields
 
 
 def _tail(f: BinaryIO, limit: int) -> str:
