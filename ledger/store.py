@@ -1237,19 +1237,16 @@ def _open_lock_file(path: Path) -> int:
         mode = 0o600
     flags = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | flags, mode)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | flags, mode)
+        except PermissionError:  # another user's: flock needs no write access
+            return os.open(lock, os.O_RDONLY | flags)
         if os.fstat(fd).st_uid == os.geteuid():
             os.fchmod(fd, mode)  # the umask does not narrow it
         return fd
-    except PermissionError:
-        try:
-            return os.open(lock, os.O_RDONLY | flags)
-        except OSError as e:
-            failure = e
     except OSError as e:
-        failure = e
-    raise StoreError(f"cannot open the lock file {lock}: {failure.strerror}; it must be a file (not a link) "
-                     "that this user can read, in the ledger's folder") from failure
+        raise StoreError(f"cannot open the lock file {lock}: {e.strerror}; it must be a file (not a link) "
+                         "that this user can read, in the ledger's folder") from e
 
 
 def _switch_to_wal(path: Path, url: StoreURL) -> None:
