@@ -137,8 +137,8 @@ class RerunReport(msgspec.Struct, kw_only=True):
         if self.score_diffs:
             med, top = statistics.median(self.score_diffs), max(self.score_diffs)
             lines.append(f"score drift |Δ|: median {med:.4g}, max {top:.4g} "
-                         + (f"({med / self.noise_floor:.2f} and {top / self.noise_floor:.2f} × the noise floor "
-                            f"{self.noise_floor:g})" if self.noise_floor else "(the search's noise floor is 0)"))
+                         f"({_in_floors(self.noise_floor, med, top)}"
+                         + (f" {self.noise_floor:g})" if self.noise_floor else ")"))
         if len(self.score_shifts) >= 3:
             # A machine that is faster or slower today moves every score the same way;
             # what is left around that shift is the trial-to-trial noise.
@@ -146,13 +146,18 @@ class RerunReport(msgspec.Struct, kw_only=True):
             rest = [abs(d - shift) for d in self.score_shifts]
             around = statistics.median(rest)
             lines.append(f"  of which common to all trials (median signed Δ): {shift:+.4g}; around it: "
-                         f"median {around:.4g}, max {max(rest):.4g} "
-                         + (f"({around / self.noise_floor:.2f} and {max(rest) / self.noise_floor:.2f} × the "
-                            "noise floor)" if self.noise_floor else "(the noise floor is 0)"))
+                         f"median {around:.4g}, max {max(rest):.4g} ({_in_floors(self.noise_floor, around, max(rest))})")
         for d in self.disagreements:
             lines.append(f"  #{d.seq}: {d.original} → {d.replayed} "
                          f"({_num(d.original_score)} → {_num(d.replayed_score)}): {d.why}")
         return "\n".join(lines)
+
+
+def _in_floors(floor: float, *drifts: float, digits: int = 2) -> str:
+    """Drifts in units of the noise floor ("0.12 and 0.50 × the noise floor"); a floor of 0 said so."""
+    if not floor:
+        return "the noise floor is 0"
+    return " and ".join(f"{d / floor:.{digits}f}" for d in drifts) + " × the noise floor"
 
 
 def _num(x: float | None) -> str:
@@ -234,10 +239,8 @@ def agreement(original: str, replay: str, ran: list, replayed: dict[int, object]
             why = new.reason or row.reason
             if both_legal and new.score is not None and row.score is not None:
                 drift = new.score - row.score
-                against = (f"{abs(drift) / noise_floor:.1f} × the noise floor" if noise_floor
-                           else "the noise floor is 0")
-                why = (f"score moved {drift:+.4g} ({against}); keep or discard is judged against the "
-                       "best so far, which moved too")
+                why = (f"score moved {drift:+.4g} ({_in_floors(noise_floor, abs(drift), digits=1)}); keep or discard is "
+                       "judged against the best so far, which moved too")
             report.disagreements.append(Disagreement(
                 row.seq, row.label.value if row.label else "—", new.label.value if new.label else "—",
                 row.score, new.score, why))
